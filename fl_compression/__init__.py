@@ -1,0 +1,1 @@
+"""fl_compression: federated training of compressed speech-recognition models."""

@@ -1,0 +1,53 @@
+"""Composes learning processes from TFF blocks and adds communication accounting.
+
+Every algorithm of the project is a `tff.learning.templates.compose_learning_process` of a
+distributor, a client work, an aggregator and a finalizer. `compose` adds one measurement group,
+`communication`, with the bytes each client receives and sends, sized from the block types.
+"""
+
+import collections
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fl_compression.learning import accounting
+
+
+def compose(initial_model_weights_fn: tff.Computation,
+            distributor: tff.templates.MeasuredProcess,
+            client_work: tff.learning.templates.ClientWorkProcess,
+            aggregator: tff.templates.AggregationProcess,
+            finalizer: tff.learning.templates.FinalizerProcess
+            ) -> tff.learning.templates.LearningProcess:
+  """Returns the composed learning process with a `communication` measurement.
+
+  The type signature of `next` is that of `compose_learning_process`, except that `metrics`
+  gains `communication: <client_bytes_down=int64, client_bytes_up=int64>@SERVER`.
+  """
+  process = tff.learning.templates.compose_learning_process(
+      initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
+  traffic = accounting.client_traffic(distributor, client_work)
+  state_type, data_type = process.next.type_signature.parameter
+
+  @tff.tensorflow.computation
+  def traffic_constants():
+    return collections.OrderedDict(
+        (name, tf.constant(value, tf.int64)) for name, value in traffic.items())
+
+  @tff.federated_computation(state_type, data_type)
+  def next_fn(state, client_data):
+    output = process.next(state, client_data)
+    metrics = output.metrics
+    measurements = collections.OrderedDict(
+        (name, getattr(metrics, name)) for name in _metric_names(process))
+    measurements['communication'] = tff.federated_eval(traffic_constants, tff.SERVER)
+    return tff.learning.templates.LearningProcessOutput(
+        state=output.state, metrics=tff.federated_zip(measurements))
+
+  return tff.learning.templates.LearningProcess(
+      process.initialize, next_fn, process.get_model_weights, process.set_model_weights)
+
+
+def _metric_names(process: tff.learning.templates.LearningProcess) -> list[str]:
+  metrics_type = process.next.type_signature.result.metrics.member
+  return [name for name, _ in tff.structure.iter_elements(metrics_type)]

@@ -1,0 +1,50 @@
+"""Weighted Federated Averaging, composed from TFF's own learning blocks.
+
+The baseline every compressed variant is compared against: broadcast, local training with a
+`tff.learning.optimizers` client optimizer, example-weighted mean, server optimizer.
+"""
+
+from typing import Callable
+
+import numpy as np
+import tensorflow_federated as tff
+
+from fl_compression.learning import composition
+
+ModelFn = Callable[[], tff.learning.models.VariableModel]
+
+
+def build_weighted_fed_avg(
+    model_fn: ModelFn,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+) -> tff.learning.templates.LearningProcess:
+  """Returns FedAvg as a composed learning process with communication accounting.
+
+  Type signature of `next`: `(<state@SERVER, {sequence}@CLIENTS> -> <state@SERVER,
+  metrics=<distributor, client_work, aggregator, finalizer, communication>@SERVER>)`.
+  """
+  return composition.compose(**fedavg_blocks(model_fn, client_optimizer, server_optimizer))
+
+
+def fedavg_blocks(model_fn: ModelFn,
+                  client_optimizer: tff.learning.optimizers.Optimizer,
+                  server_optimizer: tff.learning.optimizers.Optimizer) -> dict:
+  """FedAvg's initial-weights computation and four blocks, for variants to reuse or replace."""
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights.from_model(model_fn())
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  return dict(
+      initial_model_weights_fn=initial_model_weights_fn,
+      distributor=tff.learning.templates.build_broadcast_process(weights_type),
+      client_work=tff.learning.templates.build_model_delta_client_work(
+          model_fn, client_optimizer,
+          client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES),
+      aggregator=tff.aggregators.MeanFactory().create(
+          weights_type.trainable, tff.TensorType(np.float32)),
+      finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
+          server_optimizer, weights_type),
+  )

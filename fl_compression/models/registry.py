@@ -1,0 +1,43 @@
+"""Model configurations by name: a JSON-able config dict builds a Keras model.
+
+The config is what `final_model/config.json` stores, so every saved model can be rebuilt
+(for evaluation and TFLite export) from its config alone.
+"""
+
+from typing import Any, Callable
+
+import tensorflow as tf
+
+ModelConfig = dict[str, Any]
+_BUILDERS: dict[str, Callable[[ModelConfig], tf.keras.Model]] = {}
+
+
+def register(name: str):
+  def decorate(builder):
+    _BUILDERS[name] = builder
+    return builder
+  return decorate
+
+
+def build_keras_model(config: ModelConfig) -> tf.keras.Model:
+  """Returns a new Keras model for `config` (deterministic for the config's `seed`)."""
+  name = config.get('name')
+  if name not in _BUILDERS:
+    raise ValueError(f'unknown model config name {name!r}; known: {", ".join(sorted(_BUILDERS))}')
+  return _BUILDERS[name](config)
+
+
+@register('mlp')
+def _build_mlp(config: ModelConfig) -> tf.keras.Model:
+  """A small classifier: dense ReLU hidden layers, logits out."""
+  seed = int(config.get('seed', 0))
+  inputs = tf.keras.Input(shape=(config['input_dim'],), name='features')
+  x = inputs
+  for i, units in enumerate(config['hidden_units']):
+    x = tf.keras.layers.Dense(
+        units, activation='relu', name=f'hidden_{i}',
+        kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + i))(x)
+  logits = tf.keras.layers.Dense(
+      config['num_classes'], name='logits',
+      kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + 1000))(x)
+  return tf.keras.Model(inputs, logits, name='mlp')

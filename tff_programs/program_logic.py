@@ -1,0 +1,121 @@
+"""Program logic of federated training: rounds, resumption, evaluation and releases.
+
+Shaped like TFF's own program logic (`tff.learning.programs`): it depends only on a learning
+process, data, a program state manager and release managers, so the same logic runs on every
+backend. Each round saves `(state, round)` through the program state manager, so a run killed
+at any point and started again resumes after the last saved round and loses nothing.
+"""
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow_federated as tff
+
+from fl_compression import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSampler:
+  """Chooses each round's clients from the round number alone (no hidden state to resume)."""
+
+  client_ids: tuple[str, ...]
+  clients_per_round: int
+  seed: int
+
+  def __post_init__(self):
+    if not 0 < self.clients_per_round <= len(self.client_ids):
+      raise ValueError(f'clients per round must be in [1, {len(self.client_ids)}], '
+                       f'got {self.clients_per_round}')
+
+  def sample(self, round_num: int) -> list[str]:
+    rng = np.random.default_rng([self.seed, round_num])
+    chosen = rng.choice(len(self.client_ids), size=self.clients_per_round, replace=False)
+    return [self.client_ids[i] for i in chosen]
+
+
+@dataclasses.dataclass
+class TrainingResult:
+  """What a finished run reports: last train/eval metrics and per-round cost averages."""
+
+  rounds: int
+  resumed_from_round: int
+  train_metrics: dict[str, Any]
+  eval_metrics: dict[str, Any]
+  mean_round_seconds: Optional[float]
+
+
+def eval_round_metrics(eval_output_metrics) -> Any:
+  """The current-round evaluation metrics inside `build_fed_eval`'s measurement structure."""
+  return eval_output_metrics['client_work']['eval']['current_round_metrics']
+
+
+async def train_model(
+    *,
+    train_process: tff.learning.templates.LearningProcess,
+    eval_process: Optional[tff.learning.templates.LearningProcess],
+    task: tasks.Task,
+    sampler: ClientSampler,
+    total_rounds: int,
+    evaluation_period: int,
+    program_state_manager: tff.program.ProgramStateManager,
+    train_metrics_manager: tff.program.ReleaseManager,
+    evaluation_metrics_manager: Optional[tff.program.ReleaseManager],
+    model_output_manager: tff.program.ReleaseManager,
+) -> TrainingResult:
+  """Trains for `total_rounds`, resuming from the latest saved program state if any.
+
+  Train metrics are released every round (key = round number) with `round_time_seconds` added;
+  evaluation on all held-out clients every `evaluation_period` rounds and after the last round;
+  the final model weights once, with key `total_rounds`.
+  """
+  initial_state = train_process.initialize()
+  program_state, version = await program_state_manager.load_latest((initial_state, 0))
+  if program_state is None:
+    state, start_round = initial_state, 0
+  else:
+    state, start_round = program_state
+    start_round = int(start_round)
+  if start_round > total_rounds:
+    raise ValueError(f'the saved program state is at round {start_round}, past the requested '
+                     f'{total_rounds} rounds')
+
+  eval_datasets = [task.eval_dataset(c) for c in task.eval_data.client_ids]
+
+  async def evaluate(round_num: int) -> dict[str, Any]:
+    if eval_process is None:
+      return {}
+    eval_state = eval_process.set_model_weights(
+        eval_process.initialize(), train_process.get_model_weights(state))
+    output = eval_process.next(eval_state, eval_datasets)
+    metrics = await tff.program.materialize_value(eval_round_metrics(output.metrics))
+    metrics = {'eval': metrics}
+    if evaluation_metrics_manager is not None:
+      await evaluation_metrics_manager.release(metrics, key=round_num)
+    return metrics
+
+  train_metrics: dict[str, Any] = {}
+  eval_metrics: dict[str, Any] = {}
+  round_times = []
+  for round_num in range(start_round + 1, total_rounds + 1):
+    started = time.monotonic()
+    client_datasets = [task.train_dataset(c) for c in sampler.sample(round_num)]
+    output = train_process.next(state, client_datasets)
+    state = output.state
+    metrics = await tff.program.materialize_value(output.metrics)
+    round_seconds = time.monotonic() - started
+    round_times.append(round_seconds)
+    train_metrics = {**metrics, 'round_time_seconds': round_seconds}
+    await train_metrics_manager.release(train_metrics, key=round_num)
+    if round_num % evaluation_period == 0 or round_num == total_rounds:
+      eval_metrics = await evaluate(round_num)
+    await program_state_manager.save((state, round_num), version=round_num)
+
+  if start_round == total_rounds and eval_process is not None:
+    eval_metrics = await evaluate(total_rounds)
+  await model_output_manager.release(train_process.get_model_weights(state), key=total_rounds)
+  return TrainingResult(
+      rounds=total_rounds, resumed_from_round=start_round, train_metrics=train_metrics,
+      eval_metrics=eval_metrics,
+      mean_round_seconds=float(np.mean(round_times)) if round_times else None)

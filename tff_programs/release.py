@@ -1,0 +1,69 @@
+"""Release managers of the training program: progress display and final-model output."""
+
+import time
+from typing import Any, Callable, Optional
+
+import tensorflow_federated as tff
+
+from fl_compression.models import checkpoint
+
+
+def flatten_metrics(value: Any) -> dict[str, Any]:
+  """Flattens nested metrics into `{'a/b/c': leaf}`, as TFF's CSV release manager names them."""
+  return dict(tff.program.structure_utils.flatten_with_name(value))
+
+
+class ProgressReleaseManager(tff.program.ReleaseManager):
+  """Prints one line per released round: round, chosen metrics, elapsed and estimated remaining.
+
+  The estimate uses the mean wall time of the rounds this run has released so far, so a resumed
+  run does not count the rounds it skipped.
+  """
+
+  def __init__(self, total_rounds: int, fields: dict[str, str],
+               print_fn: Callable[[str], None] = print):
+    self._total_rounds = total_rounds
+    self._fields = fields
+    self._print = print_fn
+    self._start = time.monotonic()
+    self._first_key: Optional[int] = None
+
+  async def release(self, value, key: int) -> None:
+    value = await tff.program.materialize_value(value)
+    flat = flatten_metrics(value)
+    if self._first_key is None:
+      self._first_key = key - 1
+    elapsed = time.monotonic() - self._start
+    done = key - self._first_key
+    remaining = (self._total_rounds - key) * elapsed / max(done, 1)
+    parts = [f'round {key:>{len(str(self._total_rounds))}}/{self._total_rounds}']
+    for label, name in self._fields.items():
+      if name in flat:
+        parts.append(f'{label} {float(flat[name]):.4g}')
+    parts.append(f'elapsed {_duration(elapsed)}')
+    parts.append(f'remaining ~{_duration(remaining)}')
+    self._print(' | '.join(parts))
+
+
+class ModelDirReleaseManager(tff.program.ReleaseManager):
+  """Writes released `ModelWeights` as a model directory (config.json + weights.npz)."""
+
+  def __init__(self, model_dir: str, model_config: dict[str, Any],
+               metadata: Optional[dict[str, Any]] = None):
+    self._model_dir = model_dir
+    self._model_config = model_config
+    self._metadata = dict(metadata or {})
+
+  async def release(self, value, key: int) -> None:
+    weights = await tff.program.materialize_value(value)
+    if not isinstance(weights, tff.learning.models.ModelWeights):
+      weights = tff.learning.models.ModelWeights(*weights)
+    checkpoint.save_model(self._model_dir, self._model_config, weights,
+                          metadata={**self._metadata, 'round': int(key)})
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  minutes, seconds = divmod(seconds, 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'

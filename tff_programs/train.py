@@ -1,0 +1,189 @@
+"""Federated training program: `--algorithm` on `--task`, on a local or multi-worker backend.
+
+  bazel run //tff_programs:train -- --root_output_dir=runs/demo --total_rounds=10
+
+Writes under --root_output_dir: program_state/ (resumable), metrics.csv,
+evaluation_metrics.csv, tensorboard/, final_model/ (config.json + weights.npz), summary.json.
+Run again with the same --root_output_dir to resume after the last saved round.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import asyncio
+import dataclasses
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow_federated as tff
+
+from fl_compression import tasks
+from fl_compression.learning import algorithms
+from fl_compression.learning import optimizers
+from tff_programs import backends
+from tff_programs import flag_utils
+from tff_programs import program_logic
+from tff_programs import release
+
+_TASK = flags.DEFINE_string('task', 'synthetic_mlp', f'Task: {", ".join(sorted(tasks.TASKS))}.')
+_ALGORITHM = flags.DEFINE_string(
+    'algorithm', 'fedavg', f'Learning process: {", ".join(algorithms.names())}.')
+_BACKEND = flags.DEFINE_string(
+    'backend', 'local', 'local: TFF C++ runtime in a worker process started here; workers: '
+    'TFF worker services at --workers, each round\'s clients split across them.')
+_WORKERS = flags.DEFINE_string('workers', '', 'host:port[,host:port...] for --backend=workers.')
+_ROOT_OUTPUT_DIR = flags.DEFINE_string(
+    'root_output_dir', 'runs/train', 'Output directory; an existing run there is resumed.')
+_TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 10, 'Federated rounds to train.')
+_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 5, 'Clients sampled each round.')
+_EVALUATION_PERIOD = flags.DEFINE_integer(
+    'evaluation_period', 5, 'Evaluate on held-out clients every this many rounds (and at the end).')
+_CLIENT_OPTIMIZER = flags.DEFINE_enum('client_optimizer', 'sgd', optimizers.OPTIMIZERS,
+                                      'Client optimizer.')
+_CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 0.1, 'Client learning rate.')
+_SERVER_OPTIMIZER = flags.DEFINE_enum('server_optimizer', 'sgd', optimizers.OPTIMIZERS,
+                                      'Server optimizer.')
+_SERVER_LEARNING_RATE = flags.DEFINE_float('server_learning_rate', 1.0, 'Server learning rate.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Client batch size.')
+_LOCAL_EPOCHS = flags.DEFINE_integer('local_epochs', 1, 'Passes over local data per round.')
+_NUM_TRAIN_CLIENTS = flags.DEFINE_integer(
+    'num_train_clients', 20, 'Training clients (generated tasks only).')
+_NUM_EVAL_CLIENTS = flags.DEFINE_integer(
+    'num_eval_clients', 4, 'Held-out evaluation clients (generated tasks only).')
+_EXAMPLES_PER_CLIENT = flags.DEFINE_integer(
+    'examples_per_client', 64, 'Examples per client (generated tasks only).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed for data generation, initial model and sampling.')
+_KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
+
+
+def _validated_flags() -> None:
+  for name in ('total_rounds', 'clients_per_round', 'evaluation_period', 'batch_size',
+               'local_epochs', 'num_train_clients', 'num_eval_clients', 'examples_per_client',
+               'keep_program_states'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  for name in ('client_learning_rate', 'server_learning_rate'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  if _TASK.value not in tasks.TASKS:
+    raise flag_utils.FlagError(
+        f'--task={_TASK.value} is unknown; known: {", ".join(sorted(tasks.TASKS))}')
+  try:
+    algorithms.get(_ALGORITHM.value)
+  except ValueError:
+    raise flag_utils.FlagError(f'--algorithm={_ALGORITHM.value} is unknown; known: '
+                               f'{", ".join(algorithms.names())}') from None
+  if _BACKEND.value not in backends.BACKENDS:
+    raise flag_utils.FlagError(f'--backend={_BACKEND.value} is unknown; known: '
+                               f'{", ".join(backends.BACKENDS)}')
+  if _BACKEND.value == 'workers':
+    try:
+      backends.parse_worker_addresses(_WORKERS.value)
+    except ValueError as e:
+      raise flag_utils.FlagError(str(e)) from None
+  if _CLIENTS_PER_ROUND.value > _NUM_TRAIN_CLIENTS.value and _TASK.value == 'synthetic_mlp':
+    raise flag_utils.FlagError(f'--clients_per_round={_CLIENTS_PER_ROUND.value} exceeds '
+                               f'--num_train_clients={_NUM_TRAIN_CLIENTS.value}')
+
+
+def _format_table(rows: list[tuple[str, str]]) -> str:
+  width = max(len(name) for name, _ in rows)
+  lines = [f'{"metric":<{width}}  value', f'{"-" * width}  {"-" * 12}']
+  lines += [f'{name:<{width}}  {value}' for name, value in rows]
+  return '\n'.join(lines)
+
+
+def _result_rows(result: program_logic.TrainingResult, final_model_dir: str):
+  train = release.flatten_metrics(result.train_metrics)
+  evaluation = release.flatten_metrics(result.eval_metrics)
+  rows = [('rounds', str(result.rounds))]
+  if result.resumed_from_round:
+    rows.append(('resumed after round', str(result.resumed_from_round)))
+  for label, key in (('train loss (last round)', 'client_work/train/loss'),
+                     ('train accuracy (last round)', 'client_work/train/accuracy'),
+                     ('eval loss (held-out clients)', 'eval/loss'),
+                     ('eval accuracy (held-out clients)', 'eval/accuracy')):
+    source = evaluation if key.startswith('eval/') else train
+    if key in source:
+      rows.append((label, f'{float(source[key]):.4f}'))
+  for label, key in (('bytes down per client per round', 'communication/client_bytes_down'),
+                     ('bytes up per client per round', 'communication/client_bytes_up')):
+    if key in train:
+      rows.append((label, f'{int(train[key]):,}'))
+  if result.mean_round_seconds is not None:
+    rows.append(('mean round time (s)', f'{result.mean_round_seconds:.3f}'))
+  rows.append(('final model', final_model_dir))
+  return rows
+
+
+def run() -> None:
+  _validated_flags()
+  root = flag_utils.ensure_writable_dir('root_output_dir',
+                                        flag_utils.resolve_path(_ROOT_OUTPUT_DIR.value))
+  workers = backends.parse_worker_addresses(_WORKERS.value) if _BACKEND.value == 'workers' else []
+  options = tasks.TaskOptions(
+      batch_size=_BATCH_SIZE.value, local_epochs=_LOCAL_EPOCHS.value,
+      num_train_clients=_NUM_TRAIN_CLIENTS.value, num_eval_clients=_NUM_EVAL_CLIENTS.value,
+      examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value)
+  task = tasks.build_task(_TASK.value, options)
+  sampler = program_logic.ClientSampler(
+      tuple(task.train_data.client_ids), _CLIENTS_PER_ROUND.value, _SEED.value)
+  hparams = algorithms.Hyperparameters(
+      client_optimizer=_CLIENT_OPTIMIZER.value, client_learning_rate=_CLIENT_LEARNING_RATE.value,
+      server_optimizer=_SERVER_OPTIMIZER.value, server_learning_rate=_SERVER_LEARNING_RATE.value)
+  train_process = algorithms.get(_ALGORITHM.value).build(task.model_fn, hparams)
+  eval_process = tff.learning.algorithms.build_fed_eval(task.model_fn)
+
+  final_model_dir = os.path.join(root, 'final_model')
+  state_manager = tff.program.FileProgramStateManager(
+      os.path.join(root, 'program_state'), keep_total=_KEEP_STATES.value, keep_first=False)
+  progress = release.ProgressReleaseManager(_TOTAL_ROUNDS.value, {
+      'loss': 'client_work/train/loss', 'accuracy': 'client_work/train/accuracy',
+      'round s': 'round_time_seconds'})
+  train_metrics_manager = tff.program.GroupingReleaseManager([
+      progress,
+      tff.program.LoggingReleaseManager(),
+      tff.program.CSVFileReleaseManager(os.path.join(root, 'metrics.csv')),
+      tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'train')),
+  ])
+  eval_metrics_manager = tff.program.GroupingReleaseManager([
+      tff.program.LoggingReleaseManager(),
+      tff.program.CSVFileReleaseManager(os.path.join(root, 'evaluation_metrics.csv')),
+      tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'eval')),
+  ])
+  metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}
+  model_output_manager = release.ModelDirReleaseManager(
+      final_model_dir, task.model_config, metadata)
+
+  print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
+        f'{_CLIENTS_PER_ROUND.value} clients/round, backend {_BACKEND.value}, output {root}',
+        flush=True)
+  with backends.federated_context(_BACKEND.value, workers=workers, log_dir=root,
+                                  default_num_clients=_CLIENTS_PER_ROUND.value):
+    result = asyncio.run(program_logic.train_model(
+        train_process=train_process, eval_process=eval_process, task=task, sampler=sampler,
+        total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
+        program_state_manager=state_manager, train_metrics_manager=train_metrics_manager,
+        evaluation_metrics_manager=eval_metrics_manager,
+        model_output_manager=model_output_manager))
+  rows = _result_rows(result, final_model_dir)
+  with open(os.path.join(root, 'summary.json'), 'w') as f:
+    json.dump({**metadata, **dataclasses.asdict(result), 'backend': _BACKEND.value}, f,
+              indent=2, default=float)
+  print('\nFinal result\n' + _format_table(rows), flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    run()
+  except (flag_utils.FlagError, backends.BackendError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
