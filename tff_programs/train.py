@@ -36,6 +36,8 @@ _BACKEND = flags.DEFINE_string(
     'backend', 'local', 'local: TFF C++ runtime in a worker process started here; workers: '
     'TFF worker services at --workers, each round\'s clients split across them.')
 _WORKERS = flags.DEFINE_string('workers', '', 'host:port[,host:port...] for --backend=workers.')
+_WORKER_CONNECT_TIMEOUT = flags.DEFINE_float(
+    'worker_connect_timeout', 30.0, 'Seconds to wait for each worker to answer.')
 _ROOT_OUTPUT_DIR = flags.DEFINE_string(
     'root_output_dir', 'runs/train', 'Output directory; an existing run there is resumed.')
 _TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 10, 'Federated rounds to train.')
@@ -65,7 +67,7 @@ def _validated_flags() -> None:
                'local_epochs', 'num_train_clients', 'num_eval_clients', 'examples_per_client',
                'keep_program_states'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
-  for name in ('client_learning_rate', 'server_learning_rate'):
+  for name in ('client_learning_rate', 'server_learning_rate', 'worker_connect_timeout'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
   if _TASK.value not in tasks.TASKS:
     raise flag_utils.FlagError(
@@ -118,6 +120,30 @@ def _result_rows(result: program_logic.TrainingResult, final_model_dir: str):
   return rows
 
 
+def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
+  """The program state manager and release managers that write under `root`."""
+  progress = release.ProgressReleaseManager(_TOTAL_ROUNDS.value, {
+      'loss': 'client_work/train/loss', 'accuracy': 'client_work/train/accuracy',
+      'round s': 'round_time_seconds'})
+  return dict(
+      program_state_manager=tff.program.FileProgramStateManager(
+          os.path.join(root, 'program_state'), keep_total=_KEEP_STATES.value, keep_first=False),
+      train_metrics_manager=tff.program.GroupingReleaseManager([
+          progress,
+          tff.program.LoggingReleaseManager(),
+          tff.program.CSVFileReleaseManager(os.path.join(root, 'metrics.csv')),
+          tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'train')),
+      ]),
+      evaluation_metrics_manager=tff.program.GroupingReleaseManager([
+          tff.program.LoggingReleaseManager(),
+          tff.program.CSVFileReleaseManager(os.path.join(root, 'evaluation_metrics.csv')),
+          tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'eval')),
+      ]),
+      model_output_manager=release.ModelDirReleaseManager(
+          os.path.join(root, 'final_model'), task.model_config, metadata),
+  )
+
+
 def run() -> None:
   _validated_flags()
   root = flag_utils.ensure_writable_dir('root_output_dir',
@@ -136,38 +162,19 @@ def run() -> None:
   train_process = algorithms.get(_ALGORITHM.value).build(task.model_fn, hparams)
   eval_process = tff.learning.algorithms.build_fed_eval(task.model_fn)
 
-  final_model_dir = os.path.join(root, 'final_model')
-  state_manager = tff.program.FileProgramStateManager(
-      os.path.join(root, 'program_state'), keep_total=_KEEP_STATES.value, keep_first=False)
-  progress = release.ProgressReleaseManager(_TOTAL_ROUNDS.value, {
-      'loss': 'client_work/train/loss', 'accuracy': 'client_work/train/accuracy',
-      'round s': 'round_time_seconds'})
-  train_metrics_manager = tff.program.GroupingReleaseManager([
-      progress,
-      tff.program.LoggingReleaseManager(),
-      tff.program.CSVFileReleaseManager(os.path.join(root, 'metrics.csv')),
-      tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'train')),
-  ])
-  eval_metrics_manager = tff.program.GroupingReleaseManager([
-      tff.program.LoggingReleaseManager(),
-      tff.program.CSVFileReleaseManager(os.path.join(root, 'evaluation_metrics.csv')),
-      tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'eval')),
-  ])
   metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}
-  model_output_manager = release.ModelDirReleaseManager(
-      final_model_dir, task.model_config, metadata)
-
   print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
         f'{_CLIENTS_PER_ROUND.value} clients/round, backend {_BACKEND.value}, output {root}',
         flush=True)
+  # The backend is reached before anything is written, so a bad backend changes no saved run.
   with backends.federated_context(_BACKEND.value, workers=workers, log_dir=root,
-                                  default_num_clients=_CLIENTS_PER_ROUND.value):
+                                  default_num_clients=_CLIENTS_PER_ROUND.value,
+                                  connect_timeout=_WORKER_CONNECT_TIMEOUT.value):
     result = asyncio.run(program_logic.train_model(
         train_process=train_process, eval_process=eval_process, task=task, sampler=sampler,
         total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
-        program_state_manager=state_manager, train_metrics_manager=train_metrics_manager,
-        evaluation_metrics_manager=eval_metrics_manager,
-        model_output_manager=model_output_manager))
+        **_output_managers(root, task, metadata)))
+  final_model_dir = os.path.join(root, 'final_model')
   rows = _result_rows(result, final_model_dir)
   with open(os.path.join(root, 'summary.json'), 'w') as f:
     json.dump({**metadata, **dataclasses.asdict(result), 'backend': _BACKEND.value}, f,
@@ -178,6 +185,7 @@ def run() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  backends.disable_unmanaged_default_context()
   try:
     run()
   except (flag_utils.FlagError, backends.BackendError) as e:

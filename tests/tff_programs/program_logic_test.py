@@ -1,0 +1,93 @@
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow_federated as tff
+
+from fl_compression import tasks
+from fl_compression.learning import algorithms
+from tests import tff_test_utils
+from tff_programs import program_logic
+
+
+class ClientSamplerTest(absltest.TestCase):
+
+  def test_sample_depends_only_on_seed_and_round(self):
+    ids = tuple(f'c{i}' for i in range(10))
+    a = program_logic.ClientSampler(ids, 4, seed=3)
+    b = program_logic.ClientSampler(ids, 4, seed=3)
+    self.assertEqual([a.sample(r) for r in range(1, 6)], [b.sample(r) for r in range(1, 6)])
+    for r in range(1, 6):
+      self.assertLen(set(a.sample(r)), 4)
+    self.assertNotEqual(a.sample(1), a.sample(2))
+    self.assertNotEqual(a.sample(1), program_logic.ClientSampler(ids, 4, seed=4).sample(1))
+
+  def test_clients_per_round_out_of_range(self):
+    with self.assertRaisesRegex(ValueError, r'clients per round must be in \[1, 3\]'):
+      program_logic.ClientSampler(('a', 'b', 'c'), 4, seed=0)
+
+
+class TrainModelTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.task = tasks.build_task('synthetic_mlp', tasks.TaskOptions(
+        num_train_clients=6, num_eval_clients=2, examples_per_client=16, batch_size=8))
+    cls.train_process = algorithms.get('fedavg').build(
+        cls.task.model_fn, algorithms.Hyperparameters())
+    cls.eval_process = tff.learning.algorithms.build_fed_eval(cls.task.model_fn)
+
+  def _train(self, root, total_rounds, evaluation_period=2):
+    managers = {name: tff.program.MemoryReleaseManager() for name in ('train', 'eval', 'model')}
+
+    async def body():
+      return await program_logic.train_model(
+          train_process=self.train_process, eval_process=self.eval_process, task=self.task,
+          sampler=program_logic.ClientSampler(tuple(self.task.train_data.client_ids), 3, 0),
+          total_rounds=total_rounds, evaluation_period=evaluation_period,
+          program_state_manager=tff.program.FileProgramStateManager(
+              os.path.join(root, 'program_state')),
+          train_metrics_manager=managers['train'],
+          evaluation_metrics_manager=managers['eval'],
+          model_output_manager=managers['model'])
+
+    result = tff_test_utils.run_on_local_backend(body)
+    return result, {name: dict(m.values()) for name, m in managers.items()}
+
+  def test_resumed_training_equals_uninterrupted_training(self):
+    tmp = absltest.get_default_test_tmpdir()
+    whole_root, split_root = tempfile.mkdtemp(dir=tmp), tempfile.mkdtemp(dir=tmp)
+    whole, whole_releases = self._train(whole_root, total_rounds=4)
+    first, _ = self._train(split_root, total_rounds=2)
+    resumed, resumed_releases = self._train(split_root, total_rounds=4)
+
+    self.assertEqual(whole.resumed_from_round, 0)
+    self.assertEqual(first.resumed_from_round, 0)
+    self.assertEqual(resumed.resumed_from_round, 2)
+    self.assertEqual(sorted(resumed_releases['train']), [3, 4])
+    self.assertEqual(sorted(whole_releases['train']), [1, 2, 3, 4])
+    self.assertEqual(sorted(whole_releases['eval']), [2, 4])
+
+    whole_model = whole_releases['model'][4]
+    resumed_model = resumed_releases['model'][4]
+    for a, b in zip(whole_model.trainable, resumed_model.trainable):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(resumed.train_metrics['client_work']['train']['loss'],
+                               whole.train_metrics['client_work']['train']['loss'], rtol=1e-6)
+    np.testing.assert_allclose(resumed.eval_metrics['eval']['loss'],
+                               whole.eval_metrics['eval']['loss'], rtol=1e-6)
+    # Training moved the model: round 4's loss is below round 1's.
+    self.assertLess(whole_releases['train'][4]['client_work']['train']['loss'],
+                    whole_releases['train'][1]['client_work']['train']['loss'])
+
+  def test_state_beyond_requested_rounds_is_an_error(self):
+    root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    self._train(root, total_rounds=2)
+    with self.assertRaisesRegex(ValueError, 'at round 2, past the requested 1 rounds'):
+      self._train(root, total_rounds=1)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,150 @@
+"""End-to-end tests of //tff_programs:train as users run it: a separate process per run."""
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from absl.testing import absltest
+import numpy as np
+import portpicker
+
+from fl_compression.models import checkpoint
+from tests import tff_test_utils
+
+_COMMON_FLAGS = ['--num_train_clients=8', '--clients_per_round=3', '--examples_per_client=32',
+                 '--num_eval_clients=2', '--evaluation_period=4']
+
+
+def _program() -> list[str]:
+  runfiles = os.environ.get('TEST_SRCDIR')
+  if runfiles:
+    return [os.path.join(runfiles, 'flc', 'tff_programs', 'train')]
+  return [sys.executable, os.path.join(os.path.dirname(__file__), '..', '..', 'tff_programs',
+                                       'train.py')]
+
+
+def _read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _tree_digest(root):
+  digest = hashlib.sha256()
+  for directory, _, files in sorted(os.walk(root)):
+    for name in sorted(files):
+      path = os.path.join(directory, name)
+      digest.update(path.encode())
+      with open(path, 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+class TrainProgramTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.marker = f'FLC_TEST_RUN={uuid.uuid4().hex}'
+    self.env = dict(os.environ, FLC_TEST_RUN=self.marker.split('=', 1)[1])
+    self.env['PYTHONPATH'] = os.pathsep.join(sys.path)
+
+  def _start(self, root, *flags):
+    return subprocess.Popen(
+        _program() + [f'--root_output_dir={root}', *_COMMON_FLAGS, *flags],
+        env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  def _run(self, root, *flags, timeout=300):
+    process = self._start(root, *flags)
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+  def _assert_no_worker_left(self):
+    deadline = time.monotonic() + 10
+    while tff_test_utils.processes_with_env(self.marker) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    self.assertEmpty(tff_test_utils.processes_with_env(self.marker),
+                     'a process started by the program outlived it')
+
+  def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(self):
+    tmp = absltest.get_default_test_tmpdir()
+    whole_root, killed_root = tempfile.mkdtemp(dir=tmp), tempfile.mkdtemp(dir=tmp)
+    rounds = '--total_rounds=24'
+
+    code, stdout, stderr = self._run(whole_root, rounds)
+    self.assertEqual(code, 0, stderr[-3000:])
+    self.assertIn('Final result', stdout)
+    self._assert_no_worker_left()
+
+    process = self._start(killed_root, rounds)
+    state_dir = os.path.join(killed_root, 'program_state')
+    deadline = time.monotonic() + 240
+    # A finished save is renamed into place; program_state_3_tempNNNN is one still being written.
+    while not os.path.isdir(os.path.join(state_dir, 'program_state_3')):
+      self.assertIsNone(process.poll(), 'the run ended before it could be killed')
+      self.assertLess(time.monotonic(), deadline, 'no program state after 240 s')
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    self.assertEqual(process.returncode, -signal.SIGKILL)
+    self._assert_no_worker_left()  # The worker dies with its program, even on SIGKILL.
+    self.assertFalse(os.path.exists(os.path.join(killed_root, 'final_model')))
+
+    code, stdout, stderr = self._run(killed_root, rounds)
+    self.assertEqual(code, 0, stderr[-3000:])
+    self.assertRegex(stdout, r'resumed after round +([3-9]|1\d|2[0-3])\n')
+    self._assert_no_worker_left()
+
+    whole_rows = _read_csv(os.path.join(whole_root, 'metrics.csv'))
+    resumed_rows = _read_csv(os.path.join(killed_root, 'metrics.csv'))
+    self.assertEqual([r['key'] for r in resumed_rows], [str(i) for i in range(1, 25)])
+    for whole, resumed in zip(whole_rows, resumed_rows):
+      for column in ('client_work/train/loss', 'client_work/train/accuracy',
+                     'communication/client_bytes_down'):
+        np.testing.assert_allclose(float(resumed[column]), float(whole[column]), rtol=1e-5,
+                                   err_msg=f'round {whole["key"]} {column}')
+    whole_eval = _read_csv(os.path.join(whole_root, 'evaluation_metrics.csv'))[-1]
+    resumed_eval = _read_csv(os.path.join(killed_root, 'evaluation_metrics.csv'))[-1]
+    np.testing.assert_allclose(float(resumed_eval['eval/loss']), float(whole_eval['eval/loss']),
+                               rtol=1e-5)
+    whole_model, _ = checkpoint.load_keras_model(os.path.join(whole_root, 'final_model'))
+    resumed_model, config = checkpoint.load_keras_model(os.path.join(killed_root, 'final_model'))
+    self.assertEqual(config['round'], 24)
+    for a, b in zip(whole_model.get_weights(), resumed_model.get_weights()):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+  def test_bad_input_fails_in_one_line_and_keeps_saved_state(self):
+    root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    code, _, stderr = self._run(root, '--total_rounds=2')
+    self.assertEqual(code, 0, stderr[-3000:])
+    before = _tree_digest(root)
+    a_file = os.path.join(root, 'metrics.csv')
+    port = portpicker.pick_unused_port()
+    cases = [
+        (['--algorithm=nope'], '--algorithm=nope is unknown'),
+        (['--backend=cloud'], '--backend=cloud is unknown'),
+        (['--total_rounds=0'], '--total_rounds must be positive'),
+        (['--clients_per_round=-1'], '--clients_per_round must be positive'),
+        (['--backend=workers', '--workers=localhost'], "--workers entry 'localhost'"),
+        (['--backend=workers', f'--workers=127.0.0.1:{port}', '--worker_connect_timeout=2'],
+         f'127.0.0.1:{port} is unreachable'),
+        ([f'--root_output_dir={a_file}/run'], f'--root_output_dir={a_file}/run cannot be'),
+    ]
+    for flags, message in cases:
+      code, stdout, stderr = self._run(root, *flags)
+      self.assertNotEqual(code, 0, flags)
+      last_line = stderr.strip().splitlines()[-1]
+      self.assertTrue(last_line.startswith('error: '), (flags, stderr[-2000:]))
+      self.assertIn(message, last_line, flags)
+      self.assertNotIn('Traceback', stderr, flags)
+      self.assertNotIn('Final result', stdout, flags)
+    self.assertEqual(_tree_digest(root), before, 'a failed run changed the saved run')
+    self._assert_no_worker_left()
+
+
+if __name__ == '__main__':
+  absltest.main()

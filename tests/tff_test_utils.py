@@ -1,0 +1,42 @@
+"""Test helpers: run async TFF program code on a managed local backend."""
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import psutil
+
+from tff_programs import backends
+
+# Tests never use the worker TFF's import-time default context would start and leave behind.
+backends.disable_unmanaged_default_context()
+
+
+def run_on_local_backend(body: Callable[[], Awaitable[Any]]) -> Any:
+  """Runs `body()` inside a local federated context; the worker is stopped afterwards."""
+  with backends.federated_context('local'):
+    return asyncio.run(body())
+
+
+def worker_children() -> list[psutil.Process]:
+  """The `worker_binary` processes descended from this process."""
+  return [p for p in psutil.Process().children(recursive=True)
+          if 'worker_binary' in ' '.join(_cmdline(p))]
+
+
+def processes_with_env(marker: str) -> list[int]:
+  """PIDs of live processes whose environment contains `marker` (e.g. `KEY=value`)."""
+  found = []
+  for process in psutil.process_iter():
+    try:
+      if marker in ('\0'.join(f'{k}={v}' for k, v in process.environ().items())):
+        found.append(process.pid)
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+      continue
+  return found
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+  try:
+    return process.cmdline()
+  except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+    return []
