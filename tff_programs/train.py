@@ -19,6 +19,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression import tasks
@@ -185,6 +186,10 @@ def run() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    # Progress lines and the result table are the output; per-round logs are opt-in (-v 0).
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel('ERROR')
   backends.disable_unmanaged_default_context()
   try:
     run()

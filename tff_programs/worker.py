@@ -24,9 +24,15 @@ _MAX_CALLS = flags.DEFINE_integer(
     'Maximum parallel calls of one computation (limits memory); non-positive: no limit.')
 
 
+def _raise_keyboard_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  backends.disable_unmanaged_default_context()
   if not 0 < _PORT.value < 65536:
     print(f'error: --port must be in 1..65535, got {_PORT.value}', file=sys.stderr)
     sys.exit(2)
@@ -41,14 +47,15 @@ def main(argv):
   where = f'all interfaces, port {_PORT.value}' if _BIND_ALL_INTERFACES.value else worker.address
   print(f'TFF worker serving on {where} (pid {worker.pid}); Ctrl-C stops it.', flush=True)
 
-  def stop(signum, frame):
-    del frame
+  # SIGTERM stops the worker as Ctrl-C does. Stopping happens here, not in a signal handler,
+  # because a handler would interrupt Popen.wait() while it holds the process's wait lock.
+  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+  try:
+    code = worker.wait()
+  except KeyboardInterrupt:
     worker.stop()
-    sys.exit(128 + signum)
-
-  signal.signal(signal.SIGINT, stop)
-  signal.signal(signal.SIGTERM, stop)
-  code = worker.wait()
+    print('TFF worker stopped.', flush=True)
+    sys.exit(130)
   if code:
     print(f'error: the worker on port {_PORT.value} exited with code {code} '
           '(is the port in use?)', file=sys.stderr)
