@@ -1,0 +1,140 @@
+"""Reads LibriSpeech-layout corpora (real LibriSpeech or the embedded one) into tf.data.
+
+One reader for both: it scans `<split>/<speaker>/<chapter>/`, pairs each transcript line with
+its FLAC file, checks every pair before TensorFlow sees it, and reports each problem with the
+file name. The default policy skips a bad utterance and counts it; `strict=True` raises instead.
+Audio is decoded with tensorflow-io (`tfio.audio.decode_flac`).
+"""
+
+import collections
+import dataclasses
+import os
+import struct
+from typing import Optional
+
+import tensorflow as tf
+import tensorflow_io as tfio
+
+SAMPLE_RATE = 16000
+_FLAC_MAGIC = b'fLaC'
+
+
+class CorpusError(ValueError):
+  """A corpus file is unusable; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+  utterance_id: str
+  speaker_id: str
+  chapter_id: str
+  audio_path: str
+  transcript: str
+  num_samples: int
+
+
+@dataclasses.dataclass
+class ScanReport:
+  """The usable utterances of a split and the problems found, one per skipped item."""
+
+  split_dir: str
+  utterances: list[Utterance]
+  problems: list[tuple[str, str]]
+
+  def summary(self) -> str:
+    kinds = collections.Counter(reason.split(':')[0] for _, reason in self.problems)
+    skipped = ', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items())) or 'none'
+    return (f'{self.split_dir}: {len(self.utterances)} utterances from '
+            f'{len({u.speaker_id for u in self.utterances})} speakers; skipped: {skipped}')
+
+
+def read_flac_streaminfo(path: str) -> tuple[int, int, int, int]:
+  """(sample_rate, channels, bits_per_sample, total_samples) from a FLAC file's STREAMINFO."""
+  with open(path, 'rb') as f:
+    header = f.read(42)
+  if len(header) < 42 or header[:4] != _FLAC_MAGIC or header[4] & 0x7F != 0:
+    raise CorpusError(f'{path}: not a FLAC file')
+  info = header[8:42]
+  packed = struct.unpack('>Q', info[10:18])[0]
+  sample_rate = packed >> 44
+  channels = ((packed >> 41) & 0x7) + 1
+  bits = ((packed >> 36) & 0x1F) + 1
+  total_samples = packed & 0xFFFFFFFFF
+  return sample_rate, channels, bits, total_samples
+
+
+def decode_flac(path) -> tf.Tensor:
+  """float32 mono samples in [-1, 1) of a 16-bit FLAC file (a path string or string tensor)."""
+  audio = tfio.audio.decode_flac(tf.io.read_file(path), dtype=tf.int16)
+  return tf.cast(audio[:, 0], tf.float32) / 32768.0
+
+
+def scan_split(split_dir: str, alphabet: Optional[set[str]] = None, *, strict: bool = False,
+               decode_check: bool = True) -> ScanReport:
+  """Pairs transcripts and audio under `split_dir` and checks each pair.
+
+  Checks: transcript lines are `<id> <TEXT>` with non-empty text in `alphabet`; each line has
+  its audio and each audio file its line; FLAC header says 16 kHz, mono, 16-bit; with
+  `decode_check`, the file decodes to the number of samples its header promises (truncation).
+  """
+  if not os.path.isdir(split_dir):
+    raise CorpusError(f'{split_dir}: no such corpus split directory')
+  utterances, problems = [], []
+
+  def problem(path, reason):
+    if strict:
+      raise CorpusError(f'{path}: {reason}')
+    problems.append((path, reason))
+
+  for directory, _, files in sorted(os.walk(split_dir)):
+    files = sorted(files)
+    audio = {f[:-5]: os.path.join(directory, f) for f in files if f.endswith('.flac')}
+    transcripts = {}
+    for name in (f for f in files if f.endswith('.trans.txt')):
+      path = os.path.join(directory, name)
+      with open(path, encoding='utf-8', errors='replace') as fh:
+        for number, line in enumerate(fh, 1):
+          utt_id, _, text = line.strip().partition(' ')
+          if not utt_id:
+            continue
+          text = ' '.join(text.split())
+          where = f'{path}:{number}'
+          if not text:
+            problem(where, f'empty transcript: {utt_id}')
+          elif alphabet is not None and not set(text) <= alphabet:
+            bad = ''.join(sorted(set(text) - alphabet))
+            problem(where, f'characters outside the vocabulary: {bad!r} in {utt_id}')
+          elif utt_id not in audio:
+            problem(where, f'transcript line with no audio: {utt_id}.flac is missing')
+          else:
+            transcripts[utt_id] = text
+          transcripts.setdefault(utt_id, None)
+    for utt_id, path in audio.items():
+      if utt_id not in transcripts:
+        problem(path, 'audio with no transcript')
+        continue
+      text = transcripts[utt_id]
+      if text is None:
+        continue
+      try:
+        rate, channels, bits, total = read_flac_streaminfo(path)
+      except (CorpusError, OSError) as e:
+        problem(path, f'unreadable audio: {e}')
+        continue
+      if (rate, channels, bits) != (SAMPLE_RATE, 1, 16):
+        problem(path, f'unsupported audio format: {rate} Hz, {channels} channel(s), '
+                f'{bits}-bit (want 16000 Hz, 1 channel, 16-bit)')
+        continue
+      if decode_check:
+        try:
+          decoded = int(tfio.audio.decode_flac(tf.io.read_file(path), dtype=tf.int16).shape[0])
+        except (tf.errors.OpError, ValueError) as e:
+          problem(path, f'unreadable audio: {str(e).splitlines()[0][:200]}')
+          continue
+        if decoded != total or total == 0:
+          problem(path, f'unreadable audio: truncated ({decoded} of {total} samples)')
+          continue
+      parts = utt_id.split('-')
+      utterances.append(Utterance(utt_id, parts[0], parts[1] if len(parts) > 1 else '',
+                                  path, text, total))
+  return ScanReport(split_dir, utterances, problems)

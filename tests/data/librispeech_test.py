@@ -1,0 +1,139 @@
+import os
+import shutil
+import subprocess
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+
+from fl_compression.data import corpus
+from fl_compression.data import features
+from fl_compression.data import librispeech
+from fl_compression.data import speech_data
+
+_TINY = corpus.CorpusConfig(num_train_speakers=3, num_test_speakers=1,
+                            train_utterances_per_speaker=3, dev_utterances_per_speaker=1,
+                            test_utterances_per_speaker=1, seed=3)
+_ALPHABET = features.CharTokenizer().alphabet
+
+
+class ReaderTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.pristine = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'c')
+    corpus.generate(cls.pristine, _TINY, log=lambda message: None)
+
+  def setUp(self):
+    super().setUp()
+    self.root = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'c')
+    shutil.copytree(self.pristine, self.root)
+    self.split = os.path.join(self.root, corpus.TRAIN_SPLIT)
+    self.report = librispeech.scan_split(self.split, _ALPHABET)
+    self.victim = self.report.utterances[0]
+
+  def _rewrite_transcript(self, utt_id, new_text):
+    speaker, chapter, _ = utt_id.split('-')
+    path = os.path.join(self.split, speaker, chapter, f'{speaker}-{chapter}.trans.txt')
+    with open(path) as f:
+      lines = f.readlines()
+    with open(path, 'w') as f:
+      for line in lines:
+        f.write(f'{utt_id} {new_text}\n' if line.startswith(utt_id + ' ') else line)
+
+  def _assert_one_problem(self, file_part, reason_part, utterances_lost=1):
+    report = librispeech.scan_split(self.split, _ALPHABET)
+    self.assertLen(report.problems, 1, report.problems)
+    path, reason = report.problems[0]
+    self.assertIn(file_part, path)
+    self.assertIn(reason_part, reason)
+    self.assertLen(report.utterances, len(self.report.utterances) - utterances_lost)
+    self.assertIn('skipped: 1', report.summary())
+    with self.assertRaisesRegex(librispeech.CorpusError, reason_part):
+      librispeech.scan_split(self.split, _ALPHABET, strict=True)
+
+  def test_clean_corpus_reads_completely(self):
+    self.assertEmpty(self.report.problems)
+    self.assertLen(self.report.utterances, 9)
+    self.assertEqual({u.speaker_id for u in self.report.utterances}, {'1000', '1001', '1002'})
+    decoded = librispeech.decode_flac(self.victim.audio_path).numpy()
+    self.assertLen(decoded, self.victim.num_samples)
+    self.assertLess(np.max(np.abs(decoded)), 1.0)
+    self.assertGreater(np.std(decoded), 0.01)
+
+  def test_truncated_flac(self):
+    with open(self.victim.audio_path, 'r+b') as f:
+      f.truncate(os.path.getsize(self.victim.audio_path) // 2)
+    self._assert_one_problem(os.path.basename(self.victim.audio_path), 'unreadable audio')
+
+  def test_not_a_flac(self):
+    with open(self.victim.audio_path, 'wb') as f:
+      f.write(b'RIFF....WAVEfmt garbage')
+    self._assert_one_problem(os.path.basename(self.victim.audio_path), 'not a FLAC file')
+
+  def test_wrong_sample_rate(self):
+    resampled = self.victim.audio_path + '.8k.flac'
+    subprocess.run(['sox', '-D', self.victim.audio_path, '-r', '8000', resampled], check=True)
+    os.replace(resampled, self.victim.audio_path)
+    self._assert_one_problem(os.path.basename(self.victim.audio_path), '8000 Hz')
+
+  def test_transcript_with_no_audio(self):
+    os.remove(self.victim.audio_path)
+    self._assert_one_problem('.trans.txt', f'{self.victim.utterance_id}.flac is missing')
+
+  def test_audio_with_no_transcript(self):
+    shutil.copy(self.victim.audio_path,
+                self.victim.audio_path.replace('-0000.flac', '-0099.flac'))
+    self._assert_one_problem('-0099.flac', 'audio with no transcript', utterances_lost=0)
+
+  def test_empty_transcript(self):
+    self._rewrite_transcript(self.victim.utterance_id, '')
+    self._assert_one_problem('.trans.txt:1', 'empty transcript')
+
+  def test_characters_outside_vocabulary(self):
+    self._rewrite_transcript(self.victim.utterance_id, 'HELLO 42 times')
+    self._assert_one_problem('.trans.txt:1', 'characters outside the vocabulary')
+
+  def test_missing_split_directory(self):
+    with self.assertRaisesRegex(librispeech.CorpusError, 'no such corpus split'):
+      librispeech.scan_split(os.path.join(self.root, 'train-other-500'))
+
+
+class ClientDataTest(absltest.TestCase):
+
+  def test_one_client_per_speaker_and_iid_partition(self):
+    utterances = [librispeech.Utterance(f'{s}-1-{i}', str(s), '1', f'/x/{s}-{i}.flac', 'A B', 1)
+                  for s in (7, 8, 9) for i in range(4)]
+    by_speaker = speech_data.make_client_data(utterances)
+    self.assertEqual(by_speaker.client_ids, ['7', '8', '9'])
+    paths = [e['audio_path'].numpy().decode()
+             for e in by_speaker.create_tf_dataset_for_client('8')]
+    self.assertEqual(paths, [f'/x/8-{i}.flac' for i in range(4)])
+    iid = speech_data.make_client_data(utterances, 'iid', num_iid_clients=4, seed=1)
+    self.assertLen(iid.client_ids, 4)
+    shares = [[e['audio_path'].numpy().decode() for e in iid.create_tf_dataset_for_client(c)]
+              for c in iid.client_ids]
+    self.assertEqual([len(s) for s in shares], [3, 3, 3, 3])
+    self.assertEqual(sorted(sum(shares, [])), sorted(u.audio_path for u in utterances))
+    with self.assertRaisesRegex(ValueError, "unknown partition 'random'"):
+      speech_data.make_client_data(utterances, 'random')
+
+  def test_featurized_padded_batches(self):
+    root = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'c')
+    corpus.generate(root, _TINY, log=lambda message: None)
+    report = librispeech.scan_split(os.path.join(root, corpus.TEST_SPLIT), _ALPHABET)
+    client_data = speech_data.make_client_data(report.utterances)
+    tokenizer = features.CharTokenizer()
+    dataset = client_data.create_tf_dataset_for_client(client_data.client_ids[0]).map(
+        lambda e: speech_data.featurize(e, tokenizer, features.FeatureConfig()))
+    batch = next(iter(speech_data.padded_batches(dataset, 4, 80)))
+    utterance = report.utterances[0]
+    expected_frames = 1 + (utterance.num_samples - 400) // 160
+    self.assertEqual(int(batch['feature_length'][0]), expected_frames)
+    self.assertEqual(tokenizer.decode(batch['labels'][0].numpy()), utterance.transcript)
+    self.assertEqual(batch['features'].shape[-1], 80)
+
+
+if __name__ == '__main__':
+  absltest.main()
