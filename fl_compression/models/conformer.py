@@ -1,0 +1,206 @@
+"""Conformer encoder (Gulati et al. 2020) in Keras, with GroupNorm in the convolution module.
+
+Convolutional 4x subsampling, then blocks of: half-step feed-forward, multi-head self-attention
+with relative positional encoding (Transformer-XL style), convolution module (pointwise, GLU,
+depthwise, GroupNorm instead of BatchNorm as federated training needs, swish, pointwise),
+half-step feed-forward, layer norm. Layer names are stable (`block_03/ffn1/dense_in`, ...)
+because pruning and compression select variables by them.
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class ConformerConfig:
+  num_blocks: int = 4
+  model_dim: int = 96
+  num_heads: int = 4
+  ffn_multiplier: int = 4
+  conv_kernel_size: int = 15
+  num_groups: int = 8
+  dropout: float = 0.1
+  num_mel_bins: int = 80
+  subsampling_channels: int = 0  # 0: model_dim, as in the paper.
+
+  def __post_init__(self):
+    if self.model_dim % self.num_heads:
+      raise ValueError(f'model_dim {self.model_dim} is not a multiple of num_heads '
+                       f'{self.num_heads}')
+    if self.model_dim % self.num_groups:
+      raise ValueError(f'model_dim {self.model_dim} is not a multiple of num_groups '
+                       f'{self.num_groups}')
+
+
+def subsampled_length(length: tf.Tensor) -> tf.Tensor:
+  """Frames after two 3x3 stride-2 'valid' convolutions."""
+  length = (length - 3) // 2 + 1
+  return (length - 3) // 2 + 1
+
+
+def relative_positions(length: tf.Tensor, dim: int) -> tf.Tensor:
+  """Sinusoidal encodings of relative distances length-1, ..., 0, ..., -(length-1)."""
+  distances = tf.cast(tf.range(length - 1, -length, -1), tf.float32)[:, None]
+  inverse = tf.exp(tf.range(0, dim, 2, dtype=tf.float32) * (-math.log(10000.0) / dim))
+  angles = distances * inverse[None, :]
+  return tf.reshape(tf.stack([tf.sin(angles), tf.cos(angles)], axis=-1), [-1, dim])
+
+
+def relative_shift(scores: tf.Tensor) -> tf.Tensor:
+  """[B, H, T, 2T-1] scores by relative distance -> [B, H, T, T] scores by key position.
+
+  Entry (i, j) of the result is entry (i, T-1-(i-j)) of the input, the score of distance i-j.
+  """
+  batch, heads, length = tf.shape(scores)[0], tf.shape(scores)[1], tf.shape(scores)[2]
+  padded = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [1, 0]])
+  padded = tf.reshape(padded, [batch, heads, 2 * length, length])
+  shifted = tf.reshape(padded[:, :, 1:, :], [batch, heads, length, 2 * length - 1])
+  return shifted[:, :, :, :length]
+
+
+class RelativeMultiHeadAttention(tf.keras.layers.Layer):
+  """Multi-head self-attention with relative positional encoding and learned u, v biases."""
+
+  def __init__(self, model_dim: int, num_heads: int, dropout: float, **kwargs):
+    super().__init__(**kwargs)
+    self.model_dim, self.num_heads = model_dim, num_heads
+    self.head_dim = model_dim // num_heads
+    dense = lambda name, bias=True: tf.keras.layers.Dense(model_dim, use_bias=bias, name=name)
+    self.query, self.key, self.value = dense('query'), dense('key'), dense('value')
+    self.position = dense('position', bias=False)
+    self.output_dense = dense('output')
+    self.dropout = tf.keras.layers.Dropout(dropout)
+
+  def build(self, input_shape):
+    shape = (self.num_heads, self.head_dim)
+    self.bias_u = self.add_weight('bias_u', shape, initializer='zeros')
+    self.bias_v = self.add_weight('bias_v', shape, initializer='zeros')
+    super().build(input_shape)
+
+  def _heads(self, x):
+    return tf.reshape(x, [tf.shape(x)[0], -1, self.num_heads, self.head_dim])
+
+  def call(self, x, mask, training=None):
+    """x: [B, T, D]; mask: [B, T] (True for real frames)."""
+    length = tf.shape(x)[1]
+    q = self._heads(self.query(x))
+    k = tf.transpose(self._heads(self.key(x)), [0, 2, 1, 3])
+    v = tf.transpose(self._heads(self.value(x)), [0, 2, 1, 3])
+    p = tf.reshape(self.position(relative_positions(length, self.model_dim)),
+                   [-1, self.num_heads, self.head_dim])
+    content = tf.einsum('bihd,bhjd->bhij', q + self.bias_u, k)
+    position = relative_shift(tf.einsum('bihd,jhd->bhij', q + self.bias_v, p))
+    scores = (content + position) / math.sqrt(self.head_dim)
+    scores += (1.0 - tf.cast(mask[:, None, None, :], scores.dtype)) * -1e9
+    weights = self.dropout(tf.nn.softmax(scores, axis=-1), training=training)
+    context = tf.transpose(tf.einsum('bhij,bhjd->bhid', weights, v), [0, 2, 1, 3])
+    return self.output_dense(tf.reshape(context, [tf.shape(x)[0], -1, self.model_dim]))
+
+
+class MaskedGroupNorm(tf.keras.layers.Layer):
+  """Group normalization over the real (unpadded) frames of [B, T, C] inputs.
+
+  Statistics per example and group of channels, like `GroupNormalization`, but padded frames
+  are left out, so an utterance is normalized the same however long its batch's padding is.
+  """
+
+  def __init__(self, num_groups: int, epsilon: float = 1e-5, **kwargs):
+    super().__init__(**kwargs)
+    self.num_groups, self.epsilon = num_groups, epsilon
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.gamma = self.add_weight('gamma', (channels,), initializer='ones')
+    self.beta = self.add_weight('beta', (channels,), initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, x, frame_mask):
+    """x: [B, T, C]; frame_mask: [B, T, 1] float, 1 for real frames."""
+    batch, length, channels = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
+    grouped = tf.reshape(x, [batch, length, self.num_groups, channels // self.num_groups])
+    mask = frame_mask[:, :, :, None]
+    count = tf.reduce_sum(mask, axis=[1, 3], keepdims=True) * (channels // self.num_groups)
+    count = tf.maximum(count, 1.0)
+    mean = tf.reduce_sum(grouped * mask, axis=[1, 3], keepdims=True) / count
+    variance = tf.reduce_sum(tf.square(grouped - mean) * mask, axis=[1, 3], keepdims=True) / count
+    normalized = tf.reshape((grouped - mean) * tf.math.rsqrt(variance + self.epsilon),
+                            [batch, length, channels])
+    return normalized * self.gamma + self.beta
+
+
+class ConformerBlock(tf.keras.layers.Layer):
+  """One Conformer block; `mask` zeroes padded frames before the depthwise convolution."""
+
+  def __init__(self, config: ConformerConfig, **kwargs):
+    super().__init__(**kwargs)
+    d, c = config.model_dim, config
+    self.config = config
+
+    def ffn(name):
+      return [tf.keras.layers.LayerNormalization(name=f'{name}/norm'),
+              tf.keras.layers.Dense(d * c.ffn_multiplier, activation='swish',
+                                    name=f'{name}/dense_in'),
+              tf.keras.layers.Dropout(c.dropout),
+              tf.keras.layers.Dense(d, name=f'{name}/dense_out'),
+              tf.keras.layers.Dropout(c.dropout)]
+
+    self.ffn1, self.ffn2 = ffn('ffn1'), ffn('ffn2')
+    self.attention_norm = tf.keras.layers.LayerNormalization(name='mhsa/norm')
+    self.attention = RelativeMultiHeadAttention(d, c.num_heads, c.dropout, name='mhsa')
+    self.attention_dropout = tf.keras.layers.Dropout(c.dropout)
+    self.conv_norm = tf.keras.layers.LayerNormalization(name='conv/norm')
+    self.pointwise_in = tf.keras.layers.Dense(2 * d, name='conv/pointwise_in')
+    self.depthwise = tf.keras.layers.DepthwiseConv1D(
+        c.conv_kernel_size, padding='same', name='conv/depthwise')
+    self.group_norm = MaskedGroupNorm(c.num_groups, name='conv/group_norm')
+    self.pointwise_out = tf.keras.layers.Dense(d, name='conv/pointwise_out')
+    self.conv_dropout = tf.keras.layers.Dropout(c.dropout)
+    self.final_norm = tf.keras.layers.LayerNormalization(name='final_norm')
+
+  @staticmethod
+  def _run(layers, x, training):
+    for layer in layers:
+      x = layer(x, training=training) if isinstance(layer, tf.keras.layers.Dropout) else layer(x)
+    return x
+
+  def call(self, x, mask, training=None):
+    frame_mask = tf.cast(mask, x.dtype)[:, :, None]
+    x = x + 0.5 * self._run(self.ffn1, x, training)
+    x = x + self.attention_dropout(
+        self.attention(self.attention_norm(x), mask, training=training), training=training)
+    y = self.pointwise_in(self.conv_norm(x))
+    y = y[:, :, :self.config.model_dim] * tf.sigmoid(y[:, :, self.config.model_dim:])  # GLU
+    y = self.depthwise(y * frame_mask)
+    y = tf.nn.swish(self.group_norm(y, frame_mask))
+    x = x + self.conv_dropout(self.pointwise_out(y), training=training)
+    x = x + 0.5 * self._run(self.ffn2, x, training)
+    return self.final_norm(x) * frame_mask
+
+
+class ConformerEncoder(tf.keras.layers.Layer):
+  """features [B, T, mel] and lengths [B] -> encodings [B, T/4, D] and their lengths."""
+
+  def __init__(self, config: ConformerConfig, **kwargs):
+    super().__init__(**kwargs)
+    channels = config.subsampling_channels or config.model_dim
+    self.config = config
+    self.conv1 = tf.keras.layers.Conv2D(channels, 3, 2, activation='relu',
+                                        name='subsampling/conv1')
+    self.conv2 = tf.keras.layers.Conv2D(channels, 3, 2, activation='relu',
+                                        name='subsampling/conv2')
+    self.project = tf.keras.layers.Dense(config.model_dim, name='subsampling/project')
+    self.dropout = tf.keras.layers.Dropout(config.dropout)
+    self.blocks = [ConformerBlock(config, name=f'block_{i:02d}')
+                   for i in range(config.num_blocks)]
+
+  def call(self, features, lengths, training=None):
+    x = self.conv2(self.conv1(features[:, :, :, None]))
+    x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
+    x = self.dropout(self.project(x), training=training)
+    out_lengths = subsampled_length(lengths)
+    mask = tf.sequence_mask(out_lengths, tf.shape(x)[1])
+    for block in self.blocks:
+      x = block(x, mask, training=training)
+    return x, out_lengths

@@ -1,0 +1,101 @@
+import math
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow as tf
+
+from fl_compression.models import asr
+from fl_compression.models import conformer
+from fl_compression.models import registry
+
+
+class RelativePositionTest(absltest.TestCase):
+
+  def test_relative_shift_picks_the_score_of_each_distance(self):
+    length = 5
+    # Input column c holds distance (length-1-c); fill entry (i, c) with 100*i + distance.
+    distances = np.arange(length - 1, -length, -1)
+    scores = np.array([[100 * i + d for d in distances] for i in range(length)], np.float32)
+    shifted = conformer.relative_shift(tf.constant(scores[None, None])).numpy()[0, 0]
+    expected = np.array([[100 * i + (i - j) for j in range(length)] for i in range(length)])
+    np.testing.assert_array_equal(shifted, expected)
+
+  def test_encodings_are_sinusoids_of_the_distance(self):
+    encodings = conformer.relative_positions(tf.constant(3), 4).numpy()
+    self.assertEqual(encodings.shape, (5, 4))
+    for row, distance in enumerate(range(2, -3, -1)):
+      expected = [math.sin(distance), math.cos(distance), math.sin(distance / 100),
+                  math.cos(distance / 100)]
+      np.testing.assert_allclose(encodings[row], expected, atol=1e-5)
+
+
+class ConformerEncoderTest(absltest.TestCase):
+
+  def test_padding_does_not_change_real_frames(self):
+    config = conformer.ConformerConfig(num_blocks=2, model_dim=32, num_heads=4,
+                                       conv_kernel_size=5, num_groups=4, dropout=0.0)
+    encoder = conformer.ConformerEncoder(config)
+    features = tf.random.stateless_normal([1, 120, 80], seed=[1, 2])
+    alone, alone_length = encoder(features, tf.constant([120]), training=False)
+    padded = tf.concat([features, 5.0 * tf.ones([1, 80, 80])], axis=1)
+    batched, batched_length = encoder(padded, tf.constant([120]), training=False)
+    self.assertEqual(int(alone_length[0]), int(batched_length[0]))
+    frames = int(alone_length[0])
+    np.testing.assert_allclose(batched[0, :frames], alone[0, :frames], atol=1e-4)
+    np.testing.assert_array_equal(batched[0, frames:].numpy(), 0.0)
+
+  def test_subsampled_length_matches_the_convolutions(self):
+    encoder = conformer.ConformerEncoder(conformer.ConformerConfig(num_blocks=1, model_dim=16,
+                                                                   num_heads=2, num_groups=2))
+    for frames in (7, 8, 50, 101):
+      output, lengths = encoder(tf.zeros([1, frames, 80]), tf.constant([frames]))
+      self.assertEqual(output.shape[1], int(lengths[0]))
+
+  def test_masked_group_norm_matches_group_norm_without_padding(self):
+    x = tf.random.stateless_normal([2, 30, 16], seed=[3, 4])
+    ours = conformer.MaskedGroupNorm(4)(x, tf.ones([2, 30, 1]))
+    reference = tf.keras.layers.GroupNormalization(4, epsilon=1e-5)(x)
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+  def test_block_parameter_counts_match_the_published_sizes(self):
+    # Gulati et al. 2020: conformer blocks of S/M/L hold about 0.5M / 1.6M / 6.3M parameters.
+    for dim, heads, expected in ((144, 4, 0.5e6), (256, 4, 1.6e6), (512, 8, 6.3e6)):
+      block = conformer.ConformerBlock(conformer.ConformerConfig(
+          num_blocks=1, model_dim=dim, num_heads=heads, conv_kernel_size=32))
+      block(tf.zeros([1, 4, dim]), tf.ones([1, 4], tf.bool))
+      count = sum(int(np.prod(v.shape)) for v in block.trainable_variables)
+      self.assertLess(abs(count - expected) / expected, 0.03, (dim, count))
+
+
+class CtcModelTest(absltest.TestCase):
+
+  def test_greedy_decoding_merges_repeats_and_drops_blanks(self):
+    ids = [[1, 1, 0, 1, 2, 2, 0, 0, 3], [4, 0, 4, 4, 5, 5, 5, 5, 5]]
+    logits = tf.one_hot(ids, 6) * 10.0
+    decoded = asr.greedy_ctc_decode(logits, tf.constant([9, 4])).to_list()
+    self.assertEqual(decoded, [[1, 1, 2, 3], [4, 4]])
+
+  def test_ctc_training_step_lowers_the_loss(self):
+    config = asr.tiny_config(vocab_size=8)
+    config['encoder'].update(num_blocks=1, model_dim=32, dropout=0.0)
+    model = registry.build_keras_model(config)
+    batch = dict(features=tf.random.stateless_normal([2, 60, 80], seed=[5, 6]),
+                 feature_length=tf.constant([60, 48]),
+                 labels=tf.constant([[1, 2, 3], [4, 5, 0]]), label_length=tf.constant([3, 2]))
+    spec = {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in batch.items()}
+    variable_model = asr.CtcVariableModel(model, spec)
+    optimizer = tf.keras.optimizers.Adam(1e-2)
+    losses = []
+    for _ in range(15):
+      with tf.GradientTape() as tape:
+        loss = variable_model.forward_pass(batch).loss
+      grads = tape.gradient(loss, variable_model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, variable_model.trainable_variables))
+      losses.append(float(loss))
+    self.assertLess(losses[-1], 0.5 * losses[0])
+    metrics = variable_model.report_local_unfinalized_metrics()
+    self.assertEqual(int(metrics['num_examples']), 30)
+
+
+if __name__ == '__main__':
+  absltest.main()
