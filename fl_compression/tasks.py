@@ -4,13 +4,20 @@ The training program, its tests and benchmarks get everything task-specific from
 so adding a task (the speech tasks) touches no program code.
 """
 
+import collections
 import dataclasses
-from typing import Any, Callable
+import os
+from typing import Callable
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fl_compression.data import corpus
+from fl_compression.data import features
+from fl_compression.data import librispeech
+from fl_compression.data import speech_data
 from fl_compression.data import synthetic
+from fl_compression.models import asr
 from fl_compression.models import registry
 
 
@@ -39,6 +46,11 @@ class TaskOptions:
   num_eval_clients: int = 4
   examples_per_client: int = 64
   seed: int = 0
+  # Speech tasks: a LibriSpeech-layout directory; the embedded corpus is generated there if
+  # the directory does not exist yet.
+  data_dir: str = os.path.join('data', 'embedded_corpus')
+  partition: str = 'speaker'
+  strict_data: bool = False
 
 
 def build_synthetic_mlp(options: TaskOptions) -> Task:
@@ -73,8 +85,68 @@ def build_synthetic_mlp(options: TaskOptions) -> Task:
               train_preprocess, eval_preprocess)
 
 
+def load_speech_splits(options: TaskOptions, tokenizer: features.CharTokenizer, log=print
+                       ) -> dict[str, librispeech.ScanReport]:
+  """Scans train/dev/test of `options.data_dir`, generating the embedded corpus if absent."""
+  if not os.path.exists(options.data_dir):
+    corpus.generate(options.data_dir, corpus.CorpusConfig(seed=options.seed), log=log)
+  reports = {}
+  for split in corpus.SPLITS:
+    report = librispeech.scan_split(os.path.join(options.data_dir, split), tokenizer.alphabet,
+                                    strict=options.strict_data)
+    if report.problems:
+      log(report.summary())
+      for path, reason in report.problems[:10]:
+        log(f'  skipped {path}: {reason}')
+    reports[split] = report
+  return reports
+
+
+def build_speech_ctc(options: TaskOptions) -> Task:
+  """The `tiny` Conformer-CTC on a LibriSpeech-layout corpus; clients are speakers.
+
+  Training clients are `train-clean-100`'s speakers; evaluation clients are `test-clean`'s,
+  who never appear in training.
+  """
+  tokenizer = features.CharTokenizer()
+  feature_config = features.FeatureConfig()
+  reports = load_speech_splits(options, tokenizer)
+  cache_root = options.data_dir.rstrip(os.sep) + '.features'
+  bins = feature_config.num_mel_bins
+
+  def client_data(split, partition):
+    clients = speech_data.assign_clients(reports[split].utterances, partition, seed=options.seed)
+    cache = speech_data.build_feature_cache(clients, cache_root, tokenizer, feature_config)
+    return speech_data.make_client_data(cache, bins)
+
+  train_data = client_data(corpus.TRAIN_SPLIT, options.partition)
+  eval_data = client_data(corpus.TEST_SPLIT, 'speaker')
+  model_config = asr.tiny_config(tokenizer.vocab_size, seed=options.seed)
+  augment = features.SpecAugmentConfig()
+
+  def train_preprocess(dataset):
+    dataset = dataset.map(lambda e: collections.OrderedDict(
+        e, features=features.spec_augment(e['features'], augment)))
+    return speech_data.padded_batches(
+        dataset.repeat(options.local_epochs), options.batch_size, bins,
+        bucket_boundaries=(300, 450, 600))
+
+  def eval_preprocess(dataset):
+    return speech_data.padded_batches(dataset, options.batch_size, bins)
+
+  input_spec = train_preprocess(
+      train_data.create_tf_dataset_for_client(train_data.client_ids[0])).element_spec
+
+  def model_fn():
+    return asr.CtcVariableModel(registry.build_keras_model(model_config), input_spec)
+
+  return Task('speech_ctc', model_config, train_data, eval_data, model_fn,
+              train_preprocess, eval_preprocess)
+
+
 TASKS: dict[str, Callable[[TaskOptions], Task]] = {
     'synthetic_mlp': build_synthetic_mlp,
+    'speech_ctc': build_speech_ctc,
 }
 
 

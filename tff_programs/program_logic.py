@@ -26,7 +26,8 @@ class ClientSampler:
 
   def __post_init__(self):
     if not 0 < self.clients_per_round <= len(self.client_ids):
-      raise ValueError(f'clients per round must be in [1, {len(self.client_ids)}], '
+      raise ValueError(f'--clients_per_round must be in [1, {len(self.client_ids)}] (the number '
+                       'of training clients), '
                        f'got {self.clients_per_round}')
 
   def sample(self, round_num: int) -> list[str]:

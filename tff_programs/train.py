@@ -59,6 +59,14 @@ _NUM_EVAL_CLIENTS = flags.DEFINE_integer(
     'num_eval_clients', 4, 'Held-out evaluation clients (generated tasks only).')
 _EXAMPLES_PER_CLIENT = flags.DEFINE_integer(
     'examples_per_client', 64, 'Examples per client (generated tasks only).')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', 'data/embedded_corpus',
+    'Speech tasks: LibriSpeech-layout directory (train-clean-100/, dev-clean/, test-clean/); '
+    'the embedded corpus is generated there if it does not exist.')
+_PARTITION = flags.DEFINE_enum('partition', 'speaker', ['speaker', 'iid'],
+                               'Speech tasks: one client per speaker, or an IID partition.')
+_STRICT_DATA = flags.DEFINE_bool(
+    'strict_data', False, 'Speech tasks: fail on the first bad utterance instead of skipping it.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for data generation, initial model and sampling.')
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
@@ -86,9 +94,6 @@ def _validated_flags() -> None:
       backends.parse_worker_addresses(_WORKERS.value)
     except ValueError as e:
       raise flag_utils.FlagError(str(e)) from None
-  if _CLIENTS_PER_ROUND.value > _NUM_TRAIN_CLIENTS.value and _TASK.value == 'synthetic_mlp':
-    raise flag_utils.FlagError(f'--clients_per_round={_CLIENTS_PER_ROUND.value} exceeds '
-                               f'--num_train_clients={_NUM_TRAIN_CLIENTS.value}')
 
 
 def _format_table(rows: list[tuple[str, str]]) -> str:
@@ -153,10 +158,15 @@ def run() -> None:
   options = tasks.TaskOptions(
       batch_size=_BATCH_SIZE.value, local_epochs=_LOCAL_EPOCHS.value,
       num_train_clients=_NUM_TRAIN_CLIENTS.value, num_eval_clients=_NUM_EVAL_CLIENTS.value,
-      examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value)
-  task = tasks.build_task(_TASK.value, options)
-  sampler = program_logic.ClientSampler(
-      tuple(task.train_data.client_ids), _CLIENTS_PER_ROUND.value, _SEED.value)
+      examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value,
+      data_dir=flag_utils.resolve_path(_DATA_DIR.value), partition=_PARTITION.value,
+      strict_data=_STRICT_DATA.value)
+  try:
+    task = tasks.build_task(_TASK.value, options)
+    sampler = program_logic.ClientSampler(
+        tuple(task.train_data.client_ids), _CLIENTS_PER_ROUND.value, _SEED.value)
+  except ValueError as e:  # Includes librispeech.CorpusError, which names the file.
+    raise flag_utils.FlagError(str(e)) from None
   hparams = algorithms.Hyperparameters(
       client_optimizer=_CLIENT_OPTIMIZER.value, client_learning_rate=_CLIENT_LEARNING_RATE.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_learning_rate=_SERVER_LEARNING_RATE.value)

@@ -7,7 +7,6 @@ computes exactly the features the model was trained on.
 import dataclasses
 
 import tensorflow as tf
-import tensorflow_io as tfio
 
 BLANK = '<blank>'
 CHARACTERS = (BLANK, ' ', "'") + tuple(chr(c) for c in range(ord('A'), ord('Z') + 1))
@@ -46,7 +45,7 @@ def log_mel(samples: tf.Tensor, config: FeatureConfig = FeatureConfig()) -> tf.T
 
 @dataclasses.dataclass(frozen=True)
 class SpecAugmentConfig:
-  """Frequency and time masks (Park et al. 2019), applied with tensorflow-io."""
+  """Frequency and time masks (Park et al. 2019)."""
 
   num_freq_masks: int = 2
   freq_mask_param: int = 15
@@ -56,15 +55,29 @@ class SpecAugmentConfig:
 
 def spec_augment(features: tf.Tensor, config: SpecAugmentConfig = SpecAugmentConfig()
                  ) -> tf.Tensor:
-  """Masks random frequency bands and time spans of [frames, bins] features with zeros.
+  """Zeroes random frequency bands and time spans of [frames, bins] features.
 
-  Features are normalized per utterance first (zero mean), so a zero mask is a neutral value.
+  Each mask has a width drawn uniformly from [0, param] and a uniform start. Written with core
+  TF ops (not tensorflow-io's `freq_mask`/`time_mask`) because client datasets run inside TFF's
+  C++ worker, which has no tensorflow-io kernels. Features are normalized per utterance first,
+  so zero is the mean.
   """
+  num_frames, num_bins = tf.shape(features)[0], tf.shape(features)[1]
+
+  def band_mask(size, param):
+    width = tf.random.uniform([], 0, tf.minimum(param, size) + 1, dtype=tf.int32)
+    start = tf.random.uniform([], 0, size - width + 1, dtype=tf.int32)
+    positions = tf.range(size)
+    return (positions >= start) & (positions < start + width)
+
+  keep_bins = tf.ones([num_bins], tf.bool)
   for _ in range(config.num_freq_masks):
-    features = tfio.audio.freq_mask(features, param=config.freq_mask_param)
+    keep_bins &= ~band_mask(num_bins, config.freq_mask_param)
+  keep_frames = tf.ones([num_frames], tf.bool)
   for _ in range(config.num_time_masks):
-    features = tfio.audio.time_mask(features, param=config.time_mask_param)
-  return features
+    keep_frames &= ~band_mask(num_frames, config.time_mask_param)
+  keep = tf.cast(keep_frames[:, None] & keep_bins[None, :], features.dtype)
+  return features * keep
 
 
 def normalize(features: tf.Tensor) -> tf.Tensor:

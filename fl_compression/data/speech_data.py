@@ -1,10 +1,18 @@
 """Federated speech data: one client per speaker (non-IID) or an IID partition, as tf.data.
 
-Client datasets yield raw `{audio_path, transcript}` pairs; `preprocess` decodes the FLAC,
-computes normalized log-mel features (with optional SpecAugment), tokenizes, and pads batches.
+Audio is decoded (tensorflow-io) and turned into normalized log-mel features once, in the
+driver, and cached as one TFRecord file per client. Client datasets then read those files with
+core TF ops only, because they run inside TFF's C++ worker, which has no tensorflow-io kernels
+(and reading features beats decoding FLAC every epoch). Workers on other machines must see the
+cache at the same path.
 """
 
 import collections
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -15,50 +23,111 @@ from fl_compression.data import features as features_lib
 from fl_compression.data import librispeech
 
 PARTITIONS = ('speaker', 'iid')
+_CACHE_VERSION = 1
 
 
-def make_client_data(utterances: Sequence[librispeech.Utterance], partition: str = 'speaker',
-                     *, num_iid_clients: Optional[int] = None, seed: int = 0
-                     ) -> tff.simulation.datasets.ClientData:
+def assign_clients(utterances: Sequence[librispeech.Utterance], partition: str = 'speaker',
+                   *, num_iid_clients: Optional[int] = None, seed: int = 0
+                   ) -> dict[str, list[librispeech.Utterance]]:
   """Groups utterances into clients: by speaker, or shuffled into equal IID shares."""
   if not utterances:
     raise ValueError('no utterances to make clients from')
+  clients = collections.defaultdict(list)
   if partition == 'speaker':
-    owners = [u.speaker_id for u in utterances]
+    for utterance in utterances:
+      clients[utterance.speaker_id].append(utterance)
   elif partition == 'iid':
     count = num_iid_clients or len({u.speaker_id for u in utterances})
     order = np.random.default_rng(seed).permutation(len(utterances))
-    owners = [''] * len(utterances)
     for rank, index in enumerate(order):
-      owners[index] = f'iid_{rank % count:04d}'
+      clients[f'iid_{rank % count:04d}'].append(utterances[index])
   else:
     raise ValueError(f'unknown partition {partition!r}; known: {", ".join(PARTITIONS)}')
-  owner_tensor = tf.constant(owners)
-  path_tensor = tf.constant([u.audio_path for u in utterances])
-  text_tensor = tf.constant([u.transcript for u in utterances])
+  return dict(sorted(clients.items()))
+
+
+def utterance_features(audio_path: str, feature_config: features_lib.FeatureConfig
+                       ) -> np.ndarray:
+  """Normalized log-mel features [frames, bins] of one FLAC file."""
+  samples = librispeech.decode_flac(audio_path)
+  return features_lib.normalize(features_lib.log_mel(samples, feature_config)).numpy()
+
+
+def _example(feats: np.ndarray, labels: np.ndarray, transcript: str) -> bytes:
+  feature = {
+      'features': tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[feats.astype(np.float32).tobytes()])),
+      'num_frames': tf.train.Feature(int64_list=tf.train.Int64List(value=[feats.shape[0]])),
+      'labels': tf.train.Feature(int64_list=tf.train.Int64List(value=labels.tolist())),
+      'transcript': tf.train.Feature(bytes_list=tf.train.BytesList(value=[transcript.encode()])),
+  }
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def build_feature_cache(clients: dict[str, list[librispeech.Utterance]], cache_root: str,
+                        tokenizer: features_lib.CharTokenizer,
+                        feature_config: features_lib.FeatureConfig, log=print) -> str:
+  """Writes `<cache_root>/<key>/<client>.tfrecord` unless present; returns the directory.
+
+  The key hashes the client assignment, audio files (path, size, mtime) and feature settings,
+  so a changed corpus or setting gets a new cache. Writing is staged and renamed into place.
+  """
+  description = {
+      'version': _CACHE_VERSION, 'features': feature_config.__dict__,
+      'symbols': tokenizer.symbols,
+      'clients': {c: [(u.utterance_id, u.audio_path, os.path.getsize(u.audio_path),
+                       int(os.path.getmtime(u.audio_path)), u.transcript) for u in us]
+                  for c, us in clients.items()}}
+  key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+  directory = os.path.join(cache_root, key)
+  if os.path.isdir(directory):
+    return directory
+  os.makedirs(cache_root, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.staging_', dir=cache_root)
+  total = sum(len(us) for us in clients.values())
+  log(f'computing log-mel features of {total} utterances into {directory} ...')
+  try:
+    for client_id, client_utterances in clients.items():
+      with tf.io.TFRecordWriter(os.path.join(staging, f'{client_id}.tfrecord')) as writer:
+        for utterance in client_utterances:
+          feats = utterance_features(utterance.audio_path, feature_config)
+          labels = tokenizer.encode(tf.constant(utterance.transcript)).numpy()
+          writer.write(_example(feats, labels, utterance.transcript))
+    os.rename(staging, directory)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return directory
+
+
+def parse_example(serialized: tf.Tensor, num_mel_bins: int) -> collections.OrderedDict:
+  """A cached record -> {features [T, bins], labels [L], feature_length, label_length}."""
+  parsed = tf.io.parse_single_example(serialized, {
+      'features': tf.io.FixedLenFeature([], tf.string),
+      'num_frames': tf.io.FixedLenFeature([], tf.int64),
+      'labels': tf.io.VarLenFeature(tf.int64),
+      'transcript': tf.io.FixedLenFeature([], tf.string),
+  })
+  feats = tf.reshape(tf.io.decode_raw(parsed['features'], tf.float32), [-1, num_mel_bins])
+  labels = tf.cast(tf.sparse.to_dense(parsed['labels']), tf.int32)
+  return collections.OrderedDict(
+      features=feats, labels=labels, feature_length=tf.shape(feats)[0],
+      label_length=tf.shape(labels)[0])
+
+
+def make_client_data(cache_dir: str, num_mel_bins: int) -> tff.simulation.datasets.ClientData:
+  """ClientData over a feature cache: client `c` reads `<cache_dir>/c.tfrecord`."""
+  client_ids = sorted(name[:-len('.tfrecord')] for name in os.listdir(cache_dir)
+                      if name.endswith('.tfrecord'))
+  if not client_ids:
+    raise ValueError(f'{cache_dir}: no client files in the feature cache')
+  prefix = os.path.abspath(cache_dir) + os.sep
 
   def dataset_fn(client_id):
-    dataset = tf.data.Dataset.from_tensor_slices((owner_tensor, path_tensor, text_tensor))
-    dataset = dataset.filter(lambda owner, path, text: tf.equal(owner, client_id))
-    return dataset.map(lambda owner, path, text: collections.OrderedDict(
-        audio_path=path, transcript=text))
+    dataset = tf.data.TFRecordDataset(tf.strings.join([prefix, client_id, '.tfrecord']))
+    return dataset.map(lambda record: parse_example(record, num_mel_bins))
 
-  return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(
-      sorted(set(owners)), dataset_fn)
-
-
-def featurize(example, tokenizer: features_lib.CharTokenizer,
-              feature_config: features_lib.FeatureConfig,
-              augment: Optional[features_lib.SpecAugmentConfig] = None):
-  """{audio_path, transcript} -> {features [T, bins], labels [L], feature_length, label_length}."""
-  feats = features_lib.normalize(
-      features_lib.log_mel(librispeech.decode_flac(example['audio_path']), feature_config))
-  if augment is not None:
-    feats = features_lib.spec_augment(feats, augment)
-  labels = tokenizer.encode(example['transcript'])
-  return collections.OrderedDict(
-      features=feats, labels=labels,
-      feature_length=tf.shape(feats)[0], label_length=tf.shape(labels)[0])
+  return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(client_ids, dataset_fn)
 
 
 def padded_batches(dataset: tf.data.Dataset, batch_size: int, num_mel_bins: int,

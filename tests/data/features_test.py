@@ -36,6 +36,12 @@ class LogMelTest(absltest.TestCase):
     zero_fraction = float(np.mean(masked == 0))
     self.assertGreater(zero_fraction, 0.0)
     self.assertLess(zero_fraction, 0.6)
+    # Masks are whole bands: a bin is zeroed in every frame or a frame in every bin.
+    zero = masked == 0
+    zero_bins, zero_frames = zero.all(axis=0), zero.all(axis=1)
+    np.testing.assert_array_equal(zero, zero_bins[None, :] | zero_frames[:, None])
+    self.assertLessEqual(zero_bins.sum(), 2 * 15)
+    self.assertLessEqual(zero_frames.sum(), 2 * 25)
 
   def test_normalize_gives_zero_mean_unit_variance(self):
     feats = tf.constant(np.random.default_rng(1).normal(3.0, 2.0, size=(200, 80)), tf.float32)

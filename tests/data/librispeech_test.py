@@ -105,34 +105,45 @@ class ClientDataTest(absltest.TestCase):
   def test_one_client_per_speaker_and_iid_partition(self):
     utterances = [librispeech.Utterance(f'{s}-1-{i}', str(s), '1', f'/x/{s}-{i}.flac', 'A B', 1)
                   for s in (7, 8, 9) for i in range(4)]
-    by_speaker = speech_data.make_client_data(utterances)
-    self.assertEqual(by_speaker.client_ids, ['7', '8', '9'])
-    paths = [e['audio_path'].numpy().decode()
-             for e in by_speaker.create_tf_dataset_for_client('8')]
-    self.assertEqual(paths, [f'/x/8-{i}.flac' for i in range(4)])
-    iid = speech_data.make_client_data(utterances, 'iid', num_iid_clients=4, seed=1)
-    self.assertLen(iid.client_ids, 4)
-    shares = [[e['audio_path'].numpy().decode() for e in iid.create_tf_dataset_for_client(c)]
-              for c in iid.client_ids]
-    self.assertEqual([len(s) for s in shares], [3, 3, 3, 3])
-    self.assertEqual(sorted(sum(shares, [])), sorted(u.audio_path for u in utterances))
+    by_speaker = speech_data.assign_clients(utterances)
+    self.assertEqual(list(by_speaker), ['7', '8', '9'])
+    self.assertEqual([u.audio_path for u in by_speaker['8']], [f'/x/8-{i}.flac' for i in range(4)])
+    iid = speech_data.assign_clients(utterances, 'iid', num_iid_clients=4, seed=1)
+    self.assertLen(iid, 4)
+    self.assertEqual([len(share) for share in iid.values()], [3, 3, 3, 3])
+    self.assertEqual(sorted(u.audio_path for share in iid.values() for u in share),
+                     sorted(u.audio_path for u in utterances))
+    self.assertNotEqual([u.speaker_id for u in iid['iid_0000']], ['7', '7', '7'])
     with self.assertRaisesRegex(ValueError, "unknown partition 'random'"):
-      speech_data.make_client_data(utterances, 'random')
+      speech_data.assign_clients(utterances, 'random')
 
-  def test_featurized_padded_batches(self):
-    root = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'c')
+  def test_feature_cache_serves_padded_client_batches(self):
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    root = os.path.join(tmp, 'c')
     corpus.generate(root, _TINY, log=lambda message: None)
-    report = librispeech.scan_split(os.path.join(root, corpus.TEST_SPLIT), _ALPHABET)
-    client_data = speech_data.make_client_data(report.utterances)
-    tokenizer = features.CharTokenizer()
-    dataset = client_data.create_tf_dataset_for_client(client_data.client_ids[0]).map(
-        lambda e: speech_data.featurize(e, tokenizer, features.FeatureConfig()))
-    batch = next(iter(speech_data.padded_batches(dataset, 4, 80)))
-    utterance = report.utterances[0]
-    expected_frames = 1 + (utterance.num_samples - 400) // 160
-    self.assertEqual(int(batch['feature_length'][0]), expected_frames)
-    self.assertEqual(tokenizer.decode(batch['labels'][0].numpy()), utterance.transcript)
-    self.assertEqual(batch['features'].shape[-1], 80)
+    report = librispeech.scan_split(os.path.join(root, corpus.TRAIN_SPLIT), _ALPHABET)
+    tokenizer, config = features.CharTokenizer(), features.FeatureConfig()
+    clients = speech_data.assign_clients(report.utterances)
+    messages = []
+    cache = speech_data.build_feature_cache(clients, os.path.join(tmp, 'cache'), tokenizer,
+                                            config, log=messages.append)
+    self.assertLen(messages, 1)
+    again = speech_data.build_feature_cache(clients, os.path.join(tmp, 'cache'), tokenizer,
+                                            config, log=messages.append)
+    self.assertEqual(again, cache)
+    self.assertLen(messages, 1, 'the cache was computed twice')
+
+    client_data = speech_data.make_client_data(cache, 80)
+    self.assertEqual(client_data.client_ids, ['1000', '1001', '1002'])
+    batch = next(iter(speech_data.padded_batches(
+        client_data.create_tf_dataset_for_client('1001'), 4, 80)))
+    first = clients['1001'][0]
+    self.assertEqual(int(batch['feature_length'][0]), 1 + (first.num_samples - 400) // 160)
+    np.testing.assert_allclose(
+        batch['features'][0, :int(batch['feature_length'][0])],
+        speech_data.utterance_features(first.audio_path, config), rtol=1e-6)
+    self.assertEqual(tokenizer.decode(batch['labels'][0].numpy()), first.transcript)
+    self.assertEqual(batch['features'].shape[0], 3)
 
 
 if __name__ == '__main__':
