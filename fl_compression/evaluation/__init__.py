@@ -1,0 +1,1 @@
+"""Evaluation: word and character error rates of speech models."""
