@@ -7,6 +7,7 @@ so adding a task (the speech tasks) touches no program code.
 import collections
 import dataclasses
 import os
+import zlib
 from typing import Callable
 
 import tensorflow as tf
@@ -28,11 +29,15 @@ class Task:
   train_data: tff.simulation.datasets.ClientData
   eval_data: tff.simulation.datasets.ClientData
   model_fn: Callable[[], tff.learning.models.VariableModel]
-  train_preprocess: Callable[[tf.data.Dataset], tf.data.Dataset]
+  # (dataset, seed) -> batches; `seed` ([2] int64) varies with round and client, for the
+  # task's random augmentation.
+  train_preprocess: Callable[[tf.data.Dataset, tf.Tensor], tf.data.Dataset]
   eval_preprocess: Callable[[tf.data.Dataset], tf.data.Dataset]
 
-  def train_dataset(self, client_id: str) -> tf.data.Dataset:
-    return self.train_preprocess(self.train_data.create_tf_dataset_for_client(client_id))
+  def train_dataset(self, client_id: str, round_num: int = 0) -> tf.data.Dataset:
+    """The client's training batches for `round_num` (augmentation differs per round)."""
+    seed = tf.constant([round_num, zlib.crc32(client_id.encode())], tf.int64)
+    return self.train_preprocess(self.train_data.create_tf_dataset_for_client(client_id), seed)
 
   def eval_dataset(self, client_id: str) -> tf.data.Dataset:
     return self.eval_preprocess(self.eval_data.create_tf_dataset_for_client(client_id))
@@ -65,13 +70,14 @@ def build_synthetic_mlp(options: TaskOptions) -> Task:
   def to_pairs(dataset):
     return dataset.map(lambda e: (e['x'], e['y']))
 
-  def train_preprocess(dataset):
+  def train_preprocess(dataset, seed):
+    del seed  # No augmentation.
     return to_pairs(dataset).repeat(options.local_epochs).batch(options.batch_size)
 
   def eval_preprocess(dataset):
     return to_pairs(dataset).batch(options.batch_size)
 
-  input_spec = train_preprocess(
+  input_spec = eval_preprocess(
       train_data.create_tf_dataset_for_client(train_data.client_ids[0])).element_spec
 
   def model_fn():
@@ -124,17 +130,19 @@ def build_speech_ctc(options: TaskOptions) -> Task:
   model_config = asr.tiny_config(tokenizer.vocab_size, seed=options.seed)
   augment = features.SpecAugmentConfig()
 
-  def train_preprocess(dataset):
-    dataset = dataset.map(lambda e: collections.OrderedDict(
-        e, features=features.spec_augment(e['features'], augment)))
-    return speech_data.padded_batches(
-        dataset.repeat(options.local_epochs), options.batch_size, bins,
-        bucket_boundaries=(300, 450, 600))
+  def train_preprocess(dataset, seed):
+    dataset = dataset.repeat(options.local_epochs).enumerate().map(
+        lambda index, e: collections.OrderedDict(
+            e, features=features.spec_augment(
+                e['features'], seed + tf.stack([tf.constant(options.seed, tf.int64), index]),
+                augment)))
+    return speech_data.padded_batches(dataset, options.batch_size, bins,
+                                      bucket_boundaries=(300, 450, 600))
 
   def eval_preprocess(dataset):
     return speech_data.padded_batches(dataset, options.batch_size, bins)
 
-  input_spec = train_preprocess(
+  input_spec = eval_preprocess(
       train_data.create_tf_dataset_for_client(train_data.client_ids[0])).element_spec
 
   def model_fn():

@@ -59,9 +59,17 @@ def loopback_bind_library() -> str:
                      '`bazel build //tff_programs:libloopback_bind.so`')
 
 
-def _die_with_parent() -> None:
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Resolved once in the parent: after fork, in a process with TF and gRPC threads, the child
+# may only make async-signal-safe calls, and dlopen is not one.
+_prctl = ctypes.CDLL('libc.so.6', use_errno=True).prctl
+
+
+def _die_with_parent(parent_pid: int):
+  def preexec():
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # The parent died before prctl took effect.
+      os._exit(1)
+  return preexec
 
 
 class WorkerProcess:
@@ -108,7 +116,7 @@ class WorkerProcess:
     try:
       self._process = subprocess.Popen(
           args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT, env=env,
-          preexec_fn=_die_with_parent, close_fds=True)
+          preexec_fn=_die_with_parent(os.getpid()), close_fds=True)
     finally:
       if stdout is not None:
         stdout.close()
@@ -149,10 +157,16 @@ def parse_worker_addresses(spec: str) -> list[str]:
   return addresses
 
 
-def _connect(address: str, timeout: float,
-             process: Optional[WorkerProcess] = None) -> tff.framework.RemoteExecutorGrpcStub:
-  """Returns a ready stub for the worker at `address`, or raises BackendError naming it."""
+def connect_to_worker(address: str, timeout: float,
+                      process: Optional[WorkerProcess] = None,
+                      channels: Optional[list] = None) -> tff.framework.RemoteExecutorGrpcStub:
+  """Returns a ready stub for the worker at `address`, or raises BackendError naming it.
+
+  The channel is appended to `channels`, for the caller to close.
+  """
   channel = grpc.insecure_channel(address, _GRPC_OPTIONS)
+  if channels is not None:
+    channels.append(channel)
   try:
     grpc.channel_ready_future(channel).result(timeout=timeout)
   except grpc.FutureTimeoutError:
@@ -236,21 +250,25 @@ def federated_context(backend: str, *, workers: Sequence[str] = (),
     raise ValueError(f'unknown backend {backend!r}; known: {", ".join(BACKENDS)}')
   disable_unmanaged_default_context()
   started: list[WorkerProcess] = []
+  channels: list[grpc.Channel] = []
   try:
     if backend == 'local':
       log_path = os.path.join(log_dir, 'tff_worker.log') if log_dir else None
       worker = WorkerProcess(log_path=log_path).start()
       started.append(worker)
-      stub = _connect(worker.address, connect_timeout, worker)
+      stub = connect_to_worker(worker.address, connect_timeout, worker, channels)
       async_context = _async_context(stub, default_num_clients)
     else:
       if not workers:
         raise ValueError('the workers backend needs --workers=host:port[,host:port...]')
-      stubs = [_connect(address, connect_timeout) for address in workers]
+      stubs = [connect_to_worker(address, connect_timeout, channels=channels)
+               for address in workers]
       async_context = _mergeable_context(stubs, default_num_clients)
     context = tff.program.NativeFederatedContext(async_context)
     with tff.framework.get_context_stack().install(context):
       yield context
   finally:
+    for channel in channels:
+      channel.close()
     for worker in started:
       worker.stop()

@@ -101,7 +101,7 @@ async def train_model(
   round_times = []
   for round_num in range(start_round + 1, total_rounds + 1):
     started = time.monotonic()
-    client_datasets = [task.train_dataset(c) for c in sampler.sample(round_num)]
+    client_datasets = [task.train_dataset(c, round_num) for c in sampler.sample(round_num)]
     output = train_process.next(state, client_datasets)
     state = output.state
     metrics = await tff.program.materialize_value(output.metrics)

@@ -14,6 +14,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import asyncio
 import dataclasses
 import json
+import subprocess
 import sys
 
 from absl import app
@@ -150,6 +151,44 @@ def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
   )
 
 
+# Flags that must stay the same when a run is resumed (total_rounds may grow).
+_RUN_DEFINING_FLAGS = (
+    'task', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
+    'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
+    'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition')
+_RUN_CONFIG = 'run_config.json'
+
+
+def _check_run_config(root: str) -> dict:
+  """Refuses to resume a run in `root` with different settings or past its last round."""
+  config = {name: flags.FLAGS[name].value for name in _RUN_DEFINING_FLAGS}
+  path = os.path.join(root, _RUN_CONFIG)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = [f'--{name}={config[name]} (the run has {saved[name]})'
+               for name in _RUN_DEFINING_FLAGS if name in saved and saved[name] != config[name]]
+    if changed:
+      raise flag_utils.FlagError(
+          f'--root_output_dir={root} holds a run with other settings: {"; ".join(changed)}; '
+          'use another --root_output_dir')
+  versions = asyncio.run(tff.program.FileProgramStateManager(
+      os.path.join(root, 'program_state')).get_versions()) if os.path.isdir(
+          os.path.join(root, 'program_state')) else None
+  if versions and max(versions) > _TOTAL_ROUNDS.value:
+    raise flag_utils.FlagError(
+        f'--total_rounds={_TOTAL_ROUNDS.value} is below round {max(versions)} that the run in '
+        f'{root} has already reached')
+  return config
+
+
+def _write_run_config(root: str, config: dict) -> None:
+  path = os.path.join(root, _RUN_CONFIG)
+  if not os.path.exists(path):
+    with open(path, 'w') as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+
+
 def run() -> None:
   _validated_flags()
   root = flag_utils.ensure_writable_dir('root_output_dir',
@@ -161,18 +200,22 @@ def run() -> None:
       examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value,
       data_dir=flag_utils.resolve_path(_DATA_DIR.value), partition=_PARTITION.value,
       strict_data=_STRICT_DATA.value)
+  run_config = _check_run_config(root)
   try:
     task = tasks.build_task(_TASK.value, options)
     sampler = program_logic.ClientSampler(
         tuple(task.train_data.client_ids), _CLIENTS_PER_ROUND.value, _SEED.value)
-  except ValueError as e:  # Includes librispeech.CorpusError, which names the file.
-    raise flag_utils.FlagError(str(e)) from None
+  except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as e:
+    # Bad data (librispeech.CorpusError names the file), an unusable corpus directory, or a
+    # corpus generator that failed.
+    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
   hparams = algorithms.Hyperparameters(
       client_optimizer=_CLIENT_OPTIMIZER.value, client_learning_rate=_CLIENT_LEARNING_RATE.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_learning_rate=_SERVER_LEARNING_RATE.value)
   train_process = algorithms.get(_ALGORITHM.value).build(task.model_fn, hparams)
   eval_process = tff.learning.algorithms.build_fed_eval(task.model_fn)
 
+  _write_run_config(root, run_config)
   metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}
   print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
         f'{_CLIENTS_PER_ROUND.value} clients/round, backend {_BACKEND.value}, output {root}',

@@ -1,7 +1,9 @@
 """Counts test cases from Bazel's JUnit XML reports and prints `N passed, N failed, N skipped`.
 
-A test target that failed without writing a report (a crash, a timeout) counts as one failure.
-Usage: test_summary.py BAZEL_TESTLOGS_DIR [TARGET_STATUS_FILE]
+Only the reports of the given test targets are read (stale reports of removed targets are not).
+A target with no usable report, or one Bazel marked failed whose report names no failing case
+(a crash or a timeout leaves absltest's report empty), counts as one failure.
+Usage: test_summary.py BAZEL_TESTLOGS_DIR TARGETS_FILE FAILED_TARGETS_FILE
 """
 
 import os
@@ -10,8 +12,13 @@ import xml.etree.ElementTree as ET
 
 
 def count_report(path: str) -> tuple[int, int, int]:
+  """(passed, failed, skipped) test cases of one report; raises ValueError if unreadable."""
+  try:
+    root = ET.parse(path).getroot()
+  except (ET.ParseError, OSError) as e:
+    raise ValueError(f'{path}: unreadable report ({e})') from None
   passed = failed = skipped = 0
-  for case in ET.parse(path).getroot().iter('testcase'):
+  for case in root.iter('testcase'):
     if case.find('failure') is not None or case.find('error') is not None:
       failed += 1
     elif case.find('skipped') is not None or case.get('status') == 'notrun':
@@ -21,24 +28,33 @@ def count_report(path: str) -> tuple[int, int, int]:
   return passed, failed, skipped
 
 
-def main(testlogs: str, failed_targets_file: str = '') -> int:
+def _read_lines(path: str) -> list[str]:
+  if not path or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def summarize(testlogs: str, targets: list[str], failed_targets: list[str]) -> tuple[int, int, int]:
   passed = failed = skipped = 0
-  reported_targets = set()
-  for directory, _, files in os.walk(testlogs):
-    if 'test.xml' in files:
-      p, f, s = count_report(os.path.join(directory, 'test.xml'))
-      passed, failed, skipped = passed + p, failed + f, skipped + s
-      if f or p or s:
-        reported_targets.add(os.path.relpath(directory, testlogs))
-  # Targets Bazel marked failed but whose report names no failing case (crash, timeout).
-  if failed_targets_file and os.path.exists(failed_targets_file):
-    with open(failed_targets_file) as fh:
-      for target in (line.strip() for line in fh if line.strip()):
-        path = target.lstrip('/').replace(':', '/')
-        report = os.path.join(testlogs, path, 'test.xml')
-        if not os.path.exists(report) or count_report(report)[1] == 0:
-          print(f'target failed without a failing test case: {target}')
-          failed += 1
+  for target in targets:
+    report = os.path.join(testlogs, target.lstrip('/').replace(':', '/'), 'test.xml')
+    try:
+      p, f, s = count_report(report)
+    except ValueError as e:
+      print(f'{target}: no usable test report: {e}')
+      failed += 1
+      continue
+    if target in failed_targets and f == 0:
+      print(f'{target}: failed without a failing test case (crash or timeout)')
+      f = 1
+    passed, failed, skipped = passed + p, failed + f, skipped + s
+  return passed, failed, skipped
+
+
+def main(testlogs: str, targets_file: str, failed_targets_file: str = '') -> int:
+  passed, failed, skipped = summarize(
+      testlogs, _read_lines(targets_file), _read_lines(failed_targets_file))
   print(f'{passed} passed, {failed} failed, {skipped} skipped')
   return 0
 

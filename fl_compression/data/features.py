@@ -53,29 +53,36 @@ class SpecAugmentConfig:
   time_mask_param: int = 25
 
 
-def spec_augment(features: tf.Tensor, config: SpecAugmentConfig = SpecAugmentConfig()
-                 ) -> tf.Tensor:
+def spec_augment(features: tf.Tensor, seed: tf.Tensor,
+                 config: SpecAugmentConfig = SpecAugmentConfig()) -> tf.Tensor:
   """Zeroes random frequency bands and time spans of [frames, bins] features.
 
-  Each mask has a width drawn uniformly from [0, param] and a uniform start. Written with core
-  TF ops (not tensorflow-io's `freq_mask`/`time_mask`) because client datasets run inside TFF's
+  Each mask has a width drawn uniformly from [0, param] and a uniform start, from stateless
+  random ops keyed by `seed` (shape [2] int), so masks are reproducible (a resumed run sees the
+  same ones) and differ wherever the caller varies the seed (per round, client, example).
+  Written with core TF ops (not tensorflow-io's `freq_mask`/`time_mask`) because client datasets run inside TFF's
   C++ worker, which has no tensorflow-io kernels. Features are normalized per utterance first,
   so zero is the mean.
   """
   num_frames, num_bins = tf.shape(features)[0], tf.shape(features)[1]
 
-  def band_mask(size, param):
-    width = tf.random.uniform([], 0, tf.minimum(param, size) + 1, dtype=tf.int32)
-    start = tf.random.uniform([], 0, size - width + 1, dtype=tf.int32)
+  seeds = tf.random.experimental.stateless_split(
+      tf.cast(seed, tf.int64), 2 * (config.num_freq_masks + config.num_time_masks))
+
+  def band_mask(size, param, mask_index):
+    width = tf.random.stateless_uniform([], seeds[2 * mask_index], 0,
+                                        tf.minimum(param, size) + 1, dtype=tf.int32)
+    start = tf.random.stateless_uniform([], seeds[2 * mask_index + 1], 0, size - width + 1,
+                                        dtype=tf.int32)
     positions = tf.range(size)
     return (positions >= start) & (positions < start + width)
 
   keep_bins = tf.ones([num_bins], tf.bool)
-  for _ in range(config.num_freq_masks):
-    keep_bins &= ~band_mask(num_bins, config.freq_mask_param)
+  for i in range(config.num_freq_masks):
+    keep_bins &= ~band_mask(num_bins, config.freq_mask_param, i)
   keep_frames = tf.ones([num_frames], tf.bool)
-  for _ in range(config.num_time_masks):
-    keep_frames &= ~band_mask(num_frames, config.time_mask_param)
+  for i in range(config.num_time_masks):
+    keep_frames &= ~band_mask(num_frames, config.time_mask_param, config.num_freq_masks + i)
   keep = tf.cast(keep_frames[:, None] & keep_bins[None, :], features.dtype)
   return features * keep
 

@@ -34,7 +34,7 @@ class WorkerProcessTest(absltest.TestCase):
   def _started(self, **kwargs):
     worker = backends.WorkerProcess(**kwargs).start()
     self.addCleanup(worker.stop)
-    backends._connect(worker.address, timeout=30, process=worker)
+    backends.connect_to_worker(worker.address, timeout=30, process=worker)
     return worker
 
   def test_worker_listens_on_loopback_only_by_default(self):

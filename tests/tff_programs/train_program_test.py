@@ -54,9 +54,11 @@ class TrainProgramTest(absltest.TestCase):
     self.env['PYTHONPATH'] = os.pathsep.join(sys.path)
 
   def _start(self, root, *flags):
-    return subprocess.Popen(
+    process = subprocess.Popen(
         _program() + [f'--root_output_dir={root}', *_COMMON_FLAGS, *flags],
         env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self.addCleanup(process.kill)  # A failed assertion must not leave the program running.
+    return process
 
   def _run(self, root, *flags, timeout=300):
     process = self._start(root, *flags)
@@ -133,6 +135,10 @@ class TrainProgramTest(absltest.TestCase):
         (['--backend=workers', f'--workers=127.0.0.1:{port}', '--worker_connect_timeout=2'],
          f'127.0.0.1:{port} is unreachable'),
         ([f'--root_output_dir={a_file}/run'], f'--root_output_dir={a_file}/run cannot be'),
+        (['--total_rounds=1'], '--total_rounds=1 is below round 2'),
+        (['--seed=5'], '--seed=5 (the run has 0)'),
+        (['--task=speech_ctc', f'--data_dir={a_file}', f'--root_output_dir={root}_speech'],
+         f'--data_dir={a_file}'),
     ]
     for flags, message in cases:
       code, stdout, stderr = self._run(root, *flags)

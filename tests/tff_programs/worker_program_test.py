@@ -31,7 +31,7 @@ class WorkerProgramTest(absltest.TestCase):
     process = subprocess.Popen(_program() + [f'--port={port}'], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-      backends._connect(f'127.0.0.1:{port}', timeout=60)
+      backends.connect_to_worker(f'127.0.0.1:{port}', timeout=60)
       self.assertLen(tff_test_utils.processes_with_env(f'FLC_TEST_RUN={marker}'), 2)
       process.send_signal(signum)
       stdout, stderr = process.communicate(timeout=30)

@@ -29,33 +29,50 @@ class TestSummaryTest(absltest.TestCase):
     with open(os.path.join(self.logs, target_path, 'test.xml'), 'w') as f:
       f.write(text)
 
-  def _summary(self, failed_targets=()):
-    failed_file = os.path.join(self.logs, 'failed.txt')
-    with open(failed_file, 'w') as f:
-      f.write('\n'.join(failed_targets))
+  def _summary(self, targets, failed_targets=()):
     with tempfile.TemporaryFile('w+') as out:
       with contextlib.redirect_stdout(out):
-        test_summary.main(self.logs, failed_file)
+        counts = test_summary.summarize(self.logs, list(targets), list(failed_targets))
       out.seek(0)
-      return out.read().strip().splitlines()[-1]
+      return counts, out.read()
 
   def test_counts_each_case_by_outcome(self):
-    self.assertEqual(test_summary.count_report(self._report_path('pkg/a_test')), (2, 2, 2))
+    self._write_report('pkg/a_test')
+    self.assertEqual(
+        test_summary.count_report(os.path.join(self.logs, 'pkg/a_test/test.xml')), (2, 2, 2))
 
-  def test_sums_over_targets(self):
+  def test_sums_over_the_given_targets_only(self):
     self._write_report('pkg/a_test')
     self._write_report('pkg/b_test')
-    self.assertEqual(self._summary(), '4 passed, 4 failed, 4 skipped')
+    self._write_report('pkg/removed_test')  # A stale report of a target that no longer exists.
+    counts, _ = self._summary(['//pkg:a_test', '//pkg:b_test'])
+    self.assertEqual(counts, (4, 4, 4))
 
   def test_failed_target_without_failing_case_counts_once(self):
-    ok_only = _REPORT.replace('<failure message="boom"/>', '').replace('<error message="crash"/>', '')
+    ok_only = _REPORT.replace('<failure message="boom"/>', '').replace(
+        '<error message="crash"/>', '')
     self._write_report('pkg/timeout_test', ok_only)
-    self.assertEqual(self._summary(['//pkg:timeout_test', '//pkg:crashed_test']),
-                     '4 passed, 2 failed, 2 skipped')
+    counts, output = self._summary(['//pkg:timeout_test'], ['//pkg:timeout_test'])
+    self.assertEqual(counts, (4, 1, 2))
+    self.assertIn('crash or timeout', output)
 
-  def _report_path(self, target_path):
-    self._write_report(target_path)
-    return os.path.join(self.logs, target_path, 'test.xml')
+  def test_empty_or_missing_report_counts_as_one_failure(self):
+    self._write_report('pkg/crashed_test', '')  # absltest's report before it is filled in.
+    counts, output = self._summary(['//pkg:crashed_test', '//pkg:never_ran_test'],
+                                   ['//pkg:crashed_test'])
+    self.assertEqual(counts, (0, 2, 0))
+    self.assertIn('//pkg:crashed_test: no usable test report', output)
+
+  def test_main_prints_the_closing_line(self):
+    self._write_report('pkg/a_test')
+    targets = os.path.join(self.logs, 'targets')
+    with open(targets, 'w') as f:
+      f.write('//pkg:a_test\n')
+    with tempfile.TemporaryFile('w+') as out:
+      with contextlib.redirect_stdout(out):
+        test_summary.main(self.logs, targets, '')
+      out.seek(0)
+      self.assertEqual(out.read().strip().splitlines()[-1], '2 passed, 2 failed, 2 skipped')
 
 
 if __name__ == '__main__':
