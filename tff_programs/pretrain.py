@@ -1,0 +1,168 @@
+"""Centralized (server-side) pretraining of the dense `tiny` Conformer-CTC on train-clean-100.
+
+  bazel run //tff_programs:pretrain -- --root_output_dir=runs/pretrain --max_minutes=30
+
+This is the labelled, non-federated mode: the server trains on the pooled training split (the
+same utterances the federated clients hold), as the papers start their methods from one
+pretrained dense model. The best model by dev WER is written to <root_output_dir>/final_model;
+`curve.csv` holds step, loss, dev WER/CER and elapsed time. A run resumes from its checkpoint.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import csv
+import glob
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fl_compression import tasks
+from fl_compression.data import corpus
+from fl_compression.data import features
+from fl_compression.data import speech_data
+from fl_compression.evaluation import error_rates
+from fl_compression.evaluation import speech_eval
+from fl_compression.models import asr
+from fl_compression.models import checkpoint
+from fl_compression.models import registry
+from tff_programs import flag_utils
+
+_DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
+                                'LibriSpeech-layout corpus (generated here if absent).')
+_ROOT_OUTPUT_DIR = flags.DEFINE_string('root_output_dir', 'runs/pretrain', 'Output directory.')
+_MAX_MINUTES = flags.DEFINE_float('max_minutes', 20.0, 'Wall-time budget for training.')
+_MAX_STEPS = flags.DEFINE_integer('max_steps', 100000, 'Step budget for training.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Utterances per step.')
+_LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning rate.')
+_WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 300, 'Linear warm-up steps.')
+_EVAL_EVERY = flags.DEFINE_integer('eval_every_steps', 250, 'Dev evaluation period.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the model, data order and augmentation.')
+
+
+def _train_dataset(cache_dir: str, batch_size: int, seed: int) -> tf.data.Dataset:
+  files = sorted(glob.glob(os.path.join(cache_dir, '*.tfrecord')))
+  bins = features.FeatureConfig().num_mel_bins
+  augment = features.SpecAugmentConfig()
+  dataset = tf.data.TFRecordDataset(files).map(lambda r: speech_data.parse_example(r, bins))
+  dataset = dataset.cache().shuffle(4096, seed=seed).repeat().enumerate()
+  dataset = dataset.map(lambda i, e: dict(e, features=features.spec_augment(
+      e['features'], tf.stack([tf.constant(seed, tf.int64), i]), augment)),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  return speech_data.padded_batches(dataset, batch_size, bins,
+                                    bucket_boundaries=(300, 400, 500, 650)).prefetch(2)
+
+
+def _learning_rate(step: tf.Tensor) -> tf.Tensor:
+  step = tf.cast(step + 1, tf.float32)
+  warmup = float(_WARMUP_STEPS.value)
+  return _LEARNING_RATE.value * tf.minimum(step / warmup, tf.math.rsqrt(step / warmup))
+
+
+def run() -> None:
+  for name in ('batch_size', 'max_steps', 'warmup_steps', 'eval_every_steps'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  flag_utils.require_positive('max_minutes', _MAX_MINUTES.value)
+  root = flag_utils.ensure_writable_dir('root_output_dir',
+                                        flag_utils.resolve_path(_ROOT_OUTPUT_DIR.value))
+  data_dir = flag_utils.resolve_path(_DATA_DIR.value)
+  options = tasks.TaskOptions(data_dir=data_dir, seed=_SEED.value)
+  tokenizer = features.CharTokenizer()
+  try:
+    reports = tasks.load_speech_splits(options, tokenizer)
+  except (ValueError, OSError, RuntimeError) as e:
+    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
+  clients = speech_data.assign_clients(reports[corpus.TRAIN_SPLIT].utterances)
+  cache = speech_data.build_feature_cache(clients, data_dir.rstrip(os.sep) + '.features',
+                                          tokenizer, features.FeatureConfig())
+  model_config = asr.tiny_config(tokenizer.vocab_size, seed=_SEED.value)
+  model = registry.build_keras_model(model_config)
+  optimizer = tf.keras.optimizers.Adam(learning_rate=_learning_rate, beta_2=0.98)
+  step = tf.Variable(0, dtype=tf.int64)
+  ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+  manager = tf.train.CheckpointManager(ckpt, os.path.join(root, 'checkpoints'), max_to_keep=2)
+  if manager.latest_checkpoint:
+    ckpt.restore(manager.latest_checkpoint).expect_partial()
+    print(f'resumed from step {int(step.numpy())}', flush=True)
+
+  @tf.function(reduce_retracing=True)
+  def train_step(batch):
+    with tf.GradientTape() as tape:
+      logits, lengths = model([batch['features'], batch['feature_length']], training=True)
+      loss = tf.reduce_mean(asr.ctc_loss(batch, logits, lengths))
+    grads = tape.gradient(loss, model.trainable_variables)
+    grads, _ = tf.clip_by_global_norm(grads, 5.0)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  dev = reports[corpus.DEV_SPLIT].utterances
+  dev_data = speech_eval.utterance_dataset(dev, features.FeatureConfig(), 32).cache()
+  curve_path = os.path.join(root, 'curve.csv')
+  best_path = os.path.join(root, 'best.json')
+  best = {'dev_wer': float('inf')}
+  if os.path.exists(best_path):
+    with open(best_path) as f:
+      best = json.load(f)
+  started = time.monotonic()
+  losses = []
+  print(f'centralized pretraining of conformer_ctc tiny on {sum(map(len, clients.values()))} '
+        f'utterances; budget {_MAX_MINUTES.value} min', flush=True)
+  for batch in _train_dataset(cache, _BATCH_SIZE.value, _SEED.value + int(step.numpy())):
+    losses.append(float(train_step(batch)))
+    step.assign_add(1)
+    current = int(step.numpy())
+    elapsed = time.monotonic() - started
+    done = current >= _MAX_STEPS.value or elapsed > 60 * _MAX_MINUTES.value
+    if current % _EVAL_EVERY.value == 0 or done:
+      hypotheses = speech_eval.transcribe(model, dev_data, tokenizer)
+      rates = error_rates.error_rates([u.transcript for u in dev], hypotheses)
+      row = {'step': current, 'loss': float(np.mean(losses[-_EVAL_EVERY.value:])),
+             'dev_wer': rates.wer, 'dev_cer': rates.cer, 'elapsed_seconds': round(elapsed, 1)}
+      new_file = not os.path.exists(curve_path)
+      with open(curve_path, 'a', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new_file:
+          writer.writeheader()
+        writer.writerow(row)
+      print(f'step {current:>6} | loss {row["loss"]:.3f} | dev WER {100 * rates.wer:.2f}% '
+            f'CER {100 * rates.cer:.2f}% | {elapsed / 60:.1f} min', flush=True)
+      manager.save(checkpoint_number=current)
+      if rates.wer < best['dev_wer']:
+        best = {'dev_wer': rates.wer, 'dev_cer': rates.cer, 'step': current}
+        weights = tff.learning.models.ModelWeights(
+            trainable=[v.numpy() for v in model.trainable_variables],
+            non_trainable=[v.numpy() for v in model.non_trainable_variables])
+        checkpoint.save_model(os.path.join(root, 'final_model'), model_config, weights, {
+            'mode': 'centralized pretraining (server-side, train-clean-100)',
+            'round': current, 'seed': _SEED.value, 'dev_wer': rates.wer})
+        with open(best_path, 'w') as f:
+          json.dump(best, f)
+    if done:
+      break
+  print(f'best dev WER {100 * best["dev_wer"]:.2f}% at step {best.get("step")}; model in '
+        f'{os.path.join(root, "final_model")}', flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel('ERROR')
+  try:
+    run()
+  except flag_utils.FlagError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
