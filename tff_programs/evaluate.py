@@ -19,6 +19,7 @@ from fl_compression.data import librispeech
 from fl_compression.evaluation import speech_eval
 from fl_compression.models import asr  # pylint: disable=unused-import (registers configs)
 from fl_compression.models import checkpoint
+from tff_programs import backends
 from tff_programs import flag_utils
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Saved model (config.json + weights.npz).')
@@ -62,6 +63,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  backends.disable_unmanaged_default_context()
   try:
     run()
   except flag_utils.FlagError as e:

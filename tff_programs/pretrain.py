@@ -34,6 +34,7 @@ from fl_compression.evaluation import speech_eval
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
+from tff_programs import backends
 from tff_programs import flag_utils
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
@@ -61,10 +62,18 @@ def _train_dataset(cache_dir: str, batch_size: int, seed: int) -> tf.data.Datase
                                     bucket_boundaries=(300, 400, 500, 650)).prefetch(2)
 
 
-def _learning_rate(step: tf.Tensor) -> tf.Tensor:
-  step = tf.cast(step + 1, tf.float32)
-  warmup = float(_WARMUP_STEPS.value)
-  return _LEARNING_RATE.value * tf.minimum(step / warmup, tf.math.rsqrt(step / warmup))
+class WarmupInverseSqrt(tf.keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up to `peak`, then decay with the inverse square root of the step."""
+
+  def __init__(self, peak: float, warmup_steps: int):
+    self.peak, self.warmup_steps = peak, warmup_steps
+
+  def __call__(self, step):
+    ratio = tf.cast(step + 1, tf.float32) / float(self.warmup_steps)
+    return self.peak * tf.minimum(ratio, tf.math.rsqrt(ratio))
+
+  def get_config(self):
+    return {'peak': self.peak, 'warmup_steps': self.warmup_steps}
 
 
 def run() -> None:
@@ -85,7 +94,8 @@ def run() -> None:
                                           tokenizer, features.FeatureConfig())
   model_config = asr.tiny_config(tokenizer.vocab_size, seed=_SEED.value)
   model = registry.build_keras_model(model_config)
-  optimizer = tf.keras.optimizers.Adam(learning_rate=_learning_rate, beta_2=0.98)
+  optimizer = tf.keras.optimizers.Adam(
+      learning_rate=WarmupInverseSqrt(_LEARNING_RATE.value, _WARMUP_STEPS.value), beta_2=0.98)
   step = tf.Variable(0, dtype=tf.int64)
   ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
   manager = tf.train.CheckpointManager(ckpt, os.path.join(root, 'checkpoints'), max_to_keep=2)
@@ -157,6 +167,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel('ERROR')
+  backends.disable_unmanaged_default_context()
   try:
     run()
   except flag_utils.FlagError as e:
