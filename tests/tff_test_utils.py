@@ -1,6 +1,8 @@
 """Test helpers: run async TFF program code on a managed local backend."""
 
 import asyncio
+import os
+import sys
 from typing import Any, Awaitable, Callable
 
 import psutil
@@ -40,3 +42,12 @@ def _cmdline(process: psutil.Process) -> list[str]:
     return process.cmdline()
   except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
     return []
+
+
+def program_command(name: str) -> list[str]:
+  """The command that runs //tff_programs:<name> (its Bazel launcher under `bazel test`)."""
+  runfiles = os.environ.get('TEST_SRCDIR')
+  if runfiles:
+    return [os.path.join(runfiles, 'flc', 'tff_programs', name)]
+  return [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tff_programs',
+                                       f'{name}.py')]

@@ -9,18 +9,16 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import json
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from fl_compression.data import librispeech
 from fl_compression.evaluation import speech_eval
 from fl_compression.models import asr  # pylint: disable=unused-import (registers configs)
 from fl_compression.models import checkpoint
-from tff_programs import backends
 from tff_programs import flag_utils
+from tff_programs import program_main
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Saved model (config.json + weights.npz).')
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
@@ -58,19 +56,5 @@ def run() -> None:
       json.dump({split: r.as_dict() for split, r in results.items()}, f, indent=2)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  backends.disable_unmanaged_default_context()
-  try:
-    run()
-  except flag_utils.FlagError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-
-
-
 if __name__ == '__main__':
-  app.run(main)
+  app.run(program_main.make_main(run))

@@ -15,12 +15,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import csv
 import glob
 import json
-import sys
 import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -34,8 +32,8 @@ from fl_compression.evaluation import speech_eval
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
-from tff_programs import backends
 from tff_programs import flag_utils
+from tff_programs import program_main
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
                                 'LibriSpeech-layout corpus (generated here if absent).')
@@ -161,19 +159,5 @@ def run() -> None:
         f'{os.path.join(root, "final_model")}', flush=True)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-    tf.get_logger().setLevel('ERROR')
-  backends.disable_unmanaged_default_context()
-  try:
-    run()
-  except flag_utils.FlagError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  app.run(program_main.make_main(run))

@@ -64,14 +64,18 @@ async def train_model(
     train_metrics_manager: tff.program.ReleaseManager,
     evaluation_metrics_manager: Optional[tff.program.ReleaseManager],
     model_output_manager: tff.program.ReleaseManager,
+    initial_model_weights: Optional[tff.learning.models.ModelWeights] = None,
 ) -> TrainingResult:
   """Trains for `total_rounds`, resuming from the latest saved program state if any.
 
   Train metrics are released every round (key = round number) with `round_time_seconds` added;
   evaluation on all held-out clients every `evaluation_period` rounds and after the last round;
-  the final model weights once, with key `total_rounds`.
+  the final model weights once, with key `total_rounds`. A new run starts from
+  `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
   """
   initial_state = train_process.initialize()
+  if initial_model_weights is not None:
+    initial_state = train_process.set_model_weights(initial_state, initial_model_weights)
   program_state, version = await program_state_manager.load_latest((initial_state, 0))
   if program_state is None:
     state, start_round = initial_state, 0

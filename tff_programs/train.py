@@ -15,19 +15,18 @@ import asyncio
 import dataclasses
 import json
 import subprocess
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression import tasks
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
+from fl_compression.models import checkpoint
 from tff_programs import backends
 from tff_programs import flag_utils
+from tff_programs import program_main
 from tff_programs import program_logic
 from tff_programs import release
 
@@ -68,6 +67,10 @@ _PARTITION = flags.DEFINE_enum('partition', 'speaker', ['speaker', 'iid'],
                                'Speech tasks: one client per speaker, or an IID partition.')
 _STRICT_DATA = flags.DEFINE_bool(
     'strict_data', False, 'Speech tasks: fail on the first bad utterance instead of skipping it.')
+_INITIAL_MODEL_DIR = flags.DEFINE_string(
+    'initial_model_dir', None,
+    'Start a new run from this saved model (config.json + weights.npz), e.g. a pretrained one; '
+    'its model config must be the task\'s.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for data generation, initial model and sampling.')
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
@@ -155,7 +158,8 @@ def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
 _RUN_DEFINING_FLAGS = (
     'task', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
-    'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition')
+    'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
+    'initial_model_dir')
 _RUN_CONFIG = 'run_config.json'
 
 
@@ -180,6 +184,24 @@ def _check_run_config(root: str) -> dict:
         f'--total_rounds={_TOTAL_ROUNDS.value} is below round {max(versions)} that the run in '
         f'{root} has already reached')
   return config
+
+
+def _initial_model_weights(task: tasks.Task):
+  """Weights of --initial_model_dir, checked against the task's model config (seed aside)."""
+  if not _INITIAL_MODEL_DIR.value:
+    return None
+  model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
+  try:
+    config = checkpoint.load_config(model_dir)
+    weights = checkpoint.load_weights(model_dir)
+  except (OSError, ValueError) as e:
+    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
+  strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}
+  if strip(config['model']) != strip(task.model_config):
+    raise flag_utils.FlagError(
+        f'--initial_model_dir={_INITIAL_MODEL_DIR.value} holds a {config["model"].get("name")} '
+        f'model whose config differs from --task={_TASK.value}\'s')
+  return weights
 
 
 def _write_run_config(root: str, config: dict) -> None:
@@ -215,6 +237,7 @@ def run() -> None:
   train_process = algorithms.get(_ALGORITHM.value).build(task.model_fn, hparams)
   eval_process = tff.learning.algorithms.build_fed_eval(task.model_fn)
 
+  initial_weights = _initial_model_weights(task)
   _write_run_config(root, run_config)
   metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}
   print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
@@ -227,7 +250,7 @@ def run() -> None:
     result = asyncio.run(program_logic.train_model(
         train_process=train_process, eval_process=eval_process, task=task, sampler=sampler,
         total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
-        **_output_managers(root, task, metadata)))
+        initial_model_weights=initial_weights, **_output_managers(root, task, metadata)))
   final_model_dir = os.path.join(root, 'final_model')
   rows = _result_rows(result, final_model_dir)
   with open(os.path.join(root, 'summary.json'), 'w') as f:
@@ -236,20 +259,5 @@ def run() -> None:
   print('\nFinal result\n' + _format_table(rows), flush=True)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    # Progress lines and the result table are the output; per-round logs are opt-in (-v 0).
-    logging.set_verbosity(logging.WARNING)
-    tf.get_logger().setLevel('ERROR')
-  backends.disable_unmanaged_default_context()
-  try:
-    run()
-  except (flag_utils.FlagError, backends.BackendError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  app.run(program_main.make_main(run))

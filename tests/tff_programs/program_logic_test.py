@@ -39,7 +39,7 @@ class TrainModelTest(absltest.TestCase):
         cls.task.model_fn, algorithms.Hyperparameters())
     cls.eval_process = tff.learning.algorithms.build_fed_eval(cls.task.model_fn)
 
-  def _train(self, root, total_rounds, evaluation_period=2):
+  def _train(self, root, total_rounds, evaluation_period=2, initial_model_weights=None):
     managers = {name: tff.program.MemoryReleaseManager() for name in ('train', 'eval', 'model')}
 
     async def body():
@@ -51,7 +51,8 @@ class TrainModelTest(absltest.TestCase):
               os.path.join(root, 'program_state')),
           train_metrics_manager=managers['train'],
           evaluation_metrics_manager=managers['eval'],
-          model_output_manager=managers['model'])
+          model_output_manager=managers['model'],
+          initial_model_weights=initial_model_weights)
 
     result = tff_test_utils.run_on_local_backend(body)
     return result, {name: dict(m.values()) for name, m in managers.items()}
@@ -81,6 +82,27 @@ class TrainModelTest(absltest.TestCase):
     # Training moved the model: round 4's loss is below round 1's.
     self.assertLess(whole_releases['train'][4]['client_work']['train']['loss'],
                     whole_releases['train'][1]['client_work']['train']['loss'])
+
+  def test_training_starts_from_given_initial_weights(self):
+    tmp = absltest.get_default_test_tmpdir()
+    _, default_run = self._train(tempfile.mkdtemp(dir=tmp), total_rounds=1)
+
+    async def initial_weights():
+      process = self.train_process
+      return await tff.program.materialize_value(
+          process.get_model_weights(process.initialize()))
+
+    weights = tff_test_utils.run_on_local_backend(initial_weights)
+    _, same_start = self._train(tempfile.mkdtemp(dir=tmp), total_rounds=1,
+                                initial_model_weights=weights)
+    shifted = tff.learning.models.ModelWeights(
+        trainable=[w + 0.5 for w in weights.trainable], non_trainable=weights.non_trainable)
+    _, shifted_start = self._train(tempfile.mkdtemp(dir=tmp), total_rounds=1,
+                                   initial_model_weights=shifted)
+    for a, b, c in zip(default_run['model'][1].trainable, same_start['model'][1].trainable,
+                       shifted_start['model'][1].trainable):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+      self.assertGreater(np.max(np.abs(a - c)), 0.1)
 
   def test_state_beyond_requested_rounds_is_an_error(self):
     root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())

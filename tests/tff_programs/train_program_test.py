@@ -21,14 +21,6 @@ _COMMON_FLAGS = ['--num_train_clients=8', '--clients_per_round=3', '--examples_p
                  '--num_eval_clients=2', '--evaluation_period=4']
 
 
-def _program() -> list[str]:
-  runfiles = os.environ.get('TEST_SRCDIR')
-  if runfiles:
-    return [os.path.join(runfiles, 'flc', 'tff_programs', 'train')]
-  return [sys.executable, os.path.join(os.path.dirname(__file__), '..', '..', 'tff_programs',
-                                       'train.py')]
-
-
 def _read_csv(path):
   with open(path) as f:
     return list(csv.DictReader(f))
@@ -55,7 +47,7 @@ class TrainProgramTest(absltest.TestCase):
 
   def _start(self, root, *flags):
     process = subprocess.Popen(
-        _program() + [f'--root_output_dir={root}', *_COMMON_FLAGS, *flags],
+        tff_test_utils.program_command('train') + [f'--root_output_dir={root}', *_COMMON_FLAGS, *flags],
         env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.addCleanup(process.kill)  # A failed assertion must not leave the program running.
     return process
@@ -137,6 +129,8 @@ class TrainProgramTest(absltest.TestCase):
         ([f'--root_output_dir={a_file}/run'], f'--root_output_dir={a_file}/run cannot be'),
         (['--total_rounds=1'], '--total_rounds=1 is below round 2'),
         (['--seed=5'], '--seed=5 (the run has 0)'),
+        (['--initial_model_dir=/nonexistent/model', f'--root_output_dir={root}_new'],
+         '--initial_model_dir=/nonexistent/model: /nonexistent/model is not a model directory'),
         (['--task=speech_ctc', f'--data_dir={a_file}', f'--root_output_dir={root}_speech'],
          f'--data_dir={a_file}'),
     ]

@@ -14,21 +14,13 @@ from tests import tff_test_utils
 from tff_programs import backends
 
 
-def _program() -> list[str]:
-  runfiles = os.environ.get('TEST_SRCDIR')
-  if runfiles:
-    return [os.path.join(runfiles, 'flc', 'tff_programs', 'worker')]
-  return [sys.executable, os.path.join(os.path.dirname(__file__), '..', '..', 'tff_programs',
-                                       'worker.py')]
-
-
 class WorkerProgramTest(absltest.TestCase):
 
   def _serve_then_signal(self, signum):
     marker = uuid.uuid4().hex
     env = dict(os.environ, FLC_TEST_RUN=marker, PYTHONPATH=os.pathsep.join(sys.path))
     port = portpicker.pick_unused_port()
-    process = subprocess.Popen(_program() + [f'--port={port}'], env=env,
+    process = subprocess.Popen(tff_test_utils.program_command('worker') + [f'--port={port}'], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
       backends.connect_to_worker(f'127.0.0.1:{port}', timeout=60)
@@ -53,7 +45,7 @@ class WorkerProgramTest(absltest.TestCase):
     self._serve_then_signal(signal.SIGINT)
 
   def test_bad_port_is_named(self):
-    result = subprocess.run(_program() + ['--port=70000'], capture_output=True, text=True,
+    result = subprocess.run(tff_test_utils.program_command('worker') + ['--port=70000'], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
                             timeout=120)
     self.assertEqual(result.returncode, 2)
