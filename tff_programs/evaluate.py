@@ -15,7 +15,6 @@ from absl import flags
 
 from fl_compression.data import librispeech
 from fl_compression.evaluation import speech_eval
-from fl_compression.models import asr  # pylint: disable=unused-import (registers configs)
 from fl_compression.models import checkpoint
 from tff_programs import flag_utils
 from tff_programs import program_main

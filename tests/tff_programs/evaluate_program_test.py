@@ -1,0 +1,75 @@
+"""//tff_programs:evaluate as users run it: the WER table, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow_federated as tff
+
+from fl_compression.data import corpus
+from fl_compression.models import asr
+from fl_compression.models import checkpoint
+from fl_compression.models import registry
+from tests import tff_test_utils
+
+_TINY = corpus.CorpusConfig(num_train_speakers=2, num_test_speakers=1,
+                            train_utterances_per_speaker=1, dev_utterances_per_speaker=2,
+                            test_utterances_per_speaker=3, seed=4)
+
+
+class EvaluateProgramTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.data_dir = os.path.join(tmp, 'corpus')
+    corpus.generate(cls.data_dir, _TINY, log=lambda message: None)
+    config = asr.tiny_config(vocab_size=29)
+    config['encoder'].update(num_blocks=1, model_dim=32)
+    model = registry.build_keras_model(config)
+    cls.model_dir = os.path.join(tmp, 'model')
+    checkpoint.save_model(cls.model_dir, config, tff.learning.models.ModelWeights(
+        trainable=[v.numpy() for v in model.trainable_variables],
+        non_trainable=[v.numpy() for v in model.non_trainable_variables]))
+    cls.json_path = os.path.join(tmp, 'wer.json')
+    cls.env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+  def _run(self, *flags):
+    return subprocess.run(tff_test_utils.program_command('evaluate') + list(flags),
+                          capture_output=True, text=True, env=self.env, timeout=300)
+
+  def test_prints_and_writes_the_table_per_split(self):
+    result = self._run(f'--model_dir={self.model_dir}', f'--data_dir={self.data_dir}',
+                       '--splits=dev-clean,test-clean', f'--output_json={self.json_path}')
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    self.assertRegex(result.stdout, r'dev-clean +4 +\d+ +\d+\.\d\d% +\d+\.\d\d%')
+    self.assertRegex(result.stdout, r'test-clean +3 +\d+ +\d+\.\d\d% +\d+\.\d\d%')
+    with open(self.json_path) as f:
+      table = json.load(f)
+    self.assertEqual(table['test-clean']['num_utterances'], 3)
+    # An untrained model transcribes nothing right: its WER is far from zero.
+    self.assertGreater(table['dev-clean']['wer'], 0.5)
+    self.assertTrue(np.isfinite(table['test-clean']['cer']))
+
+  def test_bad_input_is_named_in_one_line(self):
+    cases = [
+        (['--model_dir=/nonexistent'], '--model_dir=/nonexistent: /nonexistent is not a model'),
+        ([f'--model_dir={self.model_dir}', '--splits=train-other-500',
+          f'--data_dir={self.data_dir}'], 'train-other-500: no such corpus split directory'),
+        ([], '--model_dir is required'),
+    ]
+    for flags, message in cases:
+      result = self._run(*flags)
+      self.assertEqual(result.returncode, 2, (flags, result.stderr[-2000:]))
+      last_line = result.stderr.strip().splitlines()[-1]
+      self.assertTrue(last_line.startswith('error: '), (flags, last_line))
+      self.assertIn(message, last_line)
+
+
+if __name__ == '__main__':
+  absltest.main()
