@@ -8,7 +8,7 @@ import collections
 import dataclasses
 import os
 import zlib
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -18,6 +18,7 @@ from fl_compression.data import features
 from fl_compression.data import librispeech
 from fl_compression.data import speech_data
 from fl_compression.data import synthetic
+from fl_compression.evaluation import speech_eval
 from fl_compression.models import asr
 from fl_compression.models import registry
 
@@ -33,6 +34,9 @@ class Task:
   # task's random augmentation.
   train_preprocess: Callable[[tf.data.Dataset, tf.Tensor], tf.data.Dataset]
   eval_preprocess: Callable[[tf.data.Dataset], tf.data.Dataset]
+  # Speech tasks: model weights -> {split: ErrorRates} on the dev and test splits (greedy
+  # transcripts scored with jiwer), reported with each evaluation.
+  transcription_eval: Optional[Callable[[Any], dict[str, Any]]] = None
 
   def train_dataset(self, client_id: str, round_num: int = 0) -> tf.data.Dataset:
     """The client's training batches for `round_num` (augmentation differs per round)."""
@@ -109,7 +113,17 @@ def load_speech_splits(options: TaskOptions, tokenizer: features.CharTokenizer, 
 
 
 def build_speech_ctc(options: TaskOptions) -> Task:
-  """The `tiny` Conformer-CTC on a LibriSpeech-layout corpus; clients are speakers.
+  """The `tiny` Conformer-CTC on a LibriSpeech-layout corpus; clients are speakers."""
+  return _build_speech('speech_ctc', 'tiny', options)
+
+
+def build_speech_transducer(options: TaskOptions) -> Task:
+  """The `tiny_transducer` Conformer transducer on the same clients as `speech_ctc`."""
+  return _build_speech('speech_transducer', 'tiny_transducer', options)
+
+
+def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task:
+  """A speech model on a LibriSpeech-layout corpus; clients are speakers.
 
   Training clients are `train-clean-100`'s speakers; evaluation clients are `test-clean`'s,
   who never appear in training.
@@ -127,7 +141,7 @@ def build_speech_ctc(options: TaskOptions) -> Task:
 
   train_data = client_data(corpus.TRAIN_SPLIT, options.partition)
   eval_data = client_data(corpus.TEST_SPLIT, 'speaker')
-  model_config = asr.tiny_config(tokenizer.vocab_size, seed=options.seed)
+  model_config = asr.named_config(model_name, tokenizer.vocab_size, seed=options.seed)
   augment = features.SpecAugmentConfig()
 
   def train_preprocess(dataset, seed):
@@ -146,15 +160,25 @@ def build_speech_ctc(options: TaskOptions) -> Task:
       train_data.create_tf_dataset_for_client(train_data.client_ids[0])).element_spec
 
   def model_fn():
-    return asr.CtcVariableModel(registry.build_keras_model(model_config), input_spec)
+    return asr.AsrVariableModel(registry.build_keras_model(model_config), input_spec)
 
-  return Task('speech_ctc', model_config, train_data, eval_data, model_fn,
-              train_preprocess, eval_preprocess)
+  evaluator = []  # Built at the first evaluation: it holds a model and cached features.
+
+  def transcription_eval(weights):
+    if not evaluator:
+      evaluator.append(speech_eval.SplitEvaluator(
+          model_config, {split: reports[split].utterances
+                         for split in (corpus.DEV_SPLIT, corpus.TEST_SPLIT)}))
+    return evaluator[0](weights)
+
+  return Task(task_name, model_config, train_data, eval_data, model_fn,
+              train_preprocess, eval_preprocess, transcription_eval)
 
 
 TASKS: dict[str, Callable[[TaskOptions], Task]] = {
     'synthetic_mlp': build_synthetic_mlp,
     'speech_ctc': build_speech_ctc,
+    'speech_transducer': build_speech_transducer,
 }
 
 

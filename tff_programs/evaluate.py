@@ -15,6 +15,7 @@ from absl import flags
 
 from fl_compression.data import librispeech
 from fl_compression.evaluation import speech_eval
+from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from tff_programs import flag_utils
 from tff_programs import program_main
@@ -38,7 +39,7 @@ def run() -> None:
     model, config = checkpoint.load_keras_model(model_dir)
   except (OSError, ValueError) as e:
     raise flag_utils.FlagError(f'--model_dir={_MODEL_DIR.value}: {e}') from None
-  if config['model'].get('name') != 'conformer_ctc':
+  if config['model'].get('name') not in asr.SPEECH_MODELS:
     raise flag_utils.FlagError(f'--model_dir={_MODEL_DIR.value} holds a '
                                f'{config["model"].get("name")!r} model, not a speech model')
   try:

@@ -1,6 +1,9 @@
-"""Centralized (server-side) pretraining of the dense `tiny` Conformer-CTC on train-clean-100.
+"""Centralized (server-side) pretraining of a dense `tiny` model on train-clean-100.
 
   bazel run //tff_programs:pretrain -- --root_output_dir=runs/pretrain --max_minutes=30
+
+`--model=tiny` is the Conformer-CTC the demo ships; `--model=tiny_transducer` the same encoder
+with a transducer head.
 
 This is the labelled, non-federated mode: the server trains on the pooled training split (the
 same utterances the federated clients hold), as the papers start their methods from one
@@ -44,6 +47,8 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Utterances per step.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning rate.')
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 300, 'Linear warm-up steps.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every_steps', 250, 'Dev evaluation period.')
+_MODEL = flags.DEFINE_enum('model', 'tiny', ['tiny', 'tiny_transducer'],
+                           'Model configuration (fl_compression.models.asr.named_config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the model, data order and augmentation.')
 
 
@@ -90,7 +95,7 @@ def run() -> None:
   clients = speech_data.assign_clients(reports[corpus.TRAIN_SPLIT].utterances)
   cache = speech_data.build_feature_cache(clients, data_dir.rstrip(os.sep) + '.features',
                                           tokenizer, features.FeatureConfig())
-  model_config = asr.tiny_config(tokenizer.vocab_size, seed=_SEED.value)
+  model_config = asr.named_config(_MODEL.value, tokenizer.vocab_size, seed=_SEED.value)
   model = registry.build_keras_model(model_config)
   optimizer = tf.keras.optimizers.Adam(
       learning_rate=WarmupInverseSqrt(_LEARNING_RATE.value, _WARMUP_STEPS.value), beta_2=0.98)
@@ -104,8 +109,7 @@ def run() -> None:
   @tf.function(reduce_retracing=True)
   def train_step(batch):
     with tf.GradientTape() as tape:
-      logits, lengths = model([batch['features'], batch['feature_length']], training=True)
-      loss = tf.reduce_mean(asr.ctc_loss(batch, logits, lengths))
+      loss = tf.reduce_mean(asr.per_example_loss(model, batch, training=True))
     grads = tape.gradient(loss, model.trainable_variables)
     grads, _ = tf.clip_by_global_norm(grads, 5.0)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -121,7 +125,7 @@ def run() -> None:
       best = json.load(f)
   started = time.monotonic()
   losses = []
-  print(f'centralized pretraining of conformer_ctc tiny on {sum(map(len, clients.values()))} '
+  print(f'centralized pretraining of {_MODEL.value} ({model_config["name"]}) on {sum(map(len, clients.values()))} '
         f'utterances; budget {_MAX_MINUTES.value} min', flush=True)
   for batch in _train_dataset(cache, _BATCH_SIZE.value, _SEED.value + int(step.numpy())):
     losses.append(float(train_step(batch)))

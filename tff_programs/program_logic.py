@@ -45,6 +45,8 @@ class TrainingResult:
   train_metrics: dict[str, Any]
   eval_metrics: dict[str, Any]
   mean_round_seconds: Optional[float]
+  # The evaluation of the starting model, when this run started at round 0.
+  initial_eval_metrics: Optional[dict[str, Any]] = None
 
 
 def eval_round_metrics(eval_output_metrics) -> Any:
@@ -69,7 +71,8 @@ async def train_model(
   """Trains for `total_rounds`, resuming from the latest saved program state if any.
 
   Train metrics are released every round (key = round number) with `round_time_seconds` added;
-  evaluation on all held-out clients every `evaluation_period` rounds and after the last round;
+  evaluation on all held-out clients before the first round (key 0), every `evaluation_period`
+  rounds and after the last round;
   the final model weights once, with key `total_rounds`. A new run starts from
   `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
   """
@@ -96,12 +99,20 @@ async def train_model(
     output = eval_process.next(eval_state, eval_datasets)
     metrics = await tff.program.materialize_value(eval_round_metrics(output.metrics))
     metrics = {'eval': metrics}
+    if task.transcription_eval is not None:
+      weights = await tff.program.materialize_value(train_process.get_model_weights(state))
+      metrics['transcription'] = {split: rates.as_dict() for split, rates in
+                                  task.transcription_eval(weights).items()}
     if evaluation_metrics_manager is not None:
       await evaluation_metrics_manager.release(metrics, key=round_num)
     return metrics
 
   train_metrics: dict[str, Any] = {}
   eval_metrics: dict[str, Any] = {}
+  initial_eval_metrics = None
+  if start_round == 0:
+    # The starting point (e.g. a pretrained model), released with key 0.
+    initial_eval_metrics = await evaluate(0)
   round_times = []
   for round_num in range(start_round + 1, total_rounds + 1):
     started = time.monotonic()
@@ -123,4 +134,5 @@ async def train_model(
   return TrainingResult(
       rounds=total_rounds, resumed_from_round=start_round, train_metrics=train_metrics,
       eval_metrics=eval_metrics,
-      mean_round_seconds=float(np.mean(round_times)) if round_times else None)
+      mean_round_seconds=float(np.mean(round_times)) if round_times else None,
+      initial_eval_metrics=initial_eval_metrics)

@@ -45,6 +45,24 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
     self._print(' | '.join(parts))
 
 
+class EvaluationLineReleaseManager(tff.program.ReleaseManager):
+  """Prints one line per evaluation: held-out loss, and WER/CER per split for speech tasks."""
+
+  def __init__(self, print_fn: Callable[[str], None] = print):
+    self._print = print_fn
+
+  async def release(self, value, key: int) -> None:
+    flat = flatten_metrics(await tff.program.materialize_value(value))
+    parts = ['evaluation ' + ('of the initial model' if key == 0 else f'after round {key}')]
+    if 'eval/loss' in flat:
+      parts.append(f'held-out loss {float(flat["eval/loss"]):.4g}')
+    for name, rate in flat.items():
+      if name.startswith('transcription/') and name.rsplit('/', 1)[1] in ('wer', 'cer'):
+        split, kind = name.split('/')[1:]
+        parts.append(f'{kind.upper()} {split} {100 * float(rate):.2f}%')
+    self._print(' | '.join(parts))
+
+
 class ModelDirReleaseManager(tff.program.ReleaseManager):
   """Writes released `ModelWeights` as a model directory (config.json + weights.npz)."""
 

@@ -130,6 +130,27 @@ def _result_rows(result: program_logic.TrainingResult, final_model_dir: str):
   return rows
 
 
+def _error_rate_table(result: program_logic.TrainingResult) -> str:
+  """Per split: utterances, words, and WER/CER of the initial (if known) and final model."""
+  final = (result.eval_metrics or {}).get('transcription')
+  if not final:
+    return ''
+  initial = (result.initial_eval_metrics or {}).get('transcription') or {}
+  header = ['split', 'utterances', 'words']
+  header += ['initial WER', 'final WER', 'initial CER', 'final CER'] if initial else ['WER', 'CER']
+  rows = [header]
+  for split, rates in final.items():
+    row = [split, str(int(rates['num_utterances'])), str(int(rates['num_reference_words']))]
+    for kind in ('wer', 'cer'):
+      if initial:
+        row.append(f'{100 * float(initial[split][kind]):.2f}%')
+      row.append(f'{100 * float(rates[kind]):.2f}%')
+    rows.append(row)
+  widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+  return '\n'.join('  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
 def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
   """The program state manager and release managers that write under `root`."""
   progress = release.ProgressReleaseManager(_TOTAL_ROUNDS.value, {
@@ -145,6 +166,7 @@ def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
           tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'train')),
       ]),
       evaluation_metrics_manager=tff.program.GroupingReleaseManager([
+          release.EvaluationLineReleaseManager(),
           tff.program.LoggingReleaseManager(),
           tff.program.CSVFileReleaseManager(os.path.join(root, 'evaluation_metrics.csv')),
           tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'eval')),
@@ -257,6 +279,9 @@ def run() -> None:
     json.dump({**metadata, **dataclasses.asdict(result), 'backend': _BACKEND.value}, f,
               indent=2, default=float)
   print('\nFinal result\n' + _format_table(rows), flush=True)
+  wer_table = _error_rate_table(result)
+  if wer_table:
+    print('\nWord and character error rates (greedy decoding)\n' + wer_table, flush=True)
 
 
 if __name__ == '__main__':

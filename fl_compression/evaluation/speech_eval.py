@@ -1,4 +1,4 @@
-"""Transcribes utterances with a CTC model and scores them per split (WER/CER with jiwer)."""
+"""Transcribes utterances with a CTC or transducer model and scores them per split (WER/CER with jiwer)."""
 
 import collections
 import os
@@ -30,13 +30,37 @@ def utterance_dataset(utterances: Sequence[librispeech.Utterance],
 
 def transcribe(model: tf.keras.Model, dataset: tf.data.Dataset,
                tokenizer: features_lib.CharTokenizer) -> list[str]:
-  """Greedy CTC transcripts of every utterance of `dataset`, in order."""
+  """Greedy transcripts of every utterance of `dataset`, in order."""
   texts = []
   for batch in dataset:
-    logits, lengths = model([batch['features'], batch['feature_length']], training=False)
-    for ids in asr.greedy_ctc_decode(logits, lengths).to_list():
+    for ids in asr.greedy_decode(model, batch['features'], batch['feature_length']).to_list():
       texts.append(tokenizer.decode(ids))
   return texts
+
+
+class SplitEvaluator:
+  """WER/CER of model weights on fixed utterance sets; features are computed once and cached."""
+
+  def __init__(self, model_config: dict, splits: dict[str, Sequence[librispeech.Utterance]],
+               *, batch_size: int = 32):
+    from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
+    self._model = registry.build_keras_model(model_config)
+    self._tokenizer = features_lib.CharTokenizer()
+    config = features_lib.FeatureConfig()
+    self._splits = {
+        split: (utterances, utterance_dataset(utterances, config, batch_size).cache())
+        for split, utterances in splits.items() if utterances}
+
+  def __call__(self, weights) -> dict[str, error_rates.ErrorRates]:
+    """`weights`: a `tff.learning.models.ModelWeights` (or its trainable/non-trainable lists)."""
+    trainable, non_trainable = weights[0], weights[1]
+    for variable, value in zip(self._model.trainable_variables, trainable):
+      variable.assign(value)
+    for variable, value in zip(self._model.non_trainable_variables, non_trainable):
+      variable.assign(value)
+    return {split: error_rates.error_rates([u.transcript for u in utterances],
+                                           transcribe(self._model, dataset, self._tokenizer))
+            for split, (utterances, dataset) in self._splits.items()}
 
 
 def evaluate_splits(model: tf.keras.Model, data_dir: str, splits: Sequence[str], *,

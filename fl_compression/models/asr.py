@@ -1,11 +1,13 @@
-"""Conformer-CTC speech recognizer: the Keras model and its `tff.learning` VariableModel.
+"""Speech recognizers: Conformer-CTC, named configurations, and the `tff.learning` model.
 
-The Keras model maps (features [B, T, 80], feature_length [B]) to (logits [B, T/4, vocab],
-logit_length [B]); the VariableModel trains it with CTC loss (blank = token 0) on padded
-batches `{features, labels, feature_length, label_length}`.
+The CTC Keras model maps (features [B, T, 80], feature_length [B]) to (logits [B, T/4, vocab],
+logit_length [B]); the transducer (`transducer.py`) also takes the labels. `AsrVariableModel`
+trains either with its own loss (blank = token 0) on padded batches
+`{features, labels, feature_length, label_length}`; `greedy_decode` transcribes with either.
 """
 
 import collections
+import copy
 import dataclasses
 
 import tensorflow as tf
@@ -13,6 +15,7 @@ import tensorflow_federated as tff
 
 from fl_compression.models import conformer
 from fl_compression.models import registry
+from fl_compression.models import transducer
 
 
 def encoder_config(config: registry.ModelConfig) -> conformer.ConformerConfig:
@@ -33,10 +36,71 @@ def build_conformer_ctc(config: registry.ModelConfig) -> tf.keras.Model:
 
 
 def tiny_config(vocab_size: int, seed: int = 0) -> registry.ModelConfig:
-  """The CPU-demo and test size: 4 blocks of dimension 96."""
-  encoder = dataclasses.asdict(conformer.ConformerConfig(
-      num_blocks=4, model_dim=96, num_heads=4, conv_kernel_size=15, num_groups=8))
-  return {'name': 'conformer_ctc', 'encoder': encoder, 'vocab_size': vocab_size, 'seed': seed}
+  """The CPU-demo and test size: 4 blocks of dimension 96, CTC head."""
+  return {'name': 'conformer_ctc', 'encoder': dict(_TINY_ENCODER), 'vocab_size': vocab_size,
+          'seed': seed}
+
+
+_TINY_ENCODER = dataclasses.asdict(conformer.ConformerConfig(
+    num_blocks=4, model_dim=96, num_heads=4, conv_kernel_size=15, num_groups=8))
+
+
+def _encoder(num_blocks, model_dim, num_heads):
+  """Gulati et al. 2020, Table 1: convolution kernel 32; GroupNorm with 8 groups."""
+  return dataclasses.asdict(conformer.ConformerConfig(
+      num_blocks=num_blocks, model_dim=model_dim, num_heads=num_heads, conv_kernel_size=32,
+      num_groups=8))
+
+
+# Word-piece vocabulary of the published models (Gulati et al. 2020: 1k; the Federated Pruning
+# paper's model: 4,096).
+PUBLISHED_VOCAB_SIZE = 1024
+PAPER_TRANSDUCER_VOCAB_SIZE = 4096
+
+
+def named_config(name: str, vocab_size: int | None = None, seed: int = 0
+                 ) -> registry.ModelConfig:
+  """A model configuration by name (see `NAMED_CONFIGS`).
+
+  conformer_s/m/l follow Gulati et al. 2020, Table 1 (encoder dim 144/256/512, 16/16/17
+  blocks, 4/4/8 heads; one LSTM decoder layer of 320/640/640 units); the prediction network
+  embeds the previous token in 320 dimensions and the joint network has the decoder's width.
+  `paper_transducer` is the Federated Pruning paper's model: 17 blocks of dimension 512, an
+  embedding prediction network (previous two tokens, 640 dims each) and a 2,048-dim joint.
+  """
+  if name not in NAMED_CONFIGS:
+    raise ValueError(f'unknown model {name!r}; known: {", ".join(NAMED_CONFIGS)}')
+  return copy.deepcopy(NAMED_CONFIGS[name](vocab_size, seed))
+
+
+def _tiny_transducer(vocab_size, seed):
+  return transducer.transducer_config(
+      _TINY_ENCODER, vocab_size or 29, embedding_dim=64, joint_dim=128, context_size=2,
+      seed=seed)
+
+
+def _published(encoder, decoder_units):
+  def make(vocab_size, seed):
+    return transducer.transducer_config(
+        encoder, vocab_size or PUBLISHED_VOCAB_SIZE, embedding_dim=320, joint_dim=decoder_units,
+        lstm_units=decoder_units, lstm_layers=1, seed=seed)
+  return make
+
+
+def _paper_transducer(vocab_size, seed):
+  return transducer.transducer_config(
+      _encoder(17, 512, 8), vocab_size or PAPER_TRANSDUCER_VOCAB_SIZE, embedding_dim=640,
+      context_size=2, joint_dim=2048, seed=seed)
+
+
+NAMED_CONFIGS = {
+    'tiny': lambda vocab_size, seed: tiny_config(vocab_size or 29, seed),
+    'tiny_transducer': _tiny_transducer,
+    'conformer_s': _published(_encoder(16, 144, 4), 320),
+    'conformer_m': _published(_encoder(16, 256, 4), 640),
+    'conformer_l': _published(_encoder(17, 512, 8), 640),
+    'paper_transducer': _paper_transducer,
+}
 
 
 def ctc_loss(batch, logits, logit_lengths) -> tf.Tensor:
@@ -55,8 +119,31 @@ def greedy_ctc_decode(logits: tf.Tensor, logit_lengths: tf.Tensor) -> tf.RaggedT
   return tf.ragged.boolean_mask(best, keep)
 
 
-class CtcVariableModel(tff.learning.models.VariableModel):
-  """A Keras CTC model as a `tff.learning.models.VariableModel` (metric: mean CTC loss)."""
+SPEECH_MODELS = ('conformer_ctc', 'conformer_transducer')
+
+
+def per_example_loss(model: tf.keras.Model, batch, training: bool) -> tf.Tensor:
+  """The model's own loss (CTC or transducer) for each utterance of a padded batch."""
+  if model.name == 'conformer_transducer':
+    return transducer.per_example_loss(model, batch, training)
+  logits, logit_lengths = model([batch['features'], batch['feature_length']], training=training)
+  return ctc_loss(batch, logits, logit_lengths)
+
+
+def greedy_decode(model: tf.keras.Model, features: tf.Tensor, feature_length: tf.Tensor
+                  ) -> tf.RaggedTensor:
+  """Greedy token ids of a CTC or transducer model -> ragged [B, None]."""
+  if model.name == 'conformer_transducer':
+    return transducer.greedy_decode(model, features, feature_length)
+  logits, lengths = model([features, feature_length], training=False)
+  return greedy_ctc_decode(logits, lengths)
+
+
+class AsrVariableModel(tff.learning.models.VariableModel):
+  """A Keras CTC or transducer model as a `tff.learning.models.VariableModel`.
+
+  Metric: mean per-utterance loss (CTC or transducer negative log-likelihood).
+  """
 
   def __init__(self, keras_model: tf.keras.Model, input_spec):
     self._model = keras_model
@@ -83,21 +170,20 @@ class CtcVariableModel(tff.learning.models.VariableModel):
 
   @tf.function
   def predict_on_batch(self, batch_input, training=True):
-    logits, _ = self._model([batch_input['features'], batch_input['feature_length']],
-                            training=training)
-    return logits
+    inputs = [batch_input['features'], batch_input['feature_length']]
+    if self._model.name == 'conformer_transducer':
+      inputs.append(batch_input['labels'])
+    return self._model(inputs, training=training)[0]
 
   @tf.function
   def forward_pass(self, batch_input, training=True):
-    logits, logit_lengths = self._model(
-        [batch_input['features'], batch_input['feature_length']], training=training)
-    per_example = ctc_loss(batch_input, logits, logit_lengths)
+    per_example = per_example_loss(self._model, batch_input, training)
     num_examples = tf.shape(per_example)[0]
     self._loss_sum.assign_add(tf.reduce_sum(per_example))
     self._num_examples.assign_add(num_examples)
     self._num_batches.assign_add(1)
     return tff.learning.models.BatchOutput(
-        loss=tf.reduce_mean(per_example), predictions=logits, num_examples=num_examples)
+        loss=tf.reduce_mean(per_example), predictions=per_example, num_examples=num_examples)
 
   @tf.function
   def report_local_unfinalized_metrics(self):

@@ -83,7 +83,7 @@ class CtcModelTest(absltest.TestCase):
                  feature_length=tf.constant([60, 48]),
                  labels=tf.constant([[1, 2, 3], [4, 5, 0]]), label_length=tf.constant([3, 2]))
     spec = {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in batch.items()}
-    variable_model = asr.CtcVariableModel(model, spec)
+    variable_model = asr.AsrVariableModel(model, spec)
     optimizer = tf.keras.optimizers.Adam(1e-2)
     losses = []
     for _ in range(15):

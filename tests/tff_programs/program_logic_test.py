@@ -69,7 +69,8 @@ class TrainModelTest(absltest.TestCase):
     self.assertEqual(resumed.resumed_from_round, 2)
     self.assertEqual(sorted(resumed_releases['train']), [3, 4])
     self.assertEqual(sorted(whole_releases['train']), [1, 2, 3, 4])
-    self.assertEqual(sorted(whole_releases['eval']), [2, 4])
+    self.assertEqual(sorted(whole_releases['eval']), [0, 2, 4])  # 0: the initial model.
+    self.assertEqual(sorted(resumed_releases['eval']), [4])
 
     whole_model = whole_releases['model'][4]
     resumed_model = resumed_releases['model'][4]
@@ -103,6 +104,10 @@ class TrainModelTest(absltest.TestCase):
                        shifted_start['model'][1].trainable):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
       self.assertGreater(np.max(np.abs(a - c)), 0.1)
+    # The evaluation before the first round is of the initial weights.
+    loss = lambda run: run['eval'][0]['eval']['loss']  # noqa: E731
+    self.assertAlmostEqual(loss(default_run), loss(same_start), places=5)
+    self.assertGreater(abs(loss(default_run) - loss(shifted_start)), 0.01)
 
   def test_state_beyond_requested_rounds_is_an_error(self):
     root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
