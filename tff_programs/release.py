@@ -56,10 +56,11 @@ class EvaluationLineReleaseManager(tff.program.ReleaseManager):
     parts = ['evaluation ' + ('of the initial model' if key == 0 else f'after round {key}')]
     if 'eval/loss' in flat:
       parts.append(f'held-out loss {float(flat["eval/loss"]):.4g}')
-    for name, rate in flat.items():
-      if name.startswith('transcription/') and name.rsplit('/', 1)[1] in ('wer', 'cer'):
-        split, kind = name.split('/')[1:]
-        parts.append(f'{kind.upper()} {split} {100 * float(rate):.2f}%')
+    splits = dict.fromkeys(n.split('/')[1] for n in flat if n.startswith('transcription/'))
+    for split in splits:
+      for kind in ('wer', 'cer'):
+        rate = float(flat[f'transcription/{split}/{kind}'])
+        parts.append(f'{kind.upper()} {split} {100 * rate:.2f}%')
     self._print(' | '.join(parts))
 
 

@@ -7,6 +7,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}"
 bash tools/setup.sh
+# TF C++ start-up notices (CUDA plugin registration on a CPU machine) are noise here.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 run_dir="runs/demo-$(date +%Y%m%d-%H%M%S)"
 exec bazel run --ui_event_filters=-info,-stdout,-stderr --noshow_progress //tff_programs:train -- \
   --task=speech_ctc --initial_model_dir=checkpoints/conformer_ctc_tiny \
