@@ -6,6 +6,7 @@ so adding a task (the speech tasks) touches no program code.
 
 import collections
 import dataclasses
+import json
 import os
 import zlib
 from typing import Any, Callable, Optional
@@ -34,9 +35,12 @@ class Task:
   # task's random augmentation.
   train_preprocess: Callable[[tf.data.Dataset, tf.Tensor], tf.data.Dataset]
   eval_preprocess: Callable[[tf.data.Dataset], tf.data.Dataset]
-  # Speech tasks: model weights -> {split: ErrorRates} on the dev and test splits (greedy
-  # transcripts scored with jiwer), reported with each evaluation.
-  transcription_eval: Optional[Callable[[Any], dict[str, Any]]] = None
+  # Speech tasks: (model weights, model config) -> {split: ErrorRates} on the dev and test
+  # splits (greedy transcripts scored with jiwer), reported with each evaluation.
+  transcription_eval: Optional[Callable[[Any, dict], dict[str, Any]]] = None
+  # model config -> model_fn: the task's TFF model for another config of the same family
+  # (a reduced model of federated pruning, for example).
+  make_model_fn: Optional[Callable[[dict], Callable[[], tff.learning.models.VariableModel]]] = None
 
   def train_dataset(self, client_id: str, round_num: int = 0) -> tf.data.Dataset:
     """The client's training batches for `round_num` (augmentation differs per round)."""
@@ -84,15 +88,17 @@ def build_synthetic_mlp(options: TaskOptions) -> Task:
   input_spec = eval_preprocess(
       train_data.create_tf_dataset_for_client(train_data.client_ids[0])).element_spec
 
-  def model_fn():
-    return tff.learning.models.from_keras_model(
-        registry.build_keras_model(model_config),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        input_spec=input_spec,
-        metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
+  def make_model_fn(config):
+    def model_fn():
+      return tff.learning.models.from_keras_model(
+          registry.build_keras_model(config),
+          loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+          input_spec=input_spec,
+          metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
+    return model_fn
 
-  return Task('synthetic_mlp', model_config, train_data, eval_data, model_fn,
-              train_preprocess, eval_preprocess)
+  return Task('synthetic_mlp', model_config, train_data, eval_data, make_model_fn(model_config),
+              train_preprocess, eval_preprocess, make_model_fn=make_model_fn)
 
 
 def load_speech_splits(options: TaskOptions, tokenizer: features.CharTokenizer, log=print
@@ -159,20 +165,22 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
   input_spec = eval_preprocess(
       train_data.create_tf_dataset_for_client(train_data.client_ids[0])).element_spec
 
-  def model_fn():
-    return asr.AsrVariableModel(registry.build_keras_model(model_config), input_spec)
+  def make_model_fn(config):
+    return lambda: asr.AsrVariableModel(registry.build_keras_model(config), input_spec)
 
-  evaluator = []  # Built at the first evaluation: it holds a model and cached features.
+  evaluators = {}  # Per model config, built at its first evaluation (model + cached features).
 
-  def transcription_eval(weights):
-    if not evaluator:
-      evaluator.append(speech_eval.SplitEvaluator(
-          model_config, {split: reports[split].utterances
-                         for split in (corpus.DEV_SPLIT, corpus.TEST_SPLIT)}))
-    return evaluator[0](weights)
+  def transcription_eval(weights, config=None):
+    config = config or model_config
+    key = json.dumps(config, sort_keys=True)
+    if key not in evaluators:
+      evaluators[key] = speech_eval.SplitEvaluator(
+          config, {split: reports[split].utterances
+                   for split in (corpus.DEV_SPLIT, corpus.TEST_SPLIT)})
+    return evaluators[key](weights)
 
-  return Task(task_name, model_config, train_data, eval_data, model_fn,
-              train_preprocess, eval_preprocess, transcription_eval)
+  return Task(task_name, model_config, train_data, eval_data, make_model_fn(model_config),
+              train_preprocess, eval_preprocess, transcription_eval, make_model_fn)
 
 
 TASKS: dict[str, Callable[[TaskOptions], Task]] = {

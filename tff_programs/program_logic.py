@@ -1,7 +1,7 @@
 """Program logic of federated training: rounds, resumption, evaluation and releases.
 
-Shaped like TFF's own program logic (`tff.learning.programs`): it depends only on a learning
-process, data, a program state manager and release managers, so the same logic runs on every
+Shaped like TFF's own program logic (`tff.learning.programs`): it depends only on the learning
+process (of each stage, see `fl_compression.learning.stages`), data, a program state manager and release managers, so the same logic runs on every
 backend. Each round saves `(state, round)` through the program state manager, so a run killed
 at any point and started again resumes after the last saved round and loses nothing.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from fl_compression import tasks
+from fl_compression.learning import stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,7 @@ def eval_round_metrics(eval_output_metrics) -> Any:
 
 async def train_model(
     *,
-    train_process: tff.learning.templates.LearningProcess,
-    eval_process: Optional[tff.learning.templates.LearningProcess],
+    training: stages.StagedTraining,
     task: tasks.Task,
     sampler: ClientSampler,
     total_rounds: int,
@@ -67,18 +67,31 @@ async def train_model(
     evaluation_metrics_manager: Optional[tff.program.ReleaseManager],
     model_output_manager: tff.program.ReleaseManager,
     initial_model_weights: Optional[tff.learning.models.ModelWeights] = None,
+    evaluate_clients: bool = True,
 ) -> TrainingResult:
   """Trains for `total_rounds`, resuming from the latest saved program state if any.
 
-  Train metrics are released every round (key = round number) with `round_time_seconds` added;
-  evaluation on all held-out clients before the first round (key 0), every `evaluation_period`
-  rounds and after the last round;
-  the final model weights once, with key `total_rounds`. A new run starts from
+  Each round runs the process of its stage (`training.stage_key(round)`); stages are built
+  once and cached, and the build time of a new stage is released with its first round as
+  `stage_build_seconds` (round times exclude it). Train metrics are released every round
+  (key = round number) with `round_time_seconds` added; evaluation on all held-out clients
+  before the first round (key 0, the starting model), every `evaluation_period` rounds and after
+  the last round; the final model once, with key `total_rounds`, as
+  `(model_config, weights)` of the model clients hold. A new run starts from
   `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
   """
-  initial_state = train_process.initialize()
-  if initial_model_weights is not None:
-    initial_state = train_process.set_model_weights(initial_state, initial_model_weights)
+  built: dict[Any, stages.Stage] = {}
+
+  def stage_for(round_num: int) -> tuple[stages.Stage, float]:
+    key = training.stage_key(round_num)
+    if key in built:
+      return built[key], 0.0
+    started = time.monotonic()
+    built[key] = training.build_stage(key)
+    return built[key], time.monotonic() - started
+
+  first_stage, _ = stage_for(1)
+  initial_state = training.initial_state(first_stage, initial_model_weights)
   program_state, version = await program_state_manager.load_latest((initial_state, 0))
   if program_state is None:
     state, start_round = initial_state, 0
@@ -91,18 +104,19 @@ async def train_model(
 
   eval_datasets = [task.eval_dataset(c) for c in task.eval_data.client_ids]
 
-  async def evaluate(round_num: int) -> dict[str, Any]:
-    if eval_process is None:
+  async def evaluate(round_num: int, stage: stages.Stage) -> dict[str, Any]:
+    if not evaluate_clients:
       return {}
-    eval_state = eval_process.set_model_weights(
-        eval_process.initialize(), train_process.get_model_weights(state))
+    weights = stage.model_weights(state)
+    eval_process = stage.eval_process
+    eval_state = eval_process.set_model_weights(eval_process.initialize(), weights)
     output = eval_process.next(eval_state, eval_datasets)
     metrics = await tff.program.materialize_value(eval_round_metrics(output.metrics))
     metrics = {'eval': metrics}
     if task.transcription_eval is not None:
-      weights = await tff.program.materialize_value(train_process.get_model_weights(state))
+      weights = await tff.program.materialize_value(weights)
       metrics['transcription'] = {split: rates.as_dict() for split, rates in
-                                  task.transcription_eval(weights).items()}
+                                  task.transcription_eval(weights, stage.model_config).items()}
     if evaluation_metrics_manager is not None:
       await evaluation_metrics_manager.release(metrics, key=round_num)
     return metrics
@@ -112,25 +126,31 @@ async def train_model(
   initial_eval_metrics = None
   if start_round == 0:
     # The starting point (e.g. a pretrained model), released with key 0.
-    initial_eval_metrics = await evaluate(0)
+    initial_eval_metrics = await evaluate(0, training.initial_evaluation_stage())
   round_times = []
+  stage = first_stage
   for round_num in range(start_round + 1, total_rounds + 1):
+    stage, build_seconds = stage_for(round_num)
     started = time.monotonic()
     client_datasets = [task.train_dataset(c, round_num) for c in sampler.sample(round_num)]
-    output = train_process.next(state, client_datasets)
+    output = stage.train_process.next(state, client_datasets)
     state = output.state
     metrics = await tff.program.materialize_value(output.metrics)
     round_seconds = time.monotonic() - started
     round_times.append(round_seconds)
-    train_metrics = {**metrics, 'round_time_seconds': round_seconds}
+    train_metrics = {**metrics, 'round_time_seconds': round_seconds,
+                     'stage_build_seconds': build_seconds}
     await train_metrics_manager.release(train_metrics, key=round_num)
     if round_num % evaluation_period == 0 or round_num == total_rounds:
-      eval_metrics = await evaluate(round_num)
+      eval_metrics = await evaluate(round_num, stage)
     await program_state_manager.save((state, round_num), version=round_num)
 
-  if start_round == total_rounds and eval_process is not None:
-    eval_metrics = await evaluate(total_rounds)
-  await model_output_manager.release(train_process.get_model_weights(state), key=total_rounds)
+  if start_round >= total_rounds:
+    stage, _ = stage_for(total_rounds)
+    if evaluate_clients:
+      eval_metrics = await evaluate(total_rounds, stage)
+  await model_output_manager.release((stage.model_config, stage.model_weights(state)),
+                                     key=total_rounds)
   return TrainingResult(
       rounds=total_rounds, resumed_from_round=start_round, train_metrics=train_metrics,
       eval_metrics=eval_metrics,

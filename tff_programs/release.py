@@ -74,10 +74,14 @@ class ModelDirReleaseManager(tff.program.ReleaseManager):
     self._metadata = dict(metadata or {})
 
   async def release(self, value, key: int) -> None:
+    """`value`: ModelWeights of the configured model, or `(model_config, weights)`."""
+    model_config = self._model_config
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], dict):
+      model_config, value = value
     weights = await tff.program.materialize_value(value)
     if not isinstance(weights, tff.learning.models.ModelWeights):
       weights = tff.learning.models.ModelWeights(*weights)
-    checkpoint.save_model(self._model_dir, self._model_config, weights,
+    checkpoint.save_model(self._model_dir, model_config, weights,
                           metadata={**self._metadata, 'round': int(key)})
 
 

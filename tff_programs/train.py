@@ -24,6 +24,7 @@ from fl_compression import tasks
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import checkpoint
+from fl_compression.pruning import plan as plan_lib
 from tff_programs import backends
 from tff_programs import flag_utils
 from tff_programs import program_main
@@ -72,6 +73,29 @@ _INITIAL_MODEL_DIR = flags.DEFINE_string(
     'Start a new run from this saved model (config.json + weights.npz), e.g. a pretrained one; '
     'its model config must be the task\'s.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for data generation, initial model and sampling.')
+# Federated pruning (--algorithm=fp); see fl_compression/pruning/process.py.
+_FP_SPARSITY = flags.DEFINE_float('fp_sparsity', 0.3, 'fp: target sparsity in [0, 1).')
+_FP_PATTERN = flags.DEFINE_string('fp_pattern', 'column',
+                                  'fp: row, column, half_row or half_column.')
+_FP_IMPORTANCE = flags.DEFINE_string(
+    'fp_importance', 'magnitude', 'fp: magnitude, gradient (momentum of the gradient '
+    'magnitude) or weight_gradient.')
+_FP_NORM = flags.DEFINE_string('fp_norm', 'l2', 'fp: l1 or l2 norm of a unit\'s scores.')
+_FP_MOMENTUM = flags.DEFINE_float('fp_momentum', 0.9, 'fp: momentum of the gradient magnitude.')
+_FP_SCHEDULE = flags.DEFINE_string('fp_schedule', 'constant',
+                                   'fp: constant, or step (sparsity rises in steps).')
+_FP_RAMP_STEPS = flags.DEFINE_integer('fp_ramp_steps', 4, 'fp: steps of the step schedule.')
+_FP_REFINE_START = flags.DEFINE_integer(
+    'fp_refine_start', 0, 'fp: first round of mask refinement (0: a third of the rounds in).')
+_FP_FINETUNE_START = flags.DEFINE_integer(
+    'fp_finetune_start', 0, 'fp: first round of fine-tuning (0: two thirds of the rounds in).')
+_FP_ADAPTIVE = flags.DEFINE_bool('fp_adaptive', False,
+                                 'fp: per-layer sparsity from the layers\' weight magnitudes.')
+_FP_MAX_LAYER_SPARSITY = flags.DEFINE_float('fp_max_layer_sparsity', 0.9,
+                                            'fp: cap of a layer\'s adaptive sparsity.')
+_FP_FLAGS = ('fp_sparsity', 'fp_pattern', 'fp_importance', 'fp_norm', 'fp_momentum',
+             'fp_schedule', 'fp_ramp_steps', 'fp_refine_start', 'fp_finetune_start',
+             'fp_adaptive', 'fp_max_layer_sparsity')
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
 
@@ -181,7 +205,7 @@ _RUN_DEFINING_FLAGS = (
     'task', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
     'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
-    'initial_model_dir')
+    'initial_model_dir') + _FP_FLAGS
 _RUN_CONFIG = 'run_config.json'
 
 
@@ -256,10 +280,16 @@ def run() -> None:
   hparams = algorithms.Hyperparameters(
       client_optimizer=_CLIENT_OPTIMIZER.value, client_learning_rate=_CLIENT_LEARNING_RATE.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_learning_rate=_SERVER_LEARNING_RATE.value)
-  train_process = algorithms.get(_ALGORITHM.value).build(task.model_fn, hparams)
-  eval_process = tff.learning.algorithms.build_fed_eval(task.model_fn)
-
   initial_weights = _initial_model_weights(task)
+  context = algorithms.BuildContext(
+      model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
+      total_rounds=_TOTAL_ROUNDS.value, initial_weights=initial_weights,
+      options={name[len('fp_'):]: flags.FLAGS[name].value for name in _FP_FLAGS}
+      if _ALGORITHM.value == 'fp' else {})
+  try:
+    training = algorithms.get(_ALGORITHM.value).staged(context)
+  except plan_lib.PlanError as e:
+    raise flag_utils.FlagError(str(e)) from None
   _write_run_config(root, run_config)
   metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}
   print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
@@ -270,7 +300,7 @@ def run() -> None:
                                   default_num_clients=_CLIENTS_PER_ROUND.value,
                                   connect_timeout=_WORKER_CONNECT_TIMEOUT.value):
     result = asyncio.run(program_logic.train_model(
-        train_process=train_process, eval_process=eval_process, task=task, sampler=sampler,
+        training=training, task=task, sampler=sampler,
         total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
         initial_model_weights=initial_weights, **_output_managers(root, task, metadata)))
   final_model_dir = os.path.join(root, 'final_model')

@@ -5,12 +5,13 @@ common hyperparameters; the training program, tests and benchmarks look it up by
 """
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import tensorflow_federated as tff
 
 from fl_compression.learning import fedavg
 from fl_compression.learning import optimizers
+from fl_compression.learning import stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +26,34 @@ Builder = Callable[[fedavg.ModelFn, Hyperparameters], tff.learning.templates.Lea
 
 
 @dataclasses.dataclass(frozen=True)
+class BuildContext:
+  """What a staged algorithm may need beyond the model function."""
+
+  model_config: dict[str, Any]
+  make_model_fn: Callable[[dict[str, Any]], fedavg.ModelFn]
+  hparams: Hyperparameters
+  total_rounds: int
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)  # Algorithm flags.
+  initial_weights: Optional[tff.learning.models.ModelWeights] = None
+
+
+StagedBuilder = Callable[[BuildContext], stages.StagedTraining]
+
+
+@dataclasses.dataclass(frozen=True)
 class Algorithm:
   name: str
   description: str
-  build: Builder
+  build: Optional[Builder] = None
+  build_staged: Optional[StagedBuilder] = None
+
+  def staged(self, context: BuildContext) -> stages.StagedTraining:
+    """The algorithm's stages (one stage for single-process algorithms)."""
+    if self.build_staged is not None:
+      return self.build_staged(context)
+    model_fn = context.make_model_fn(context.model_config)
+    return stages.StagedTraining(self.build(model_fn, context.hparams), context.model_config,
+                                 model_fn)
 
 
 _REGISTRY: dict[str, Algorithm] = {}
@@ -41,6 +66,19 @@ def register(name: str, description: str) -> Callable[[Builder], Builder]:
     if name in _REGISTRY:
       raise ValueError(f'algorithm {name!r} is registered twice')
     _REGISTRY[name] = Algorithm(name, description, builder)
+    return builder
+
+  return decorate
+
+
+def register_staged(name: str, description: str
+                    ) -> Callable[[StagedBuilder], StagedBuilder]:
+  """Decorator that registers a staged `builder` (e.g. federated pruning) under `name`."""
+
+  def decorate(builder: StagedBuilder) -> StagedBuilder:
+    if name in _REGISTRY:
+      raise ValueError(f'algorithm {name!r} is registered twice')
+    _REGISTRY[name] = Algorithm(name, description, build_staged=builder)
     return builder
 
   return decorate
@@ -65,3 +103,18 @@ def _build_fedavg(model_fn: fedavg.ModelFn, hparams: Hyperparameters):
           hparams.client_optimizer, hparams.client_learning_rate),
       server_optimizer=optimizers.build_optimizer(
           hparams.server_optimizer, hparams.server_learning_rate))
+
+
+@register_staged('fp', 'federated pruning: clients train a physically smaller model '
+                 '(--fp_* flags)')
+def _build_federated_pruning(context: BuildContext) -> stages.StagedTraining:
+  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
+  hparams = context.hparams
+  return process.FederatedPruning(
+      context.model_config, context.make_model_fn, process.config_from_options(context.options),
+      context.total_rounds,
+      client_optimizer=optimizers.build_optimizer(
+          hparams.client_optimizer, hparams.client_learning_rate),
+      server_optimizer=optimizers.build_optimizer(
+          hparams.server_optimizer, hparams.server_learning_rate),
+      initial_weights=context.initial_weights)

@@ -29,7 +29,8 @@ def build_conformer_ctc(config: registry.ModelConfig) -> tf.keras.Model:
   encoder_cfg = encoder_config(config)
   features = tf.keras.Input(shape=(None, encoder_cfg.num_mel_bins), name='features')
   lengths = tf.keras.Input(shape=(), dtype=tf.int32, name='feature_length')
-  encodings, out_lengths = conformer.ConformerEncoder(encoder_cfg, name='encoder')(
+  encodings, out_lengths = conformer.ConformerEncoder(
+      encoder_cfg, pruning=conformer.encoder_plan(config), name='encoder')(
       features, lengths)
   logits = tf.keras.layers.Dense(config['vocab_size'], name='ctc_head')(encodings)
   return tf.keras.Model([features, lengths], [logits, out_lengths], name='conformer_ctc')

@@ -12,6 +12,8 @@ import math
 
 import tensorflow as tf
 
+from fl_compression.models import pruned_dense
+
 
 @dataclasses.dataclass(frozen=True)
 class ConformerConfig:
@@ -63,11 +65,12 @@ def relative_shift(scores: tf.Tensor) -> tf.Tensor:
 class RelativeMultiHeadAttention(tf.keras.layers.Layer):
   """Multi-head self-attention with relative positional encoding and learned u, v biases."""
 
-  def __init__(self, model_dim: int, num_heads: int, dropout: float, **kwargs):
+  def __init__(self, model_dim: int, num_heads: int, dropout: float, pruning=None, **kwargs):
     super().__init__(**kwargs)
     self.model_dim, self.num_heads = model_dim, num_heads
     self.head_dim = model_dim // num_heads
-    dense = lambda name, bias=True: tf.keras.layers.Dense(model_dim, use_bias=bias, name=name)
+    dense = lambda name, bias=True: pruned_dense.dense(  # noqa: E731
+        name, model_dim, pruning, use_bias=bias)
     self.query, self.key, self.value = dense('query'), dense('key'), dense('value')
     self.position = dense('position', bias=False)
     self.output_dense = dense('output')
@@ -130,25 +133,41 @@ class MaskedGroupNorm(tf.keras.layers.Layer):
     return normalized * self.gamma + self.beta
 
 
-class ConformerBlock(tf.keras.layers.Layer):
-  """One Conformer block; `mask` zeroes padded frames before the depthwise convolution."""
+def encoder_plan(model_config: dict):
+  """The encoder's part of a model config's pruning plan (`config['pruning']`), if any."""
+  return _sub_plan(model_config.get('pruning'), 'encoder')
 
-  def __init__(self, config: ConformerConfig, **kwargs):
+
+def _sub_plan(pruning, prefix: str):
+  """The entries of a pruning plan under `prefix/`, keyed by the rest of their path."""
+  return {name[len(prefix) + 1:]: entry for name, entry in (pruning or {}).items()
+          if name.startswith(prefix + '/')}
+
+
+class ConformerBlock(tf.keras.layers.Layer):
+  """One Conformer block; `mask` zeroes padded frames before the depthwise convolution.
+
+  `pruning` (a plan keyed by 'ffn1/dense_in', 'mhsa/query', ...) swaps those dense layers for
+  `PrunedDense` layers of the reduced client model.
+  """
+
+  def __init__(self, config: ConformerConfig, pruning=None, **kwargs):
     super().__init__(**kwargs)
     d, c = config.model_dim, config
     self.config = config
 
     def ffn(name):
       return [tf.keras.layers.LayerNormalization(name=f'{name}/norm'),
-              tf.keras.layers.Dense(d * c.ffn_multiplier, activation='swish',
-                                    name=f'{name}/dense_in'),
+              pruned_dense.dense(f'{name}/dense_in', d * c.ffn_multiplier, pruning,
+                                 activation='swish'),
               tf.keras.layers.Dropout(c.dropout),
-              tf.keras.layers.Dense(d, name=f'{name}/dense_out'),
+              pruned_dense.dense(f'{name}/dense_out', d, pruning),
               tf.keras.layers.Dropout(c.dropout)]
 
     self.ffn1, self.ffn2 = ffn('ffn1'), ffn('ffn2')
     self.attention_norm = tf.keras.layers.LayerNormalization(name='mhsa/norm')
-    self.attention = RelativeMultiHeadAttention(d, c.num_heads, c.dropout, name='mhsa')
+    self.attention = RelativeMultiHeadAttention(d, c.num_heads, c.dropout,
+                                                pruning=_sub_plan(pruning, 'mhsa'), name='mhsa')
     self.attention_dropout = tf.keras.layers.Dropout(c.dropout)
     self.conv_norm = tf.keras.layers.LayerNormalization(name='conv/norm')
     self.pointwise_in = tf.keras.layers.Dense(2 * d, name='conv/pointwise_in')
@@ -182,7 +201,7 @@ class ConformerBlock(tf.keras.layers.Layer):
 class ConformerEncoder(tf.keras.layers.Layer):
   """features [B, T, mel] and lengths [B] -> encodings [B, T/4, D] and their lengths."""
 
-  def __init__(self, config: ConformerConfig, **kwargs):
+  def __init__(self, config: ConformerConfig, pruning=None, **kwargs):
     super().__init__(**kwargs)
     channels = config.subsampling_channels or config.model_dim
     self.config = config
@@ -192,7 +211,8 @@ class ConformerEncoder(tf.keras.layers.Layer):
                                         name='subsampling/conv2')
     self.project = tf.keras.layers.Dense(config.model_dim, name='subsampling/project')
     self.dropout = tf.keras.layers.Dropout(config.dropout)
-    self.blocks = [ConformerBlock(config, name=f'block_{i:02d}')
+    self.blocks = [ConformerBlock(config, pruning=_sub_plan(pruning, f'block_{i:02d}'),
+                                  name=f'block_{i:02d}')
                    for i in range(config.num_blocks)]
 
   def call(self, features, lengths, training=None):

@@ -106,7 +106,8 @@ def build_conformer_transducer(config: registry.ModelConfig) -> tf.keras.Model:
   features = tf.keras.Input(shape=(None, encoder_cfg.num_mel_bins), name='features')
   lengths = tf.keras.Input(shape=(), dtype=tf.int32, name='feature_length')
   labels = tf.keras.Input(shape=(None,), dtype=tf.int32, name='labels')
-  encodings, out_lengths = conformer.ConformerEncoder(encoder_cfg, name='encoder')(
+  encodings, out_lengths = conformer.ConformerEncoder(
+      encoder_cfg, pruning=conformer.encoder_plan(config), name='encoder')(
       features, lengths)
   predictions = PredictionNetwork(vocab_size, name='prediction', **config['prediction'])(labels)
   logits = JointNetwork(int(config['joint_dim']), vocab_size, name='joint')(

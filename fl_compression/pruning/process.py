@@ -1,0 +1,267 @@
+"""Federated pruning as `tff.learning` processes composed from TFF blocks, one per stage.
+
+A round: the distributor computes importance scores and masks on the server and broadcasts the
+*shrunk* model (kept sub-kernels and their index vectors); clients train the reduced model
+(TFF's model-delta client work); the example-weighted mean aggregates the reduced updates; the
+finalizer expands the aggregate to full shapes (zero where pruned), applies the server
+optimizer, updates the gradient-magnitude momentum on kept entries and stores the masks used.
+
+Phases by round: pruning (sparsity constant or rising in steps to the target; a unit pruned
+stays pruned), refining (target sparsity; masks regenerated each round, pruned units keep their
+server values and scores and can grow back), fine-tuning (masks frozen). A stage is a
+(phase, plan) pair; its process is built once and cached by the program.
+"""
+
+import collections
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fl_compression.learning import composition
+from fl_compression.learning import stages
+from fl_compression.models import registry
+from fl_compression.pruning import plan as plan_lib
+from fl_compression.pruning import reduce as reduce_lib
+
+PHASE_MODES = {'prune': 'monotone', 'refine': 'free', 'finetune': 'fixed'}
+SCHEDULES = ('constant', 'step')
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningConfig:
+  """What `--fp_*` flags set. Rounds are 1-based; phases: [1, refine_start) pruning,
+  [refine_start, finetune_start) refining, [finetune_start, total] fine-tuning."""
+
+  sparsity: float = 0.3
+  pattern: str = 'column'
+  importance: reduce_lib.ImportanceConfig = reduce_lib.ImportanceConfig()
+  schedule: str = 'constant'
+  ramp_steps: int = 4
+  refine_start: int = 0  # 0: a third of the rounds in.
+  finetune_start: int = 0  # 0: two thirds of the rounds in.
+  adaptive: bool = False
+  max_layer_sparsity: float = 0.9
+
+  def resolved(self, total_rounds: int) -> 'PruningConfig':
+    """Checks every setting (errors name the flag) and fills the default phase boundaries."""
+    plan_lib.validate_sparsity(self.sparsity, 'fp_sparsity')
+    plan_lib.validate_pattern(self.pattern, 'fp_pattern')
+    if self.schedule not in SCHEDULES:
+      raise plan_lib.PlanError(f'--fp_schedule={self.schedule!r} is unknown; known: '
+                               f'{", ".join(SCHEDULES)}')
+    if self.ramp_steps < 1:
+      raise plan_lib.PlanError(f'--fp_ramp_steps={self.ramp_steps} must be positive')
+    if not self.sparsity <= self.max_layer_sparsity < 1.0:
+      raise plan_lib.PlanError(f'--fp_max_layer_sparsity={self.max_layer_sparsity} must be in '
+                               f'[--fp_sparsity, 1)')
+    refine = self.refine_start or 1 + total_rounds // 3
+    finetune = self.finetune_start or max(refine, 1 + (2 * total_rounds) // 3)
+    if not 1 <= refine <= total_rounds + 1:
+      raise plan_lib.PlanError(f'--fp_refine_start={refine} is outside [1, {total_rounds + 1}]')
+    if not refine <= finetune <= total_rounds + 1:
+      raise plan_lib.PlanError(f'--fp_finetune_start={finetune} must be in '
+                               f'[--fp_refine_start={refine}, {total_rounds + 1}]')
+    return dataclasses.replace(self, refine_start=refine, finetune_start=finetune)
+
+  def phase(self, round_num: int) -> str:
+    if round_num < self.refine_start:
+      return 'prune'
+    return 'refine' if round_num < self.finetune_start else 'finetune'
+
+  def sparsity_at(self, round_num: int) -> float:
+    if self.schedule == 'constant' or self.phase(round_num) != 'prune':
+      return self.sparsity
+    return plan_lib.step_sparsity(self.sparsity, round_num, self.refine_start - 1,
+                                  self.ramp_steps)
+
+
+def config_from_options(options: dict[str, Any]) -> PruningConfig:
+  """A `PruningConfig` from flag values named without the `fp_` prefix (missing: default)."""
+  defaults = PruningConfig()
+  importance = reduce_lib.ImportanceConfig(
+      method=options.get('importance', defaults.importance.method),
+      norm=options.get('norm', defaults.importance.norm),
+      momentum=options.get('momentum', defaults.importance.momentum))
+  fields = {f.name for f in dataclasses.fields(PruningConfig)} - {'importance'}
+  return PruningConfig(importance=importance,
+                       **{k: v for k, v in options.items() if k in fields})
+
+
+def _finalizer(reducer: reduce_lib.Reducer, mode: str,
+               server_optimizer: tff.learning.optimizers.Optimizer, server_type, update_type
+               ) -> tff.learning.templates.FinalizerProcess:
+  specs = [tf.TensorSpec(t.shape, t.dtype) for t in server_type.model.trainable]
+
+  @tff.tensorflow.computation
+  def init_tf():
+    return server_optimizer.initialize(specs)
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_eval(init_tf, tff.SERVER)
+
+  @tff.tensorflow.computation(init_tf.type_signature.result, server_type, update_type)
+  def next_tf(optimizer_state, server, update):
+    indices = reducer.indices(server, mode)
+    full_update = reducer.expand(list(update), indices)
+    optimizer_state, trainable = server_optimizer.next(
+        optimizer_state, list(server['model'].trainable), full_update)
+    masks = [reducer.masks(indices, i) for i in range(len(reducer.layers))]
+    changed = tf.add_n([tf.reduce_sum(tf.abs(new - old)) for layer_new, layer_old in
+                        zip(masks, server['masks']) for new, old in zip(layer_new, layer_old)])
+    new_server = collections.OrderedDict(
+        model=tff.learning.models.ModelWeights(trainable=trainable,
+                                               non_trainable=server['model'].non_trainable),
+        momentum=reducer.update_momentum(list(server['momentum']), full_update, indices),
+        masks=masks)
+    # Units whose mask changed this round: pruned plus regrown (0 when masks are frozen).
+    return optimizer_state, new_server, collections.OrderedDict(mask_changes=changed)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(server_type, tff.SERVER),
+                             tff.FederatedType(update_type, tff.SERVER))
+  def next_fn(state, server, update):
+    optimizer_state, new_server, measurements = tff.federated_map(
+        next_tf, (state, server, update))
+    return tff.templates.MeasuredProcessOutput(state=optimizer_state, result=new_server,
+                                               measurements=measurements)
+
+  return tff.learning.templates.FinalizerProcess(init_fn, next_fn)
+
+
+def _distributor(reducer: reduce_lib.Reducer, mode: str, server_type
+                 ) -> tff.learning.templates.DistributionProcess:
+
+  @tff.tensorflow.computation(server_type)
+  def shrink(server):
+    return reducer.shrink(server['model'], reducer.indices(server, mode))
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(server_type, tff.SERVER))
+  def next_fn(state, server):
+    reduced = tff.federated_broadcast(tff.federated_map(shrink, server))
+    return tff.templates.MeasuredProcessOutput(
+        state=state, result=reduced, measurements=tff.federated_value((), tff.SERVER))
+
+  return tff.learning.templates.DistributionProcess(init_fn, next_fn)
+
+
+class FederatedPruning(stages.StagedTraining):
+  """The stages of a federated pruning run (see the module docstring)."""
+
+  def __init__(self, model_config: dict[str, Any], make_model_fn, config: PruningConfig,
+               total_rounds: int, client_optimizer, server_optimizer,
+               initial_weights: Optional[tff.learning.models.ModelWeights] = None):
+    self.config = config.resolved(total_rounds)
+    self.model_config = model_config
+    self._make_model_fn = make_model_fn
+    self._client_optimizer, self._server_optimizer = client_optimizer, server_optimizer
+    full = registry.build_keras_model(model_config)
+    self.layers = plan_lib.prunable_layers(full)
+    if not self.layers:
+      raise plan_lib.PlanError(f'--algorithm=fp: the {model_config.get("name")} model has '
+                               'nothing prunable')
+    if self.config.adaptive:
+      weights = initial_weights.trainable if initial_weights is not None else [
+          v.numpy() for v in full.trainable_variables]
+      by_name = {v.name: w for v, w in zip(full.trainable_variables, weights)}
+      magnitudes = {layer.name: float(np.mean(np.abs(by_name[layer.name + '/kernel:0'])))
+                    for layer in self.layers}
+      self._magnitudes = magnitudes
+    del full
+    self._reducers: dict[str, reduce_lib.Reducer] = {}
+    self._plans: dict[tuple[str, str], dict[str, Any]] = {}
+
+  def plan_at(self, round_num: int) -> dict[str, Any]:
+    sparsity = self.config.sparsity_at(round_num)
+    if self.config.adaptive and sparsity > 0:
+      sparsity = plan_lib.adaptive_sparsity(self.layers, self._magnitudes, sparsity,
+                                            self.config.max_layer_sparsity)
+    return plan_lib.make_plan(self.layers, self.config.pattern, sparsity)
+
+  def stage_key(self, round_num: int):
+    """(phase, plan shapes): rounds with equal keys share one compiled process."""
+    round_num = max(round_num, 1)
+    plan = self.plan_at(round_num)
+    key = (self.config.phase(round_num), plan_lib.describe(plan))
+    self._plans[key] = plan
+    return key
+
+  def _reducer(self, plan: dict[str, Any]) -> reduce_lib.Reducer:
+    key = plan_lib.describe(plan)
+    if key not in self._reducers:
+      self._reducers[key] = reduce_lib.Reducer(self.model_config, plan, self.config.importance)
+    return self._reducers[key]
+
+  def build_stage(self, key) -> stages.Stage:
+    mode = PHASE_MODES[key[0]]
+    reducer = self._reducer(self._plans[key])
+    full_model_fn = self._make_model_fn(self.model_config)
+    reduced_model_fn = self._make_model_fn(reducer.reduced_config)
+
+    @tff.tensorflow.computation
+    def initial_server():
+      return reducer.initial_server_weights(
+          tff.learning.models.ModelWeights.from_model(full_model_fn()))
+
+    server_type = initial_server.type_signature.result
+
+    @tff.tensorflow.computation
+    def reduced_weights_spec():
+      return tff.learning.models.ModelWeights.from_model(reduced_model_fn())
+
+    reduced_type = reduced_weights_spec.type_signature.result
+    process = composition.compose(
+        initial_model_weights_fn=initial_server,
+        distributor=_distributor(reducer, mode, server_type),
+        client_work=tff.learning.templates.build_model_delta_client_work(
+            reduced_model_fn, self._client_optimizer,
+            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES),
+        aggregator=tff.aggregators.MeanFactory().create(
+            reduced_type.trainable, tff.TensorType(np.float32)),
+        finalizer=_finalizer(reducer, mode, self._server_optimizer, server_type,
+                             reduced_type.trainable))
+
+    # Evaluation and the saved model use the masks the clients trained with last.
+    @tff.tensorflow.computation(_state_type(process))
+    def model_weights(state):
+      server = state.global_model_weights
+      return reducer.shrink(server['model'], reducer.indices(server, 'fixed'))
+
+    return stages.Stage(key, process, reducer.reduced_config, reduced_model_fn, model_weights)
+
+  def initial_state(self, stage: stages.Stage, initial_model_weights=None):
+    process = stage.train_process
+    state = process.initialize()
+    if initial_model_weights is None:
+      return state
+    server_type = process.get_model_weights.type_signature.result
+    reducer = self._reducer(stage.model_config['pruning'])
+
+    @tff.tensorflow.computation(server_type.model)
+    def augment(weights):
+      return reducer.initial_server_weights(weights)
+
+    return process.set_model_weights(state, augment(initial_model_weights))
+
+  def initial_evaluation_stage(self) -> stages.Stage:
+    """The dense starting model: evaluated before the first round."""
+    first = self.build_stage(self.stage_key(1))
+
+    @tff.tensorflow.computation(_state_type(first.train_process))
+    def dense_weights(state):
+      return state.global_model_weights['model']
+
+    return stages.Stage(('dense',), first.train_process, self.model_config,
+                        self._make_model_fn(self.model_config), dense_weights)
+
+
+def _state_type(process):
+  return process.initialize.type_signature.result.member
