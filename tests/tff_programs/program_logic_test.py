@@ -7,6 +7,7 @@ import tensorflow_federated as tff
 
 from fl_compression import tasks
 from fl_compression.learning import algorithms
+from fl_compression.learning import stages
 from tests import tff_test_utils
 from tff_programs import program_logic
 
@@ -37,14 +38,15 @@ class TrainModelTest(absltest.TestCase):
         num_train_clients=6, num_eval_clients=2, examples_per_client=16, batch_size=8))
     cls.train_process = algorithms.get('fedavg').build(
         cls.task.model_fn, algorithms.Hyperparameters())
-    cls.eval_process = tff.learning.algorithms.build_fed_eval(cls.task.model_fn)
 
   def _train(self, root, total_rounds, evaluation_period=2, initial_model_weights=None):
     managers = {name: tff.program.MemoryReleaseManager() for name in ('train', 'eval', 'model')}
 
     async def body():
       return await program_logic.train_model(
-          train_process=self.train_process, eval_process=self.eval_process, task=self.task,
+          training=stages.StagedTraining(self.train_process, self.task.model_config,
+                                         self.task.model_fn),
+          task=self.task,
           sampler=program_logic.ClientSampler(tuple(self.task.train_data.client_ids), 3, 0),
           total_rounds=total_rounds, evaluation_period=evaluation_period,
           program_state_manager=tff.program.FileProgramStateManager(
@@ -72,8 +74,10 @@ class TrainModelTest(absltest.TestCase):
     self.assertEqual(sorted(whole_releases['eval']), [0, 2, 4])  # 0: the initial model.
     self.assertEqual(sorted(resumed_releases['eval']), [4])
 
-    whole_model = whole_releases['model'][4]
-    resumed_model = resumed_releases['model'][4]
+    whole_config, whole_model = whole_releases['model'][4]
+    resumed_config, resumed_model = resumed_releases['model'][4]
+    self.assertEqual(whole_config, self.task.model_config)
+    self.assertEqual(resumed_config, self.task.model_config)
     for a, b in zip(whole_model.trainable, resumed_model.trainable):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(resumed.train_metrics['client_work']['train']['loss'],
@@ -100,8 +104,9 @@ class TrainModelTest(absltest.TestCase):
         trainable=[w + 0.5 for w in weights.trainable], non_trainable=weights.non_trainable)
     _, shifted_start = self._train(tempfile.mkdtemp(dir=tmp), total_rounds=1,
                                    initial_model_weights=shifted)
-    for a, b, c in zip(default_run['model'][1].trainable, same_start['model'][1].trainable,
-                       shifted_start['model'][1].trainable):
+    for a, b, c in zip(default_run['model'][1][1].trainable,
+                       same_start['model'][1][1].trainable,
+                       shifted_start['model'][1][1].trainable):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
       self.assertGreater(np.max(np.abs(a - c)), 0.1)
     # The evaluation before the first round is of the initial weights.

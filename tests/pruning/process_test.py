@@ -1,0 +1,138 @@
+"""Federated pruning processes on TFF's runtime: FedAvg equivalence, phases, traffic."""
+
+import collections
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fl_compression.learning import algorithms
+from fl_compression.learning import optimizers
+from fl_compression.models import asr
+from fl_compression.models import registry
+from fl_compression.pruning import plan as plan_lib
+from fl_compression.pruning import process
+from tests import tff_test_utils
+
+
+def _config():
+  config = asr.tiny_config(vocab_size=11)
+  config['encoder'].update(num_blocks=1, model_dim=32, num_heads=4, num_groups=4, dropout=0.0)
+  return config
+
+
+def _client_data(seed, batches=2):
+  def batch(i):
+    return collections.OrderedDict(
+        features=tf.random.stateless_normal([2, 48, 80], seed=[seed, i]),
+        labels=tf.random.stateless_uniform([2, 4], seed=[seed, 100 + i], minval=1, maxval=11,
+                                           dtype=tf.int32),
+        feature_length=tf.constant([48, 40]), label_length=tf.constant([4, 3]))
+  return tf.data.Dataset.from_tensor_slices(
+      {k: tf.stack([batch(i)[k] for i in range(batches)]) for k in batch(0)}).map(
+          collections.OrderedDict)
+
+
+def _make_model_fn(config):
+  spec = _client_data(0).element_spec
+  return lambda: asr.AsrVariableModel(registry.build_keras_model(config), spec)
+
+
+def _pruning(config, **options):
+  total_rounds = options.pop('total_rounds', 1)
+  return process.FederatedPruning(
+      _config(), _make_model_fn, config, total_rounds,
+      client_optimizer=optimizers.build_optimizer('sgd', 0.05),
+      server_optimizer=optimizers.build_optimizer('sgd', 1.0), **options)
+
+
+def _initial_weights():
+  model = registry.build_keras_model(_config())
+  return tff.learning.models.ModelWeights(
+      [v.numpy() for v in model.trainable_variables],
+      [v.numpy() for v in model.non_trainable_variables])
+
+
+class FederatedPruningProcessTest(absltest.TestCase):
+
+  def test_sparsity_zero_round_equals_fedavg_round(self):
+    weights = _initial_weights()
+    clients = [_client_data(1), _client_data(2)]
+    fp = _pruning(process.PruningConfig(sparsity=0.0, refine_start=1, finetune_start=2))
+    fedavg = algorithms.get('fedavg').build(
+        _make_model_fn(_config()), algorithms.Hyperparameters(client_learning_rate=0.05))
+
+    async def body():
+      stage = fp.build_stage(fp.stage_key(1))
+      state = fp.initial_state(stage, weights)
+      pruned = stage.train_process.next(state, clients)
+      server = await tff.program.materialize_value(
+          stage.train_process.get_model_weights(pruned.state))
+      base_state = fedavg.set_model_weights(fedavg.initialize(), weights)
+      base = fedavg.next(base_state, clients)
+      reference = await tff.program.materialize_value(fedavg.get_model_weights(base.state))
+      return server, reference
+
+    server, reference = tff_test_utils.run_on_local_backend(body)
+    moved = 0.0
+    for a, b, w in zip(server['model'].trainable, reference.trainable, weights.trainable):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+      moved = max(moved, float(np.max(np.abs(b - w))))
+    self.assertGreater(moved, 1e-3)  # The round did train.
+
+  def test_phases_keep_pruned_values_and_freeze_masks(self):
+    weights = _initial_weights()
+    config = process.PruningConfig(sparsity=0.5, pattern='column', refine_start=2,
+                                   finetune_start=3)
+    fp = _pruning(config, total_rounds=3)
+    fedavg = algorithms.get('fedavg').build(
+        _make_model_fn(_config()), algorithms.Hyperparameters(client_learning_rate=0.05))
+    clients = [_client_data(3), _client_data(4)]
+    names = [v.name for v in registry.build_keras_model(_config()).trainable_variables]
+
+    async def body():
+      keys = [fp.stage_key(r) for r in (1, 2, 3)]
+      state = fp.initial_state(fp.build_stage(keys[0]), weights)
+      servers, metrics = [], []
+      for key in keys:
+        stage = fp.build_stage(key)
+        output = stage.train_process.next(state, clients)
+        state = output.state
+        servers.append(await tff.program.materialize_value(
+            stage.train_process.get_model_weights(state)))
+        metrics.append(await tff.program.materialize_value(output.metrics))
+      reduced = await tff.program.materialize_value(stage.model_weights(state))
+      base = fedavg.next(fedavg.set_model_weights(fedavg.initialize(), weights), clients)
+      base_metrics = await tff.program.materialize_value(base.metrics)
+      return keys, servers, metrics, reduced, stage, base_metrics
+
+    keys, servers, metrics, reduced, stage, base_metrics = (
+        tff_test_utils.run_on_local_backend(body))
+    self.assertEqual([k[0] for k in keys], ['prune', 'refine', 'finetune'])
+    # Fine-tuning froze the masks of the last refining round.
+    self.assertEqual(float(metrics[2]['finalizer']['mask_changes']), 0.0)
+    np.testing.assert_array_equal(
+        np.concatenate([m for layer in servers[2]['masks'] for m in layer]),
+        np.concatenate([m for layer in servers[1]['masks'] for m in layer]))
+    # Pruned entries keep their server values; kept ones train.
+    layer = 'encoder/block_00/mhsa/query'
+    kernel = names.index(layer + '/kernel:0')
+    mask = servers[2]['masks'][[l.name for l in fp.layers].index(layer)][0].astype(bool)
+    before, after = servers[1]['model'].trainable[kernel], servers[2]['model'].trainable[kernel]
+    np.testing.assert_array_equal(after[:, ~mask], before[:, ~mask])
+    self.assertGreater(np.abs(after[:, mask] - before[:, mask]).max(), 0)
+    # The clients' model is physically smaller, and so is the traffic.
+    full_params = sum(np.size(w) for w in weights.trainable)
+    reduced_params = sum(np.size(w) for w in reduced.trainable)
+    self.assertEqual(full_params - reduced_params,
+                     plan_lib.removed_parameters(stage.model_config['pruning']))
+    down = metrics[2]['communication']['client_bytes_down']
+    base_down = base_metrics['communication']['client_bytes_down']
+    self.assertLess(down, base_down)
+    self.assertLess(metrics[2]['communication']['client_bytes_up'],
+                    base_metrics['communication']['client_bytes_up'])
+
+
+if __name__ == '__main__':
+  absltest.main()
