@@ -133,6 +133,13 @@ class TrainProgramTest(absltest.TestCase):
          '--initial_model_dir=/nonexistent/model: /nonexistent/model is not a model directory'),
         (['--task=speech_ctc', f'--data_dir={a_file}', f'--root_output_dir={root}_speech'],
          f'--data_dir={a_file}'),
+        (['--algorithm=fp', f'--root_output_dir={root}_fp'], 'the mlp model has nothing prunable'),
+        (['--algorithm=fp', '--fp_sparsity=1.0', f'--root_output_dir={root}_fp'],
+         '--fp_sparsity=1.0 is outside [0, 1)'),
+        (['--algorithm=fp', '--fp_pattern=diagonal', f'--root_output_dir={root}_fp'],
+         "--fp_pattern='diagonal' is unknown"),
+        (['--algorithm=fp', '--fp_refine_start=2', '--fp_finetune_start=1',
+          f'--root_output_dir={root}_fp'], '--fp_finetune_start=1 must be in'),
     ]
     for flags, message in cases:
       code, stdout, stderr = self._run(root, *flags)

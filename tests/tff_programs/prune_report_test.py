@@ -1,0 +1,51 @@
+"""//tff_programs:prune_report as users run it."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from tests import tff_test_utils
+
+
+class PruneReportTest(absltest.TestCase):
+
+  def _run(self, *flags):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run(tff_test_utils.program_command('prune_report') + list(flags),
+                          capture_output=True, text=True, env=env, timeout=300)
+
+  def test_table_and_json(self):
+    path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 't.json')
+    result = self._run('--model=tiny', '--pattern=column', '--sparsities=0.2,0.5',
+                       f'--output_json={path}')
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    self.assertIn('tiny: 1,164,797 parameters', result.stdout)
+    with open(path) as f:
+      table = json.load(f)
+    ratios = {s: row['zero_parameter_ratio'] for s, row in table['sparsities'].items()}
+    # Column pruning removes more than the target: the feed-forward coupling.
+    self.assertGreater(ratios['0.2'], 0.2)
+    self.assertGreater(ratios['0.5'], ratios['0.2'])
+    row = table['sparsities']['0.5']
+    self.assertEqual(row['parameters_before'], 1164797)
+    self.assertLess(row['parameters_after'],
+                    row['parameters_before'] - 0.5 * table['prunable_parameters'])
+
+  def test_bad_input_is_named_in_one_line(self):
+    for flags, message in ((['--sparsities=0.2,1.0'], '--sparsities=1.0 is outside [0, 1)'),
+                           (['--pattern=diagonal'], "--pattern='diagonal' is unknown"),
+                           (['--sparsities=0.2,x'], '--sparsities=0.2,x'),
+                           (['--model=conformer_xl'], "--model=conformer_xl")):
+      result = self._run(*flags)
+      self.assertEqual(result.returncode, 2, (flags, result.stderr[-2000:]))
+      last_line = result.stderr.strip().splitlines()[-1]
+      self.assertTrue(last_line.startswith('error: '), last_line)
+      self.assertIn(message, last_line)
+
+
+if __name__ == '__main__':
+  absltest.main()
