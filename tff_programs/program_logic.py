@@ -67,7 +67,8 @@ async def train_model(
     evaluation_metrics_manager: Optional[tff.program.ReleaseManager],
     model_output_manager: tff.program.ReleaseManager,
     initial_model_weights: Optional[tff.learning.models.ModelWeights] = None,
-    evaluate_clients: bool = True,
+    evaluate_clients: bool = True,  # False: no federated evaluation (transcripts still scored).
+    evaluate_initial: bool = True,
 ) -> TrainingResult:
   """Trains for `total_rounds`, resuming from the latest saved program state if any.
 
@@ -79,6 +80,8 @@ async def train_model(
   the last round; the final model once, with key `total_rounds`, as
   `(model_config, weights)` of the model clients hold. A new run starts from
   `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
+  `evaluate_initial=False` skips the evaluation of the starting model (e.g. when many runs
+  share it).
   """
   built: dict[Any, stages.Stage] = {}
 
@@ -90,7 +93,7 @@ async def train_model(
     built[key] = training.build_stage(key)
     return built[key], time.monotonic() - started
 
-  first_stage, _ = stage_for(1)
+  first_stage, unreported_build_seconds = stage_for(1)
   initial_state = training.initial_state(first_stage, initial_model_weights)
   program_state, version = await program_state_manager.load_latest((initial_state, 0))
   if program_state is None:
@@ -105,32 +108,33 @@ async def train_model(
   eval_datasets = [task.eval_dataset(c) for c in task.eval_data.client_ids]
 
   async def evaluate(round_num: int, stage: stages.Stage) -> dict[str, Any]:
-    if not evaluate_clients:
-      return {}
+    metrics = {}
     weights = stage.model_weights(state)
-    eval_process = stage.eval_process
-    eval_state = eval_process.set_model_weights(eval_process.initialize(), weights)
-    output = eval_process.next(eval_state, eval_datasets)
-    metrics = await tff.program.materialize_value(eval_round_metrics(output.metrics))
-    metrics = {'eval': metrics}
+    if evaluate_clients:
+      eval_process = stage.eval_process
+      eval_state = eval_process.set_model_weights(eval_process.initialize(), weights)
+      output = eval_process.next(eval_state, eval_datasets)
+      metrics['eval'] = await tff.program.materialize_value(eval_round_metrics(output.metrics))
     if task.transcription_eval is not None:
       weights = await tff.program.materialize_value(weights)
       metrics['transcription'] = {split: rates.as_dict() for split, rates in
                                   task.transcription_eval(weights, stage.model_config).items()}
-    if evaluation_metrics_manager is not None:
+    if metrics and evaluation_metrics_manager is not None:
       await evaluation_metrics_manager.release(metrics, key=round_num)
     return metrics
 
   train_metrics: dict[str, Any] = {}
   eval_metrics: dict[str, Any] = {}
   initial_eval_metrics = None
-  if start_round == 0:
+  if start_round == 0 and evaluate_initial:
     # The starting point (e.g. a pretrained model), released with key 0.
     initial_eval_metrics = await evaluate(0, training.initial_evaluation_stage())
   round_times = []
   stage = first_stage
   for round_num in range(start_round + 1, total_rounds + 1):
     stage, build_seconds = stage_for(round_num)
+    # The first stage is built before the loop; its time goes with this invocation's first round.
+    build_seconds, unreported_build_seconds = build_seconds + unreported_build_seconds, 0.0
     started = time.monotonic()
     client_datasets = [task.train_dataset(c, round_num) for c in sampler.sample(round_num)]
     output = stage.train_process.next(state, client_datasets)
@@ -147,8 +151,7 @@ async def train_model(
 
   if start_round >= total_rounds:
     stage, _ = stage_for(total_rounds)
-    if evaluate_clients:
-      eval_metrics = await evaluate(total_rounds, stage)
+    eval_metrics = await evaluate(total_rounds, stage)
   await model_output_manager.release((stage.model_config, stage.model_weights(state)),
                                      key=total_rounds)
   return TrainingResult(

@@ -73,13 +73,13 @@ _INITIAL_MODEL_DIR = flags.DEFINE_string(
     'Start a new run from this saved model (config.json + weights.npz), e.g. a pretrained one; '
     'its model config must be the task\'s.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for data generation, initial model and sampling.')
-# Federated pruning (--algorithm=fp); see fl_compression/pruning/process.py.
-_FP_SPARSITY = flags.DEFINE_float('fp_sparsity', 0.3, 'fp: target sparsity in [0, 1).')
+# Federated pruning (--algorithm=fp) and dropout (fd); see fl_compression/pruning/process.py.
+_FP_SPARSITY = flags.DEFINE_float('fp_sparsity', 0.3, 'fp, fd: target sparsity in [0, 1).')
 _FP_PATTERN = flags.DEFINE_string('fp_pattern', 'column',
-                                  'fp: row, column, half_row or half_column.')
+                                  'fp, fd: row, column, half_row or half_column.')
 _FP_IMPORTANCE = flags.DEFINE_string(
     'fp_importance', 'magnitude', 'fp: magnitude, gradient (momentum of the gradient '
-    'magnitude) or weight_gradient.')
+    'magnitude), weight_gradient or random.')
 _FP_NORM = flags.DEFINE_string('fp_norm', 'l2', 'fp: l1 or l2 norm of a unit\'s scores.')
 _FP_MOMENTUM = flags.DEFINE_float('fp_momentum', 0.9, 'fp: momentum of the gradient magnitude.')
 _FP_SCHEDULE = flags.DEFINE_string('fp_schedule', 'constant',
@@ -285,7 +285,7 @@ def run() -> None:
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
       total_rounds=_TOTAL_ROUNDS.value, initial_weights=initial_weights,
       options={name[len('fp_'):]: flags.FLAGS[name].value for name in _FP_FLAGS}
-      if _ALGORITHM.value == 'fp' else {})
+      if _ALGORITHM.value in ('fp', 'fd') else {})
   try:
     training = algorithms.get(_ALGORITHM.value).staged(context)
   except plan_lib.PlanError as e:

@@ -39,27 +39,32 @@ def transcribe(model: tf.keras.Model, dataset: tf.data.Dataset,
 
 
 class SplitEvaluator:
-  """WER/CER of model weights on fixed utterance sets; features are computed once and cached."""
+  """WER/CER of model weights on fixed utterance sets; features are computed once and cached.
 
-  def __init__(self, model_config: dict, splits: dict[str, Sequence[librispeech.Utterance]],
-               *, batch_size: int = 32):
-    from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
-    self._model = registry.build_keras_model(model_config)
+  The Keras model is built at each call, for the config given: a model kept from an earlier
+  call would be invalidated by TFF tracing computations in graph mode in between.
+  """
+
+  def __init__(self, splits: dict[str, Sequence[librispeech.Utterance]], *,
+               batch_size: int = 32):
     self._tokenizer = features_lib.CharTokenizer()
     config = features_lib.FeatureConfig()
     self._splits = {
         split: (utterances, utterance_dataset(utterances, config, batch_size).cache())
         for split, utterances in splits.items() if utterances}
 
-  def __call__(self, weights) -> dict[str, error_rates.ErrorRates]:
-    """`weights`: a `tff.learning.models.ModelWeights` (or its trainable/non-trainable lists)."""
+  def __call__(self, weights, model_config: dict) -> dict[str, error_rates.ErrorRates]:
+    """`weights`: a `tff.learning.models.ModelWeights` (or its trainable/non-trainable lists)
+    of a model of `model_config`."""
+    from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
+    model = registry.build_keras_model(model_config)
     trainable, non_trainable = weights[0], weights[1]
-    for variable, value in zip(self._model.trainable_variables, trainable):
+    for variable, value in zip(model.trainable_variables, trainable):
       variable.assign(value)
-    for variable, value in zip(self._model.non_trainable_variables, non_trainable):
+    for variable, value in zip(model.non_trainable_variables, non_trainable):
       variable.assign(value)
     return {split: error_rates.error_rates([u.transcript for u in utterances],
-                                           transcribe(self._model, dataset, self._tokenizer))
+                                           transcribe(model, dataset, self._tokenizer))
             for split, (utterances, dataset) in self._splits.items()}
 
 

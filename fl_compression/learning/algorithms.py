@@ -109,8 +109,20 @@ def _build_fedavg(model_fn: fedavg.ModelFn, hparams: Hyperparameters):
                  '(--fp_* flags)')
 def _build_federated_pruning(context: BuildContext) -> stages.StagedTraining:
   from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
+  return _build_pruning_variant(process.FederatedPruning, context)
+
+
+@register_staged('fd', 'federated dropout: clients train random sub-models of the sizes that '
+                 '--fp_sparsity and --fp_pattern give; the result is the full model')
+def _build_federated_dropout(context: BuildContext) -> stages.StagedTraining:
+  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
+  return _build_pruning_variant(process.FederatedDropout, context)
+
+
+def _build_pruning_variant(cls, context: BuildContext) -> stages.StagedTraining:
+  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
   hparams = context.hparams
-  return process.FederatedPruning(
+  return cls(
       context.model_config, context.make_model_fn, process.config_from_options(context.options),
       context.total_rounds,
       client_optimizer=optimizers.build_optimizer(

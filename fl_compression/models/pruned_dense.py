@@ -13,7 +13,8 @@ Entry format (`fl_compression.pruning.plan`): {'pattern', 'input_dim', 'output_d
 optional 'drop_units', 'coupled_rows'}.
 """
 
-from typing import Any
+import contextlib
+from typing import Any, Callable
 
 import tensorflow as tf
 
@@ -96,9 +97,24 @@ class PrunedDense(tf.keras.layers.Layer):
     return self.activation(y)
 
 
+_dense_wrappers: list[Callable[[tf.keras.layers.Layer], tf.keras.layers.Layer]] = []
+
+
+@contextlib.contextmanager
+def wrapping_dense(wrap: Callable[[tf.keras.layers.Layer], tf.keras.layers.Layer]):
+  """Models built inside pass each prunable `Dense` through `wrap` (e.g. tfmot's
+  `prune_low_magnitude`), so other pruning methods act on exactly the same layers."""
+  _dense_wrappers.append(wrap)
+  try:
+    yield
+  finally:
+    _dense_wrappers.pop()
+
+
 def dense(name: str, units: int, pruning: dict[str, Any] | None, activation=None,
           use_bias: bool = True) -> tf.keras.layers.Layer:
   """A `Dense`, or a `PrunedDense` when the pruning plan (keyed by layer name) has `name`."""
   if pruning and name in pruning:
     return PrunedDense(pruning[name], activation=activation, use_bias=use_bias, name=name)
-  return tf.keras.layers.Dense(units, activation=activation, use_bias=use_bias, name=name)
+  layer = tf.keras.layers.Dense(units, activation=activation, use_bias=use_bias, name=name)
+  return _dense_wrappers[-1](layer) if _dense_wrappers else layer

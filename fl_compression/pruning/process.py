@@ -8,8 +8,13 @@ optimizer, updates the gradient-magnitude momentum on kept entries and stores th
 
 Phases by round: pruning (sparsity constant or rising in steps to the target; a unit pruned
 stays pruned), refining (target sparsity; masks regenerated each round, pruned units keep their
-server values and scores and can grow back), fine-tuning (masks frozen). A stage is a
-(phase, plan) pair; its process is built once and cached by the program.
+server values and scores and can grow back), fine-tuning (masks frozen). The server state
+counts the rounds done and the computations pick the phase's mask mode from it, so a stage is
+one plan (one shape set): its process is built once, cached by the program, and serves every
+phase with those shapes (with a constant schedule, the whole run).
+
+`FederatedDropout` (`--algorithm=fd`) is the same process with random units each round and
+the full model as its result (Caldas et al. 2018): the anchor that shows what importance buys.
 """
 
 import collections
@@ -64,12 +69,22 @@ class PruningConfig:
     if not refine <= finetune <= total_rounds + 1:
       raise plan_lib.PlanError(f'--fp_finetune_start={finetune} must be in '
                                f'[--fp_refine_start={refine}, {total_rounds + 1}]')
+    if finetune < 2:
+      raise plan_lib.PlanError('--fp_finetune_start=1: fine-tuning keeps the masks of earlier '
+                               'rounds, so at least one pruning or refining round must come first')
     return dataclasses.replace(self, refine_start=refine, finetune_start=finetune)
 
   def phase(self, round_num: int) -> str:
     if round_num < self.refine_start:
       return 'prune'
     return 'refine' if round_num < self.finetune_start else 'finetune'
+
+  def mode_at(self, round_num: tf.Tensor) -> tf.Tensor:
+    """In TF: the `reduce_lib.MODES` index of the phase of (1-based) `round_num`."""
+    index = {phase: reduce_lib.MODES.index(mode) for phase, mode in PHASE_MODES.items()}
+    return tf.where(round_num < self.refine_start, index['prune'],
+                    tf.where(round_num < self.finetune_start, index['refine'],
+                             index['finetune']))
 
   def sparsity_at(self, round_num: int) -> float:
     if self.schedule == 'constant' or self.phase(round_num) != 'prune':
@@ -90,7 +105,7 @@ def config_from_options(options: dict[str, Any]) -> PruningConfig:
                        **{k: v for k, v in options.items() if k in fields})
 
 
-def _finalizer(reducer: reduce_lib.Reducer, mode: str,
+def _finalizer(reducer: reduce_lib.Reducer, config: PruningConfig,
                server_optimizer: tff.learning.optimizers.Optimizer, server_type, update_type
                ) -> tff.learning.templates.FinalizerProcess:
   specs = [tf.TensorSpec(t.shape, t.dtype) for t in server_type.model.trainable]
@@ -105,7 +120,7 @@ def _finalizer(reducer: reduce_lib.Reducer, mode: str,
 
   @tff.tensorflow.computation(init_tf.type_signature.result, server_type, update_type)
   def next_tf(optimizer_state, server, update):
-    indices = reducer.indices(server, mode)
+    indices = reducer.indices(server, config.mode_at(server['rounds_done'] + 1))
     full_update = reducer.expand(list(update), indices)
     optimizer_state, trainable = server_optimizer.next(
         optimizer_state, list(server['model'].trainable), full_update)
@@ -116,7 +131,8 @@ def _finalizer(reducer: reduce_lib.Reducer, mode: str,
         model=tff.learning.models.ModelWeights(trainable=trainable,
                                                non_trainable=server['model'].non_trainable),
         momentum=reducer.update_momentum(list(server['momentum']), full_update, indices),
-        masks=masks)
+        masks=masks,
+        rounds_done=server['rounds_done'] + 1)
     # Units whose mask changed this round: pruned plus regrown (0 when masks are frozen).
     return optimizer_state, new_server, collections.OrderedDict(mask_changes=changed)
 
@@ -132,11 +148,12 @@ def _finalizer(reducer: reduce_lib.Reducer, mode: str,
   return tff.learning.templates.FinalizerProcess(init_fn, next_fn)
 
 
-def _distributor(reducer: reduce_lib.Reducer, mode: str, server_type
+def _distributor(reducer: reduce_lib.Reducer, config: PruningConfig, server_type
                  ) -> tff.learning.templates.DistributionProcess:
 
   @tff.tensorflow.computation(server_type)
   def shrink(server):
+    mode = config.mode_at(server['rounds_done'] + 1)
     return reducer.shrink(server['model'], reducer.indices(server, mode))
 
   @tff.federated_computation
@@ -187,10 +204,10 @@ class FederatedPruning(stages.StagedTraining):
     return plan_lib.make_plan(self.layers, self.config.pattern, sparsity)
 
   def stage_key(self, round_num: int):
-    """(phase, plan shapes): rounds with equal keys share one compiled process."""
+    """The plan's shapes: rounds with equal keys share one compiled process."""
     round_num = max(round_num, 1)
     plan = self.plan_at(round_num)
-    key = (self.config.phase(round_num), plan_lib.describe(plan))
+    key = plan_lib.describe(plan)
     self._plans[key] = plan
     return key
 
@@ -201,7 +218,6 @@ class FederatedPruning(stages.StagedTraining):
     return self._reducers[key]
 
   def build_stage(self, key) -> stages.Stage:
-    mode = PHASE_MODES[key[0]]
     reducer = self._reducer(self._plans[key])
     full_model_fn = self._make_model_fn(self.model_config)
     reduced_model_fn = self._make_model_fn(reducer.reduced_config)
@@ -220,13 +236,13 @@ class FederatedPruning(stages.StagedTraining):
     reduced_type = reduced_weights_spec.type_signature.result
     process = composition.compose(
         initial_model_weights_fn=initial_server,
-        distributor=_distributor(reducer, mode, server_type),
+        distributor=_distributor(reducer, self.config, server_type),
         client_work=tff.learning.templates.build_model_delta_client_work(
             reduced_model_fn, self._client_optimizer,
             client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES),
         aggregator=tff.aggregators.MeanFactory().create(
             reduced_type.trainable, tff.TensorType(np.float32)),
-        finalizer=_finalizer(reducer, mode, self._server_optimizer, server_type,
+        finalizer=_finalizer(reducer, self.config, self._server_optimizer, server_type,
                              reduced_type.trainable))
 
     # Evaluation and the saved model use the masks the clients trained with last.
@@ -243,7 +259,7 @@ class FederatedPruning(stages.StagedTraining):
     if initial_model_weights is None:
       return state
     server_type = process.get_model_weights.type_signature.result
-    reducer = self._reducer(stage.model_config['pruning'])
+    reducer = self._reducer(self._plans[stage.key])
 
     @tff.tensorflow.computation(server_type.model)
     def augment(weights):
@@ -253,14 +269,33 @@ class FederatedPruning(stages.StagedTraining):
 
   def initial_evaluation_stage(self) -> stages.Stage:
     """The dense starting model: evaluated before the first round."""
-    first = self.build_stage(self.stage_key(1))
+    return self._dense_stage(self.build_stage(self.stage_key(1)), ('dense',))
 
-    @tff.tensorflow.computation(_state_type(first.train_process))
+  def _dense_stage(self, stage: stages.Stage, key) -> stages.Stage:
+    """`stage`'s process with the full server model as its model."""
+
+    @tff.tensorflow.computation(_state_type(stage.train_process))
     def dense_weights(state):
       return state.global_model_weights['model']
 
-    return stages.Stage(('dense',), first.train_process, self.model_config,
+    return stages.Stage(key, stage.train_process, self.model_config,
                         self._make_model_fn(self.model_config), dense_weights)
+
+
+class FederatedDropout(FederatedPruning):
+  """Random sub-models of the plan's sizes every round; the result is the full model."""
+
+  def __init__(self, model_config: dict[str, Any], make_model_fn, config: PruningConfig,
+               total_rounds: int, client_optimizer, server_optimizer,
+               initial_weights: Optional[tff.learning.models.ModelWeights] = None):
+    config = dataclasses.replace(
+        config, importance=reduce_lib.ImportanceConfig('random', config.importance.norm),
+        schedule='constant', refine_start=1, finetune_start=total_rounds + 1)
+    super().__init__(model_config, make_model_fn, config, total_rounds, client_optimizer,
+                     server_optimizer, initial_weights)
+
+  def build_stage(self, key) -> stages.Stage:
+    return self._dense_stage(super().build_stage(key), key)
 
 
 def _state_type(process):

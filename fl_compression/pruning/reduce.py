@@ -9,9 +9,11 @@
 - `expand(update, indices)`: a reduced trainable update -> full shapes, zero where pruned.
 
 The server value they work on (`ServerWeights`) is the full model's weights plus, per prunable
-layer, the gradient-magnitude momentum (when the importance uses it) and the unit masks of
+layer, the gradient-magnitude momentum (when the importance uses it), the unit masks of
 the last round, so masks can be kept monotone (pruning phase), regenerated (refining: pruned
-units keep their values and scores and can grow back) or frozen (fine-tuning).
+units keep their values and scores and can grow back) or frozen (fine-tuning), and the number
+of rounds done (phases and random scores follow it at run time, so one computation serves
+every phase of a shape set).
 """
 
 import collections
@@ -25,7 +27,8 @@ from fl_compression.models import pruned_dense
 from fl_compression.models import registry
 from fl_compression.pruning import plan as plan_lib
 
-IMPORTANCE = ('magnitude', 'gradient', 'weight_gradient')
+# `random` ranks units by fresh random scores each round: federated dropout's sub-models.
+IMPORTANCE = ('magnitude', 'gradient', 'weight_gradient', 'random')
 NORMS = ('l1', 'l2')
 MODES = ('monotone', 'free', 'fixed')
 # Added to the scores of units pruned earlier in the pruning phase, so they stay pruned.
@@ -49,7 +52,7 @@ class ImportanceConfig:
 
   @property
   def uses_gradient(self) -> bool:
-    return self.method != 'magnitude'
+    return self.method in ('gradient', 'weight_gradient')
 
 
 class Reducer:
@@ -84,7 +87,8 @@ class Reducer:
         momentum=[tf.zeros([layer.input_dim, layer.output_dim]) for layer in self.layers]
         if self.importance.uses_gradient else [],
         masks=[[tf.ones([units]) for units in plan_lib.unit_counts(
-            self.plan[layer.name]['pattern'], layer)] for layer in self.layers])
+            self.plan[layer.name]['pattern'], layer)] for layer in self.layers],
+        rounds_done=tf.constant(0, tf.int32))
 
   def _source(self, name: str, trainable: bool = True):
     layer, leaf = name.rsplit('/', 1)
@@ -114,7 +118,10 @@ class Reducer:
       return tf.reduce_sum(block, axis=axis)
     return tf.sqrt(tf.reduce_sum(tf.square(block), axis=axis))
 
-  def _elementwise_score(self, kernel, momentum):
+  def _elementwise_score(self, kernel, momentum, seed):
+    if self.importance.method == 'random':
+      # Every unit's norm of i.i.d. scores: a uniformly random ranking, new each round.
+      return tf.random.stateless_uniform(tf.shape(kernel), seed=seed)
     magnitude = tf.abs(kernel)
     if not self.importance.uses_gradient:
       return magnitude
@@ -123,32 +130,49 @@ class Reducer:
     # magnitude instead of by ties.
     return tf.cond(tf.reduce_max(momentum) > 0, lambda: gradient, lambda: magnitude)
 
-  def indices(self, server, mode: str) -> dict[str, list[tf.Tensor]]:
-    """Sorted kept unit indices per layer and piece (hidden units first for dense_in)."""
-    if mode not in MODES:
-      raise ValueError(f'unknown mask mode {mode!r}')
+  def indices(self, server, mode) -> dict[str, list[tf.Tensor]]:
+    """Sorted kept unit indices per layer and piece (hidden units first for dense_in).
+
+    `mode` is a name in `MODES`, or an int32 scalar tensor indexing `MODES` that is chosen at
+    run time (so the phases of one shape set share one computation).
+    """
+    if isinstance(mode, str):
+      if mode not in MODES:
+        raise ValueError(f'unknown mask mode {mode!r}')
+      mode = MODES.index(mode)
     trainable = server['model'].trainable
     result = {}
     for i, layer in enumerate(self.layers):
       entry = self.plan[layer.name]
       kernel = trainable[self._full_index[layer.name + '/kernel:0']]
       momentum = server['momentum'][i] if self.importance.uses_gradient else None
-      score = self._elementwise_score(kernel, momentum)
+      score = self._elementwise_score(kernel, momentum, seed=[server['rounds_done'], i])
       hidden = None
       if 'coupled_to' in entry:
         hidden = result[entry['coupled_to']][0]
       kept = []
       for piece, count in enumerate(entry['kept']):
         mask = server['masks'][i][piece]
-        if mode == 'fixed':
-          units = mask
-        else:
-          units = self._unit_scores(score, layer, piece, hidden)
-          if mode == 'monotone':
-            units = units + (1.0 - mask) * _EXCLUDED
+        units = self._mode_units(mode, mask,
+                                 lambda p=piece: self._unit_scores(score, layer, p, hidden))
         kept.append(tf.sort(tf.math.top_k(units, k=count, sorted=False).indices))
       result[layer.name] = kept
     return result
+
+  @staticmethod
+  def _mode_units(mode, mask, scores_fn):
+    """What top-k ranks: the stored mask (fixed), or scores, minus pruned units (monotone)."""
+    monotone, free, fixed = (MODES.index(m) for m in ('monotone', 'free', 'fixed'))
+    if isinstance(mode, int):
+      if mode == fixed:
+        return mask
+      scores = scores_fn()
+      return scores + (1.0 - mask) * _EXCLUDED if mode == monotone else scores
+    scores = scores_fn()
+    del free
+    return tf.where(tf.equal(mode, fixed), mask,
+                    tf.where(tf.equal(mode, monotone), scores + (1.0 - mask) * _EXCLUDED,
+                             scores))
 
   def masks(self, indices, layer_index: int) -> list[tf.Tensor]:
     layer = self.layers[layer_index]

@@ -83,6 +83,8 @@ class PlanTest(parameterized.TestCase):
         (lambda: process.PruningConfig(refine_start=6, finetune_start=3).resolved(10),
          '--fp_finetune_start=3'),
         (lambda: process.PruningConfig(refine_start=12).resolved(10), '--fp_refine_start=12'),
+        (lambda: process.PruningConfig(refine_start=1, finetune_start=1).resolved(10),
+         '--fp_finetune_start=1: fine-tuning keeps the masks of earlier rounds'),
         (lambda: process.PruningConfig(schedule='cosine').resolved(10), '--fp_schedule'),
         (lambda: reduce_lib.ImportanceConfig(method='taylor'), "--fp_importance='taylor'"),
         (lambda: reduce_lib.ImportanceConfig(norm='linf'), "--fp_norm='linf'"),

@@ -93,10 +93,10 @@ class FederatedPruningProcessTest(absltest.TestCase):
 
     async def body():
       keys = [fp.stage_key(r) for r in (1, 2, 3)]
-      state = fp.initial_state(fp.build_stage(keys[0]), weights)
+      stage = fp.build_stage(keys[0])
+      state = fp.initial_state(stage, weights)
       servers, metrics = [], []
-      for key in keys:
-        stage = fp.build_stage(key)
+      for _ in keys:
         output = stage.train_process.next(state, clients)
         state = output.state
         servers.append(await tff.program.materialize_value(
@@ -109,7 +109,13 @@ class FederatedPruningProcessTest(absltest.TestCase):
 
     keys, servers, metrics, reduced, stage, base_metrics = (
         tff_test_utils.run_on_local_backend(body))
-    self.assertEqual([k[0] for k in keys], ['prune', 'refine', 'finetune'])
+    # One shape set, so one computation serves all three phases; the state counts rounds.
+    self.assertLen(set(keys), 1)
+    self.assertEqual([fp.config.phase(r) for r in (1, 2, 3)], ['prune', 'refine', 'finetune'])
+    self.assertEqual([int(s['rounds_done']) for s in servers], [1, 2, 3])
+    # Pruning from a dense start changed exactly the pruned units' masks.
+    pruned_units = sum(np.size(m) - np.sum(m) for layer in servers[0]['masks'] for m in layer)
+    self.assertEqual(float(metrics[0]['finalizer']['mask_changes']), pruned_units)
     # Fine-tuning froze the masks of the last refining round.
     self.assertEqual(float(metrics[2]['finalizer']['mask_changes']), 0.0)
     np.testing.assert_array_equal(
@@ -132,6 +138,36 @@ class FederatedPruningProcessTest(absltest.TestCase):
     self.assertLess(down, base_down)
     self.assertLess(metrics[2]['communication']['client_bytes_up'],
                     base_metrics['communication']['client_bytes_up'])
+
+  def test_federated_dropout_samples_new_units_and_returns_the_full_model(self):
+    weights = _initial_weights()
+    fd = process.FederatedDropout(
+        _config(), _make_model_fn, process.PruningConfig(sparsity=0.5, pattern='column'), 2,
+        client_optimizer=optimizers.build_optimizer('sgd', 0.05),
+        server_optimizer=optimizers.build_optimizer('sgd', 1.0))
+    clients = [_client_data(3), _client_data(4)]
+
+    async def body():
+      stage = fd.build_stage(fd.stage_key(1))
+      state = fd.initial_state(stage, weights)
+      masks = []
+      for _ in range(2):
+        state = stage.train_process.next(state, clients).state
+        server = await tff.program.materialize_value(
+            stage.train_process.get_model_weights(state))
+        masks.append(np.concatenate([m for layer in server['masks'] for m in layer]))
+      final = await tff.program.materialize_value(stage.model_weights(state))
+      return stage, masks, final
+
+    stage, masks, final = tff_test_utils.run_on_local_backend(body)
+    self.assertEqual(fd.config.importance.method, 'random')
+    # Same sizes, other units: random sub-models each round.
+    self.assertEqual(masks[0].sum(), masks[1].sum())
+    self.assertGreater(np.sum(masks[0] != masks[1]), 0)
+    # The result is the full model: every variable has its dense shape.
+    self.assertNotIn('pruning', stage.model_config)
+    self.assertEqual([np.shape(w) for w in final.trainable],
+                     [np.shape(w) for w in weights.trainable])
 
 
 if __name__ == '__main__':

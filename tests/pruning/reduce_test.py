@@ -116,6 +116,12 @@ class ReduceTest(parameterized.TestCase):
     server['masks'][position] = [tf.constant(fixed_mask)]
     np.testing.assert_array_equal(reducer.indices(server, 'fixed')[layer][0].numpy(),
                                   np.arange(0, 32, 2))
+    # A mode chosen at run time (a tensor) selects the same units as the static one.
+    for name, stored in (('monotone', mask), ('free', mask), ('fixed', fixed_mask)):
+      server['masks'][position] = [tf.constant(stored)]
+      static = reducer.indices(server, name)[layer][0].numpy()
+      dynamic = reducer.indices(server, tf.constant(reduce_lib.MODES.index(name)))
+      np.testing.assert_array_equal(dynamic[layer][0].numpy(), static)
 
   def test_gradient_momentum_moves_only_on_kept_entries(self):
     reducer = self._reducer('column', 0.5, reduce_lib.ImportanceConfig('gradient', 'l1', 0.5))

@@ -1,0 +1,366 @@
+"""The federated pruning experiments: which runs, where their results live, and the report.
+
+The runs (`plan_runs`) reproduce the shape of the Federated Pruning paper's experiments on one
+pretrained model: WER against sparsity per pattern, importance methods, unified against
+adaptive sparsity, with and without mask refinement, and anchors (dense FedAvg, federated
+dropout, tfmot's centralized magnitude pruning), plus costs against FedAvg. `ResultStore`
+keeps each finished run in a JSON file, so an interrupted benchmark resumes where it stopped;
+`render_report` and `plot` turn the results into Markdown and PNG figures.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional, Sequence
+
+from fl_compression.data import corpus
+
+EXPERIMENTS = ('patterns', 'importance', 'adaptive', 'refinement', 'anchors', 'costs')
+PATTERNS = ('row', 'column', 'half_row', 'half_column')
+IMPORTANCE_METHODS = ('magnitude', 'gradient', 'weight_gradient')
+ADAPTIVE_SPARSITY = 0.5
+REFINEMENT_SPARSITY = 0.4
+COST_SPARSITY = 0.5
+DENSE = 'fedavg'
+SPLITS = {'test': corpus.TEST_SPLIT, 'dev': corpus.DEV_SPLIT}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One federated run from the pretrained model; `options` are `--fp_*` values unprefixed."""
+
+  key: str
+  algorithm: str  # fedavg, fp or fd.
+  options: tuple[tuple[str, Any], ...] = ()
+
+  @property
+  def option_dict(self) -> dict[str, Any]:
+    return dict(self.options)
+
+
+def fp_key(pattern: str, importance: str, sparsity: float, variant: str = '') -> str:
+  return f'fp/{pattern}/{importance}/{sparsity:g}' + (f'/{variant}' if variant else '')
+
+
+def fd_key(pattern: str, sparsity: float) -> str:
+  return f'fd/{pattern}/{sparsity:g}'
+
+
+def tfmot_key(sparsity: float) -> str:
+  return f'tfmot/{sparsity:g}'
+
+
+def no_refine_rounds(total_rounds: int) -> dict[str, int]:
+  """Phase boundaries without refining: fine-tuning starts where refining would have."""
+  start = max(2, 1 + total_rounds // 3)  # Masks come from at least one pruning round.
+  return {'refine_start': start, 'finetune_start': start}
+
+
+def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rounds: int
+              ) -> list[RunSpec]:
+  """The federated runs the experiments need, each once, in a useful order."""
+  unknown = sorted(set(experiments) - set(EXPERIMENTS))
+  if unknown:
+    raise ValueError(f'--experiments: unknown {", ".join(unknown)}; known: '
+                     f'{", ".join(EXPERIMENTS)}')
+  runs: dict[str, RunSpec] = {}
+
+  def add(key, algorithm, **options):
+    runs.setdefault(key, RunSpec(key, algorithm, tuple(sorted(options.items()))))
+
+  def fp(pattern, importance, sparsity, variant='', **extra):
+    add(fp_key(pattern, importance, sparsity, variant), 'fp', pattern=pattern,
+        importance=importance, sparsity=sparsity, **extra)
+
+  if {'patterns', 'importance', 'adaptive', 'refinement', 'anchors', 'costs'} & set(experiments):
+    add(DENSE, 'fedavg')
+  if 'patterns' in experiments:
+    for pattern in PATTERNS:
+      for sparsity in sparsities:
+        fp(pattern, 'magnitude', sparsity)
+  if 'importance' in experiments:
+    for importance in IMPORTANCE_METHODS:
+      for sparsity in sparsities:
+        fp('column', importance, sparsity)
+  if 'adaptive' in experiments:
+    fp('column', 'magnitude', ADAPTIVE_SPARSITY)
+    fp('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive', adaptive=True)
+  if 'refinement' in experiments:
+    fp('column', 'magnitude', REFINEMENT_SPARSITY)
+    fp('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement',
+       **no_refine_rounds(total_rounds))
+  if 'anchors' in experiments:
+    for sparsity in sparsities:
+      add(fd_key('column', sparsity), 'fd', pattern='column', sparsity=sparsity)
+  if 'costs' in experiments:
+    fp('column', 'magnitude', COST_SPARSITY)
+  return list(runs.values())
+
+
+class ResultStore:
+  """Results by key in one JSON file, rewritten atomically after each finished piece."""
+
+  def __init__(self, path: str, settings: dict[str, Any]):
+    self.path = path
+    self.data: dict[str, Any] = {'settings': settings, 'results': {}}
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          saved = json.load(f)
+      except (OSError, ValueError) as e:
+        raise ValueError(f'{path}: unreadable results file ({e}); move it away to start '
+                         'over') from None
+      changed = [f'--{k}={settings[k]} (the results have {saved["settings"].get(k)})'
+                 for k in settings if saved.get('settings', {}).get(k) != settings[k]]
+      if changed:
+        raise ValueError(f'{path} holds results of other settings: {"; ".join(changed)}; use '
+                         'another --output_dir')
+      self.data = saved
+
+  def get(self, key: str) -> Optional[dict[str, Any]]:
+    return self.data['results'].get(key)
+
+  def put(self, key: str, value: dict[str, Any]) -> None:
+    self.data['results'][key] = value
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(self.data, f, indent=2, default=float)
+    os.replace(tmp, self.path)
+
+
+# The report.
+
+
+def _pct(value: Optional[float]) -> str:
+  return '' if value is None else f'{100 * value:.2f}%'
+
+
+def _wer(results, key, split='test') -> Optional[float]:
+  run = results.get(key)
+  if not run or 'error_rates' not in run:
+    return None
+  return run['error_rates'][SPLITS[split]]['wer']
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+  return '' if a is None or not b else f'{a / b:.2f}x'
+
+
+def _mib(value: float) -> str:
+  return f'{value / 2**20:.1f}'
+
+
+def _check(ok: Optional[bool]) -> str:
+  return 'n/a' if ok is None else ('met' if ok else '**missed**')
+
+
+def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
+  """The issue's numbers to reach: (target, measured, met/missed)."""
+  rows = []
+  dense = _wer(results, DENSE)
+  at30 = _wer(results, fp_key('column', 'magnitude', 0.3))
+  if dense is not None and at30 is not None:
+    rows.append(('30% column (magnitude): test WER within 10% relative of dense',
+                 f'{_pct(at30)} vs {_pct(dense)} ({100 * (at30 / dense - 1):+.1f}% relative)',
+                 _check(at30 <= 1.1 * dense)))
+  unified = _wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY))
+  adaptive = _wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))
+  if unified is not None and adaptive is not None:
+    rows.append(('adaptive beats unified at 50%', f'{_pct(adaptive)} vs {_pct(unified)}',
+                 _check(adaptive < unified)))
+  refine = _wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY))
+  no_refine = _wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement'))
+  if refine is not None and no_refine is not None:
+    rows.append(('refinement beats no refinement at 40%', f'{_pct(refine)} vs {_pct(no_refine)}',
+                 _check(refine < no_refine)))
+  costs = results.get('costs')
+  if costs:
+    for name, label, limit in (('client_bytes', 'client bytes per round (down + up)', 0.45),
+                               ('client_parameter_bytes', 'client parameter bytes', 0.45),
+                               ('round_seconds', 'steady-state round time', 0.8)):
+      ratio = costs['ratios'].get(name)
+      if ratio is not None:
+        rows.append((f'50% column: {label} at most {limit}x FedAvg\'s', f'{ratio:.2f}x',
+                     _check(ratio <= limit)))
+  memory = results.get('memory')
+  if memory:
+    ratio = memory['pruned']['peak_rss_bytes'] / memory['dense']['peak_rss_bytes']
+    rows.append((f'{memory["model"]} client step peak memory clearly below dense',
+                 f'{ratio:.2f}x', _check(ratio < 0.95)))
+  return rows
+
+
+def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Sequence[str]
+                  ) -> str:
+  sparsities = settings['sparsities']
+  dense = _wer(results, DENSE)
+  lines = ['# Federated pruning experiments', '',
+           f'`{settings["command"]}`', '',
+           f'All runs start from `{settings["initial_model_dir"]}` and train '
+           f'{settings["total_rounds"]} rounds of {settings["clients_per_round"]} speakers '
+           f'(the same speakers in every run), batch {settings["batch_size"]}, client Adam '
+           f'{settings["client_learning_rate"]:g}, server SGD 1.0. Phases: pruning rounds '
+           f'1..{settings["refine_start"] - 1}, refining {settings["refine_start"]}..'
+           f'{settings["finetune_start"] - 1}, fine-tuning {settings["finetune_start"]}..'
+           f'{settings["total_rounds"]} (constant schedule). WER is corpus-level with greedy '
+           'decoding; *test* speakers never appear in training, *dev* speakers do. '
+           f'Machine: {settings.get("machine", "")}.', '']
+  initial = results.get('initial')
+  if initial:
+    lines += [f'Starting model: test WER {_pct(initial[SPLITS["test"]]["wer"])}, dev WER '
+              f'{_pct(initial[SPLITS["dev"]]["wer"])}.', '']
+  checks = summary_checks(results, settings)
+  if checks:
+    lines += ['## Numbers to reach', '', '| target | measured | |', '|---|---|---|']
+    lines += [f'| {a} | {b} | {c} |' for a, b, c in checks]
+    lines.append('')
+  for figure in figures:
+    lines += [f'![{figure}]({figure})', '']
+
+  header = '| | ' + ' | '.join(f'{s:g}' for s in sparsities) + ' |'
+  rule = '|---' * (len(sparsities) + 1) + '|'
+  lines += ['## 1. Test WER against sparsity, per pattern (weight magnitude, L2)', '',
+            f'Dense FedAvg, same rounds: test {_pct(dense)}, dev {_pct(_wer(results, DENSE, "dev"))}.',
+            '', header, rule]
+  for pattern in PATTERNS:
+    cells = [_pct(_wer(results, fp_key(pattern, 'magnitude', s))) for s in sparsities]
+    if any(cells):
+      lines.append(f'| {pattern} | ' + ' | '.join(cells) + ' |')
+  for label, key_fn in (('federated dropout (random column units; full model)',
+                         lambda s: fd_key('column', s)),
+                        ('tfmot prune_low_magnitude, centralized (unstructured)', tfmot_key)):
+    cells = [_pct(_wer(results, key_fn(s))) for s in sparsities]
+    if any(cells):
+      lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  removed = results.get('zero_parameter_ratio', {})
+  if removed:
+    lines += ['', 'Zero-parameter ratio of the prunable variables (the fraction actually removed; '
+              'column pruning of a feed-forward `dense_in` also removes rows of `dense_out`):',
+              '', header, rule]
+    for pattern in PATTERNS:
+      if pattern in removed:
+        lines.append(f'| {pattern} | ' + ' | '.join(
+            f'{removed[pattern][f"{s:g}"]:.3f}' for s in sparsities) + ' |')
+  tfmot_rows = [(s, results.get(tfmot_key(s))) for s in sparsities]
+  if any(r for _, r in tfmot_rows):
+    lines += ['', 'tfmot runs: ' + '; '.join(
+        f'{s:g}: {r["steps"]} steps, {100 * r["achieved_sparsity"]:.1f}% of prunable weights zero'
+        for s, r in tfmot_rows if r) + '.']
+
+  lines += ['', '## 2. Importance methods (column pattern, L2), test WER', '', header, rule]
+  for method in IMPORTANCE_METHODS:
+    cells = [_pct(_wer(results, fp_key('column', method, s))) for s in sparsities]
+    if any(cells):
+      lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+
+  lines += ['', f'## 3. Unified against adaptive sparsity at {ADAPTIVE_SPARSITY:g} (column, '
+            'magnitude)', '', '| sparsity | test WER | dev WER | client parameters |',
+            '|---|---|---|---|']
+  for label, key in (('unified', fp_key('column', 'magnitude', ADAPTIVE_SPARSITY)),
+                     ('adaptive', fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))):
+    run = results.get(key)
+    if run:
+      lines.append(f'| {label} | {_pct(_wer(results, key))} | {_pct(_wer(results, key, "dev"))} '
+                   f'| {run["client_parameters"]:,} |')
+
+  lines += ['', f'## 4. With and without mask refinement at {REFINEMENT_SPARSITY:g} (column, '
+            'magnitude)', '', '| | test WER | dev WER | mask changes (all rounds) |',
+            '|---|---|---|---|']
+  for label, key in (('with refinement', fp_key('column', 'magnitude', REFINEMENT_SPARSITY)),
+                     ('without', fp_key('column', 'magnitude', REFINEMENT_SPARSITY,
+                                        'no_refinement'))):
+    run = results.get(key)
+    if run:
+      lines.append(f'| {label} | {_pct(_wer(results, key))} | {_pct(_wer(results, key, "dev"))} '
+                   f'| {int(sum(run.get("mask_changes", [])))} |')
+
+  costs = results.get('costs')
+  if costs:
+    base, pruned = costs['fedavg'], costs['pruned']
+    lines += ['', f'## 5. Costs per round at {COST_SPARSITY:g} column sparsity against FedAvg '
+              '(same clients)', '', '| | FedAvg | federated pruning | ratio |', '|---|---|---|---|']
+    for label, name, fmt in (
+        ('bytes down per client', 'client_bytes_down', lambda v: f'{int(v):,}'),
+        ('bytes up per client', 'client_bytes_up', lambda v: f'{int(v):,}'),
+        ('client parameter bytes', 'client_parameter_bytes', lambda v: f'{int(v):,}'),
+        ('client step time, s (batch of real utterances)', 'client_step_seconds',
+         lambda v: f'{v:.3f}'),
+        ('steady-state round time, s', 'round_seconds', lambda v: f'{v:.2f}'),
+        ('computation build time, s (once per shape set)', 'build_seconds',
+         lambda v: f'{v:.1f}')):
+      if name in base and name in pruned:
+        lines.append(f'| {label} | {fmt(base[name])} | {fmt(pruned[name])} | '
+                     f'{_ratio(pruned[name], base[name])} |')
+  memory = results.get('memory')
+  if memory:
+    dense_m, pruned_m = memory['dense'], memory['pruned']
+    lines += ['', f'### One client training step of `{memory["model"]}`, dense against '
+              f'{COST_SPARSITY:g} column-pruned (separate fresh processes)', '',
+              f'Batch {dense_m["batch_size"]} x {dense_m["frames"]} frames, '
+              f'{dense_m["label_length"]} tokens, plain SGD.', '',
+              '| | dense | pruned | ratio |', '|---|---|---|---|']
+    for label, name, fmt in (('parameters', 'parameters', lambda v: f'{int(v):,}'),
+                             ('parameter MiB', 'parameter_bytes', _mib),
+                             ('peak RSS MiB', 'peak_rss_bytes', _mib),
+                             ('step working MiB', 'step_working_bytes', _mib),
+                             ('step time s (median)', 'step_seconds', lambda v: f'{v:.2f}')):
+      lines.append(f'| {label} | {fmt(dense_m[name])} | {fmt(pruned_m[name])} | '
+                   f'{_ratio(pruned_m[name], dense_m[name])} |')
+
+  lines += ['', '## All runs', '',
+            '| run | test WER | dev WER | test CER | model parameters | build s | '
+            'mean round s | wall s |', '|---|---|---|---|---|---|---|---|']
+  for key, run in results.items():
+    if not isinstance(run, dict) or 'error_rates' not in run:
+      continue
+    rates = run['error_rates']
+    lines.append(
+        f'| {key} | {_pct(_wer(results, key))} | {_pct(_wer(results, key, "dev"))} | '
+        f'{_pct(rates[SPLITS["test"]]["cer"])} | {run.get("model_parameters") or 0:,} | '
+        f'{run.get("build_seconds") or 0:.1f} | {run.get("mean_round_seconds") or 0:.1f} | '
+        f'{run.get("wall_seconds") or 0:.0f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict[str, Any], settings: dict[str, Any], output_dir: str) -> list[str]:
+  """PNG figures: WER against sparsity per pattern (with anchors), and per importance method."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  sparsities = settings['sparsities']
+  dense = _wer(results, DENSE)
+  figures = []
+
+  def series(key_fn):
+    points = [(s, _wer(results, key_fn(s))) for s in sparsities]
+    return [s for s, w in points if w is not None], [100 * w for _, w in points if w is not None]
+
+  panels = [
+      ('wer_vs_sparsity.png', 'Test WER against sparsity (magnitude importance)',
+       [(p, lambda s, p=p: fp_key(p, 'magnitude', s), '-o') for p in PATTERNS] +
+       [('federated dropout (column)', lambda s: fd_key('column', s), ':x'),
+        ('tfmot centralized', tfmot_key, '--^')]),
+      ('importance.png', 'Test WER by importance method (column)',
+       [(m, lambda s, m=m: fp_key('column', m, s), '-o') for m in IMPORTANCE_METHODS]),
+  ]
+  for filename, title, lines in panels:
+    drawn = [(label, *series(key_fn), style) for label, key_fn, style in lines]
+    drawn = [d for d in drawn if d[1]]
+    if not drawn:
+      continue
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, xs, ys, style in drawn:
+      ax.plot(xs, ys, style, label=label)
+    if dense is not None:
+      ax.axhline(100 * dense, color='gray', linestyle='-.', label='dense FedAvg')
+    ax.set_xlabel('target sparsity')
+    ax.set_ylabel('test WER (%)')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, filename), dpi=110)
+    plt.close(fig)
+    figures.append(filename)
+  return figures

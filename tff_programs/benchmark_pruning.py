@@ -1,0 +1,311 @@
+"""Federated pruning experiments on the embedded corpus: one run each, one pretrained model.
+
+  bazel run //tff_programs:benchmark_pruning -- --output_dir=runs/pruning_experiments
+
+Runs (see fl_compression/benchmarks/pruning_experiments.py): WER against sparsity for the four
+patterns; importance methods; unified against adaptive sparsity at 50%; with and without mask
+refinement at 40%; anchors (dense FedAvg, federated dropout, tfmot's centralized
+`prune_low_magnitude`); costs per round against FedAvg and the peak memory of one
+`conformer_l` client step, dense against 50% column-pruned, in fresh processes.
+
+Writes `results.json` (after every run: a killed benchmark started again skips what is done
+and resumes an unfinished run from its last round), `report.md` and PNG figures.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import asyncio
+import shutil
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fl_compression import tasks
+from fl_compression.benchmarks import client_step
+from fl_compression.benchmarks import pruning_experiments as experiments
+from fl_compression.learning import algorithms
+from fl_compression.models import asr
+from fl_compression.models import checkpoint
+from fl_compression.models import registry
+from fl_compression.pruning import centralized
+from fl_compression.pruning import plan as plan_lib
+from tff_programs import backends
+from tff_programs import flag_utils
+from tff_programs import program_logic
+from tff_programs import program_main
+
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/pruning_experiments', 'Report directory.')
+_DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
+                                'LibriSpeech-layout corpus (generated here if absent).')
+_INITIAL_MODEL_DIR = flags.DEFINE_string(
+    'initial_model_dir', 'checkpoints/conformer_ctc_tiny',
+    'The pretrained dense model every run starts from.')
+_EXPERIMENTS = flags.DEFINE_list('experiments', list(experiments.EXPERIMENTS),
+                                 f'Which experiments: {", ".join(experiments.EXPERIMENTS)}.')
+_SPARSITIES = flags.DEFINE_list('sparsities', ['0.1', '0.2', '0.3', '0.4', '0.5'],
+                                'Target sparsities of the sweeps.')
+_TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 6, 'Rounds of every federated run.')
+_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 4, 'Speakers per round.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
+_CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentation.')
+_MEMORY_MODEL = flags.DEFINE_string(
+    'memory_model', 'conformer_l', 'Configuration of the client-step memory comparison '
+    '(empty: skip it).')
+_MEMORY_BATCH = flags.DEFINE_integer('memory_batch_size', 4, 'Utterances in that step.')
+_MEMORY_SECONDS = flags.DEFINE_float('memory_seconds', 4.0, 'Audio seconds per utterance.')
+_STEP_SECONDS = flags.DEFINE_float('step_seconds', 3.0,
+                                   'Audio seconds per utterance of the tiny client-step timing.')
+
+
+class _Collector(tff.program.ReleaseManager):
+  """Keeps released values by key (materialized)."""
+
+  def __init__(self):
+    self.values: dict[int, Any] = {}
+
+  async def release(self, value, key: int) -> None:
+    self.values[key] = await tff.program.materialize_value(value)
+
+
+def _flatten(value, prefix=''):
+  if isinstance(value, dict):
+    out = {}
+    for k, v in value.items():
+      out.update(_flatten(v, f'{prefix}{k}/'))
+    return out
+  return {prefix[:-1]: value}
+
+
+def _parameter_count(weights) -> int:
+  return int(sum(np.size(w) for w in list(weights.trainable) + list(weights.non_trainable)))
+
+
+def _parameter_bytes(weights) -> int:
+  return int(sum(np.asarray(w).nbytes for w in list(weights.trainable) +
+                 list(weights.non_trainable)))
+
+
+def _federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
+                   hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
+                   state_dir: str) -> dict[str, Any]:
+  context = algorithms.BuildContext(
+      model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
+      total_rounds=_TOTAL_ROUNDS.value, options=spec.option_dict,
+      initial_weights=initial_weights)
+  training = algorithms.get(spec.algorithm).staged(context)
+  train, model = _Collector(), _Collector()
+  started = time.monotonic()
+  result = asyncio.run(program_logic.train_model(
+      training=training, task=task, sampler=sampler, total_rounds=_TOTAL_ROUNDS.value,
+      evaluation_period=_TOTAL_ROUNDS.value,
+      program_state_manager=tff.program.FileProgramStateManager(state_dir, keep_total=1),
+      train_metrics_manager=train, evaluation_metrics_manager=None,
+      model_output_manager=model, initial_model_weights=initial_weights,
+      evaluate_clients=False, evaluate_initial=False))
+  rounds = [_flatten(train.values[k]) for k in sorted(train.values)]
+  model_config, weights = model.values[_TOTAL_ROUNDS.value]
+  built = [r['stage_build_seconds'] for r in rounds]
+  steady = [r['round_time_seconds'] for r, b in zip(rounds, built) if b == 0]
+  return {
+      'algorithm': spec.algorithm, 'options': spec.option_dict,
+      'error_rates': result.eval_metrics['transcription'],
+      'model_parameters': _parameter_count(weights),
+      'model_parameter_bytes': _parameter_bytes(weights),
+      'client_parameters': _parameter_count(weights) if spec.algorithm != 'fd' else None,
+      'client_bytes_down': float(np.mean([r['communication/client_bytes_down'] for r in rounds])),
+      'client_bytes_up': float(np.mean([r['communication/client_bytes_up'] for r in rounds])),
+      'round_seconds': [r['round_time_seconds'] for r in rounds],
+      'mean_round_seconds': float(np.mean(steady)) if steady else None,
+      'build_seconds': float(sum(built)),
+      'mask_changes': [float(r.get('finalizer/mask_changes', 0.0)) for r in rounds],
+      'client_batches': int(sum(r['client_work/train/num_batches'] for r in rounds)),
+      'train_loss_last_round': float(rounds[-1]['client_work/train/loss']),
+      'pruning_plan': plan_lib.describe(model_config['pruning'])
+      if 'pruning' in model_config else None,
+      'wall_seconds': time.monotonic() - started,
+  }
+
+
+def _tfmot_run(sparsity: float, task: tasks.Task, weights, steps: int) -> dict[str, Any]:
+  seed = tf.constant([_SEED.value, 7], tf.int64)
+  pooled = task.train_data.create_tf_dataset_from_all_clients(seed=_SEED.value)
+  batches = task.train_preprocess(pooled.shuffle(4096, seed=_SEED.value).repeat(), seed)
+  started = time.monotonic()
+  pruned = centralized.prune_low_magnitude(
+      task.model_config, weights, batches, sparsity=sparsity, steps=steps,
+      learning_rate=_CLIENT_LEARNING_RATE.value)
+  rates = task.transcription_eval(pruned.weights, task.model_config)
+  return {'algorithm': 'tfmot prune_low_magnitude (centralized)', 'sparsity': sparsity,
+          'error_rates': {split: r.as_dict() for split, r in rates.items()},
+          'achieved_sparsity': pruned.achieved_sparsity, 'steps': pruned.steps,
+          'model_parameters': _parameter_count(pruned.weights),
+          'wall_seconds': time.monotonic() - started}
+
+
+def _costs(store: experiments.ResultStore, task: tasks.Task) -> dict[str, Any]:
+  base = store.get(experiments.DENSE)
+  pruned = store.get(experiments.fp_key('column', 'magnitude', experiments.COST_SPARSITY))
+  rows = {}
+  for name, run, config in (
+      ('fedavg', base, task.model_config),
+      ('pruned', pruned, dict(task.model_config, pruning=_plan(task.model_config,
+                                                               experiments.COST_SPARSITY)))):
+    step = client_step.measure_in_subprocess(
+        config, batch_size=_BATCH_SIZE.value, seconds=_STEP_SECONDS.value, label_length=40,
+        steps=5)
+    rows[name] = {'client_bytes_down': run['client_bytes_down'],
+                  'client_bytes_up': run['client_bytes_up'],
+                  'client_parameter_bytes': run['model_parameter_bytes'],
+                  'client_step_seconds': step['step_seconds'],
+                  'round_seconds': run['mean_round_seconds'],
+                  'build_seconds': run['build_seconds']}
+  ratio = lambda k: rows['pruned'][k] / rows['fedavg'][k]  # noqa: E731
+  rows['ratios'] = {k: ratio(k) for k in rows['fedavg'] if rows['fedavg'][k]}
+  rows['ratios']['client_bytes'] = (
+      (rows['pruned']['client_bytes_down'] + rows['pruned']['client_bytes_up']) /
+      (rows['fedavg']['client_bytes_down'] + rows['fedavg']['client_bytes_up']))
+  return rows
+
+
+def _plan(model_config, sparsity, pattern='column'):
+  layers = plan_lib.prunable_layers(registry.build_keras_model(model_config))
+  return plan_lib.make_plan(layers, pattern, sparsity)
+
+
+def _memory(model_name: str) -> dict[str, Any]:
+  config = asr.named_config(model_name)
+  measured = {}
+  for name, cfg in (('dense', config),
+                    ('pruned', dict(config, pruning=_plan(config, experiments.COST_SPARSITY)))):
+    measured[name] = client_step.measure_in_subprocess(
+        cfg, batch_size=_MEMORY_BATCH.value, seconds=_MEMORY_SECONDS.value, label_length=20,
+        steps=3)
+    print(f'  {model_name} {name}: peak RSS {measured[name]["peak_rss_bytes"] / 2**20:.0f} MiB, '
+          f'step {measured[name]["step_seconds"]:.2f} s', flush=True)
+  return {'model': model_name, **measured}
+
+
+def _zero_parameter_ratios(model_config, sparsities) -> dict[str, dict[str, float]]:
+  layers = plan_lib.prunable_layers(registry.build_keras_model(model_config))
+  return {pattern: {f'{s:g}': plan_lib.zero_parameter_ratio(
+      plan_lib.make_plan(layers, pattern, s)) for s in sparsities}
+          for pattern in experiments.PATTERNS}
+
+
+def run() -> None:
+  for name in ('total_rounds', 'clients_per_round', 'batch_size', 'memory_batch_size'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  for name in ('client_learning_rate', 'memory_seconds', 'step_seconds'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  try:
+    sparsities = sorted({float(s) for s in _SPARSITIES.value})
+    for s in sparsities:
+      plan_lib.validate_sparsity(s, 'sparsities')
+    specs = experiments.plan_runs(_EXPERIMENTS.value, sparsities, _TOTAL_ROUNDS.value)
+  except (ValueError, plan_lib.PlanError) as e:
+    raise flag_utils.FlagError(f'--sparsities/--experiments: {e}') from None
+  if _MEMORY_MODEL.value and _MEMORY_MODEL.value not in asr.NAMED_CONFIGS:
+    raise flag_utils.FlagError(f'--memory_model={_MEMORY_MODEL.value} is unknown; known: '
+                               f'{", ".join(asr.NAMED_CONFIGS)}')
+  output_dir = flag_utils.ensure_writable_dir('output_dir',
+                                              flag_utils.resolve_path(_OUTPUT_DIR.value))
+  model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
+  try:
+    initial_config = checkpoint.load_config(model_dir)['model']
+    initial_weights = checkpoint.load_weights(model_dir)
+  except (OSError, ValueError) as e:
+    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
+  options = tasks.TaskOptions(batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+                              data_dir=flag_utils.resolve_path(_DATA_DIR.value))
+  try:
+    task = tasks.build_task('speech_ctc', options)
+  except (ValueError, OSError, RuntimeError) as e:
+    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
+  strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}  # noqa: E731
+  if strip(initial_config) != strip(task.model_config):
+    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value} holds a '
+                               f'{initial_config.get("name")} model that is not the tiny CTC one')
+  total = _TOTAL_ROUNDS.value
+  defaults = experiments_phase_defaults(total)
+  settings = {
+      'initial_model_dir': _INITIAL_MODEL_DIR.value, 'data_dir': _DATA_DIR.value,
+      'total_rounds': total, 'clients_per_round': _CLIENTS_PER_ROUND.value,
+      'batch_size': _BATCH_SIZE.value, 'client_learning_rate': _CLIENT_LEARNING_RATE.value,
+      'seed': _SEED.value, 'sparsities': sparsities, **defaults}
+  try:
+    store = experiments.ResultStore(os.path.join(output_dir, 'results.json'), settings)
+  except ValueError as e:
+    raise flag_utils.FlagError(f'--output_dir={_OUTPUT_DIR.value}: {e}') from None
+  hparams = algorithms.Hyperparameters(client_optimizer='adam',
+                                       client_learning_rate=_CLIENT_LEARNING_RATE.value,
+                                       server_optimizer='sgd', server_learning_rate=1.0)
+  sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
+                                        _CLIENTS_PER_ROUND.value, _SEED.value)
+  started = time.monotonic()
+  if store.get('initial') is None:
+    rates = task.transcription_eval(initial_weights, task.model_config)
+    store.put('initial', {split: r.as_dict() for split, r in rates.items()})
+  store.put('zero_parameter_ratio', _zero_parameter_ratios(task.model_config, sparsities))
+  pending = [s for s in specs if store.get(s.key) is None]
+  print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
+        f'{total} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
+  states = os.path.join(output_dir, 'program_states')
+  with backends.federated_context('local', log_dir=output_dir,
+                                  default_num_clients=_CLIENTS_PER_ROUND.value):
+    for i, spec in enumerate(pending):
+      state_dir = os.path.join(states, spec.key.replace('/', '_'))
+      result = _federated_run(spec, task, initial_weights, hparams, sampler, state_dir)
+      store.put(spec.key, result)
+      shutil.rmtree(state_dir, ignore_errors=True)
+      rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
+      print(f'[{i + 1}/{len(pending)}] {spec.key:<36} test WER {100 * rates["test"]:6.2f}% '
+            f'dev WER {100 * rates["dev"]:6.2f}% | build {result["build_seconds"]:5.1f} s '
+            f'| round {result["mean_round_seconds"] or 0:5.1f} s | '
+            f'{result["wall_seconds"]:5.0f} s', flush=True)
+  if 'anchors' in _EXPERIMENTS.value:
+    steps = store.get(experiments.DENSE)['client_batches']
+    for sparsity in sparsities:
+      key = experiments.tfmot_key(sparsity)
+      if store.get(key) is None:
+        result = _tfmot_run(sparsity, task, initial_weights, steps)
+        store.put(key, result)
+        test_wer = result['error_rates'][experiments.SPLITS['test']]['wer']
+        print(f'{key:<36} test WER {100 * test_wer:6.2f}% '
+              f'({100 * result["achieved_sparsity"]:.1f}% zero, {steps} steps, '
+              f'{result["wall_seconds"]:.0f} s)', flush=True)
+  if 'costs' in _EXPERIMENTS.value:
+    if store.get('costs') is None:
+      store.put('costs', _costs(store, task))
+    if _MEMORY_MODEL.value and store.get('memory') is None:
+      store.put('memory', _memory(_MEMORY_MODEL.value))
+  settings_for_report = dict(
+      settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +
+                                 sys.argv[1:]),
+      machine=f'{os.cpu_count()} CPU cores')
+  results = store.data['results']
+  figures = experiments.plot(results, settings_for_report, output_dir)
+  report = experiments.render_report(results, settings_for_report, figures)
+  with open(os.path.join(output_dir, 'report.md'), 'w') as f:
+    f.write(report)
+  print(f'\n{report}\nreport: {os.path.join(output_dir, "report.md")} '
+        f'({(time.monotonic() - started) / 60:.1f} min this invocation)', flush=True)
+
+
+def experiments_phase_defaults(total_rounds: int) -> dict[str, int]:
+  """The phase boundaries every fp run uses (`PruningConfig.resolved`'s defaults)."""
+  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
+  config = process.PruningConfig().resolved(total_rounds)
+  return {'refine_start': config.refine_start, 'finetune_start': config.finetune_start}
+
+
+if __name__ == '__main__':
+  app.run(program_main.make_main(run))
