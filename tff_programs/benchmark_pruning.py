@@ -17,6 +17,7 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import asyncio
+import contextlib
 import shutil
 import sys
 import time
@@ -62,6 +63,9 @@ _MEMORY_MODEL = flags.DEFINE_string(
     '(empty: skip it).')
 _MEMORY_BATCH = flags.DEFINE_integer('memory_batch_size', 4, 'Utterances in that step.')
 _MEMORY_SECONDS = flags.DEFINE_float('memory_seconds', 4.0, 'Audio seconds per utterance.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Write the report from the results so far, running nothing; runs '
+    'not done yet are left out of it.')
 _STEP_SECONDS = flags.DEFINE_float('step_seconds', 3.0,
                                    'Audio seconds per utterance of the tiny client-step timing.')
 
@@ -101,9 +105,11 @@ def _federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
       total_rounds=_TOTAL_ROUNDS.value, options=spec.option_dict,
       initial_weights=initial_weights)
-  training = algorithms.get(spec.algorithm).staged(context)
-  train, model = _Collector(), _Collector()
   started = time.monotonic()
+  # Single-process algorithms (FedAvg) build their computations here, staged ones per stage.
+  training = algorithms.get(spec.algorithm).staged(context)
+  construction_seconds = time.monotonic() - started
+  train, model = _Collector(), _Collector()
   result = asyncio.run(program_logic.train_model(
       training=training, task=task, sampler=sampler, total_rounds=_TOTAL_ROUNDS.value,
       evaluation_period=_TOTAL_ROUNDS.value,
@@ -114,6 +120,7 @@ def _federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
   rounds = [_flatten(train.values[k]) for k in sorted(train.values)]
   model_config, weights = model.values[_TOTAL_ROUNDS.value]
   built = [r['stage_build_seconds'] for r in rounds]
+  built[0] += construction_seconds
   steady = [r['round_time_seconds'] for r, b in zip(rounds, built) if b == 0]
   return {
       'algorithm': spec.algorithm, 'options': spec.option_dict,
@@ -259,8 +266,37 @@ def run() -> None:
   print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
         f'{total} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
   states = os.path.join(output_dir, 'program_states')
-  with backends.federated_context('local', log_dir=output_dir,
-                                  default_num_clients=_CLIENTS_PER_ROUND.value):
+
+  def measurements_when_ready():
+    """The centralized anchor and the cost measurements, once the runs they need are done."""
+    dense = store.get(experiments.DENSE)
+    if 'anchors' in _EXPERIMENTS.value and dense is not None:
+      for sparsity in sparsities:
+        key = experiments.tfmot_key(sparsity)
+        if store.get(key) is None:
+          result = _tfmot_run(sparsity, task, initial_weights, dense['client_batches'])
+          store.put(key, result)
+          test_wer = result['error_rates'][experiments.SPLITS['test']]['wer']
+          print(f'{key:<36} test WER {100 * test_wer:6.2f}% '
+                f'({100 * result["achieved_sparsity"]:.1f}% zero, {result["steps"]} steps, '
+                f'{result["wall_seconds"]:.0f} s)', flush=True)
+    pruned = store.get(experiments.fp_key('column', 'magnitude', experiments.COST_SPARSITY))
+    if 'costs' in _EXPERIMENTS.value and dense is not None and pruned is not None:
+      if store.get('costs') is None:
+        store.put('costs', _costs(store, task))
+        print(f'costs: {store.get("costs")["ratios"]}', flush=True)
+      if _MEMORY_MODEL.value and store.get('memory') is None:
+        store.put('memory', _memory(_MEMORY_MODEL.value))
+
+  if _REPORT_ONLY.value:
+    pending = []
+    context = contextlib.nullcontext()
+  else:
+    context = backends.federated_context('local', log_dir=output_dir,
+                                         default_num_clients=_CLIENTS_PER_ROUND.value)
+  with context:
+    if not _REPORT_ONLY.value:
+      measurements_when_ready()
     for i, spec in enumerate(pending):
       state_dir = os.path.join(states, spec.key.replace('/', '_'))
       result = _federated_run(spec, task, initial_weights, hparams, sampler, state_dir)
@@ -271,26 +307,12 @@ def run() -> None:
             f'dev WER {100 * rates["dev"]:6.2f}% | build {result["build_seconds"]:5.1f} s '
             f'| round {result["mean_round_seconds"] or 0:5.1f} s | '
             f'{result["wall_seconds"]:5.0f} s', flush=True)
-  if 'anchors' in _EXPERIMENTS.value:
-    steps = store.get(experiments.DENSE)['client_batches']
-    for sparsity in sparsities:
-      key = experiments.tfmot_key(sparsity)
-      if store.get(key) is None:
-        result = _tfmot_run(sparsity, task, initial_weights, steps)
-        store.put(key, result)
-        test_wer = result['error_rates'][experiments.SPLITS['test']]['wer']
-        print(f'{key:<36} test WER {100 * test_wer:6.2f}% '
-              f'({100 * result["achieved_sparsity"]:.1f}% zero, {steps} steps, '
-              f'{result["wall_seconds"]:.0f} s)', flush=True)
-  if 'costs' in _EXPERIMENTS.value:
-    if store.get('costs') is None:
-      store.put('costs', _costs(store, task))
-    if _MEMORY_MODEL.value and store.get('memory') is None:
-      store.put('memory', _memory(_MEMORY_MODEL.value))
+      measurements_when_ready()
+  missing = [s.key for s in specs if store.get(s.key) is None]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +
                                  sys.argv[1:]),
-      machine=f'{os.cpu_count()} CPU cores')
+      machine=f'{os.cpu_count()} CPU cores', missing_runs=missing)
   results = store.data['results']
   figures = experiments.plot(results, settings_for_report, output_dir)
   report = experiments.render_report(results, settings_for_report, figures)

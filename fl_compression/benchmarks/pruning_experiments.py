@@ -72,16 +72,13 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
     add(fp_key(pattern, importance, sparsity, variant), 'fp', pattern=pattern,
         importance=importance, sparsity=sparsity, **extra)
 
-  if {'patterns', 'importance', 'adaptive', 'refinement', 'anchors', 'costs'} & set(experiments):
-    add(DENSE, 'fedavg')
-  if 'patterns' in experiments:
-    for pattern in PATTERNS:
-      for sparsity in sparsities:
-        fp(pattern, 'magnitude', sparsity)
-  if 'importance' in experiments:
-    for importance in IMPORTANCE_METHODS:
-      for sparsity in sparsities:
-        fp('column', importance, sparsity)
+  # Ordered so that an interrupted benchmark has the runs the targets need first.
+  add(DENSE, 'fedavg')
+  if 'patterns' in experiments or 'importance' in experiments:
+    for sparsity in sparsities:
+      fp('column', 'magnitude', sparsity)
+  if 'costs' in experiments:
+    fp('column', 'magnitude', COST_SPARSITY)
   if 'adaptive' in experiments:
     fp('column', 'magnitude', ADAPTIVE_SPARSITY)
     fp('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive', adaptive=True)
@@ -92,8 +89,14 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
   if 'anchors' in experiments:
     for sparsity in sparsities:
       add(fd_key('column', sparsity), 'fd', pattern='column', sparsity=sparsity)
-  if 'costs' in experiments:
-    fp('column', 'magnitude', COST_SPARSITY)
+  if 'patterns' in experiments:
+    for pattern in PATTERNS:
+      for sparsity in sparsities:
+        fp(pattern, 'magnitude', sparsity)
+  if 'importance' in experiments:
+    for importance in IMPORTANCE_METHODS:
+      for sparsity in sparsities:
+        fp('column', importance, sparsity)
   return list(runs.values())
 
 
@@ -209,6 +212,9 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   if initial:
     lines += [f'Starting model: test WER {_pct(initial[SPLITS["test"]]["wer"])}, dev WER '
               f'{_pct(initial[SPLITS["dev"]]["wer"])}.', '']
+  if settings.get('missing_runs'):
+    lines += [f'**Not run yet** ({len(settings["missing_runs"])}; the same command resumes '
+              f'them): ' + ', '.join(f'`{k}`' for k in settings['missing_runs']) + '.', '']
   checks = summary_checks(results, settings)
   if checks:
     lines += ['## Numbers to reach', '', '| target | measured | |', '|---|---|---|']
