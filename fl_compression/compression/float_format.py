@@ -1,0 +1,175 @@
+"""Low-bit floating-point formats S1E{e}M{m} in TF integer ops, and their bit packing.
+
+A format has 1 sign bit, `e` exponent bits (bias 2^(e-1) - 1) and `m` mantissa bits, laid out
+as IEEE 754 does, so S1E5M10 is float16 and S1E8M7 is bfloat16 bit for bit, and S1E5M2 /
+S1E4M3 round as float8 e5m2 / e4m3 do on finite values in range. Encoding works on the float32
+bit pattern with integer ops only (TF's CPU kernels flush float32 subnormals, integer ops
+do not care):
+
+- rounding: to nearest, ties to even, at the format's quantum (gradual underflow: below the
+  smallest normal the quantum is that of the subnormals, 2^(1 - bias - m));
+- overflow: values beyond the largest finite value, and +-inf, saturate to +-max (the top
+  exponent code is reserved as in IEEE, so max = (2 - 2^-m) * 2^bias);
+- NaN stays NaN (a quiet NaN code), so a diverged client stays visible;
+- decoding is exact. With e = 8 the format's subnormals are float32 subnormals, which TF's CPU
+  kernels flush to zero when they compute with them.
+
+`pack`/`unpack` store `bits`-wide codes densely in uint32 words: N values take
+ceil(N / 32) * bits words, i.e. `bits` bits per value plus at most 31 values of padding.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatFormat:
+  exponent_bits: int
+  mantissa_bits: int
+
+  def __post_init__(self):
+    if not 2 <= self.exponent_bits <= 8:
+      raise ValueError(f'{self.name}: exponent bits must be in [2, 8]')
+    if not 1 <= self.mantissa_bits <= 23:
+      raise ValueError(f'{self.name}: mantissa bits must be in [1, 23]')
+
+  @property
+  def name(self) -> str:
+    return f'S1E{self.exponent_bits}M{self.mantissa_bits}'
+
+  @property
+  def bits(self) -> int:
+    return 1 + self.exponent_bits + self.mantissa_bits
+
+  @property
+  def bias(self) -> int:
+    return 2 ** (self.exponent_bits - 1) - 1
+
+  @property
+  def min_normal_exponent(self) -> int:
+    return 1 - self.bias
+
+  @property
+  def max_exponent(self) -> int:
+    return 2 ** self.exponent_bits - 2 - self.bias
+
+  @property
+  def max_value(self) -> float:
+    return float((2.0 - 2.0 ** -self.mantissa_bits) * 2.0 ** self.max_exponent)
+
+
+def parse(name: str) -> FloatFormat:
+  """'S1E4M6' (case-insensitive) -> FloatFormat(4, 6); errors name the text."""
+  match = re.fullmatch(r'S1E(\d+)M(\d+)', name.strip().upper())
+  if not match:
+    raise ValueError(f'{name!r} is not a format name like S1E4M6 (1 sign, e exponent, m '
+                     'mantissa bits)')
+  return FloatFormat(int(match.group(1)), int(match.group(2)))
+
+
+def encode(x: tf.Tensor, fmt: FloatFormat) -> tf.Tensor:
+  """float32 tensor -> uint32 codes of `fmt.bits` bits (same shape)."""
+  e, m = fmt.exponent_bits, fmt.mantissa_bits
+  bits = tf.bitcast(tf.convert_to_tensor(x, tf.float32), tf.int32)
+  sign = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 31), 1)
+  exp32 = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 23), 0xFF)
+  man32 = tf.bitwise.bitwise_and(bits, 0x7FFFFF)
+  is_nan = tf.logical_and(tf.equal(exp32, 255), tf.not_equal(man32, 0))
+  is_inf = tf.logical_and(tf.equal(exp32, 255), tf.equal(man32, 0))
+  # |x| = significand * 2^(exponent - 23), significand < 2^24.
+  significand = tf.where(exp32 > 0, tf.bitwise.bitwise_or(man32, 0x800000), man32)
+  exponent = tf.maximum(exp32, 1) - 127
+  # The format's quantum at this exponent (the subnormal quantum below the normal range).
+  quantum = tf.maximum(exponent, fmt.min_normal_exponent) - m
+  shift = tf.clip_by_value(quantum - (exponent - 23), 0, 30)
+  kept = tf.bitwise.right_shift(significand, shift)
+  remainder = significand - tf.bitwise.left_shift(kept, shift)
+  half = tf.bitwise.left_shift(tf.ones_like(shift), tf.maximum(shift - 1, 0))
+  round_up = tf.logical_and(shift > 0, tf.logical_or(
+      remainder > half, tf.logical_and(tf.equal(remainder, half),
+                                       tf.equal(tf.bitwise.bitwise_and(kept, 1), 1))))
+  kept = kept + tf.cast(round_up, tf.int32)
+  # Rounding may carry into the next binade.
+  carry = kept >= 2 ** (m + 1)
+  kept = tf.where(carry, tf.bitwise.right_shift(kept, 1), kept)
+  quantum = quantum + tf.cast(carry, tf.int32)
+  normal = kept >= 2 ** m
+  exponent_field = tf.where(normal, quantum + m + fmt.bias, 0)
+  mantissa_field = tf.where(normal, kept - 2 ** m, kept)
+  overflow = tf.logical_or(is_inf, tf.logical_and(normal, quantum + m > fmt.max_exponent))
+  exponent_field = tf.where(overflow, 2 ** e - 2, exponent_field)
+  mantissa_field = tf.where(overflow, 2 ** m - 1, mantissa_field)
+  exponent_field = tf.where(is_nan, 2 ** e - 1, exponent_field)
+  mantissa_field = tf.where(is_nan, 2 ** (m - 1), mantissa_field)
+  code = tf.bitwise.bitwise_or(
+      tf.bitwise.left_shift(sign, e + m),
+      tf.bitwise.bitwise_or(tf.bitwise.left_shift(exponent_field, m), mantissa_field))
+  return tf.cast(code, tf.uint32)
+
+
+def decode(code: tf.Tensor, fmt: FloatFormat) -> tf.Tensor:
+  """uint32 codes of `fmt` -> float32 values (exact)."""
+  e, m = fmt.exponent_bits, fmt.mantissa_bits
+  code = tf.cast(code, tf.int32)
+  sign = tf.bitwise.bitwise_and(tf.bitwise.right_shift(code, e + m), 1)
+  exponent_field = tf.bitwise.bitwise_and(tf.bitwise.right_shift(code, m), 2 ** e - 1)
+  mantissa_field = tf.bitwise.bitwise_and(code, 2 ** m - 1)
+  # Normal numbers: the float32 bit pattern directly.
+  exp32 = tf.clip_by_value(exponent_field - fmt.bias + 127, 1, 254)
+  normal_bits = tf.bitwise.bitwise_or(
+      tf.bitwise.left_shift(exp32, 23), tf.bitwise.left_shift(mantissa_field, 23 - m))
+  normal = tf.bitcast(normal_bits, tf.float32)
+  subnormal = tf.cast(mantissa_field, tf.float32) * np.float32(
+      2.0 ** (fmt.min_normal_exponent - m))
+  magnitude = tf.where(tf.equal(exponent_field, 0), subnormal, normal)
+  top = tf.equal(exponent_field, 2 ** e - 1)
+  magnitude = tf.where(top, tf.where(tf.equal(mantissa_field, 0), np.float32(np.inf),
+                                     np.float32(np.nan)), magnitude)
+  return tf.where(tf.equal(sign, 1), -magnitude, magnitude)
+
+
+def quantize(x: tf.Tensor, fmt: FloatFormat) -> tf.Tensor:
+  """float32 -> the nearest `fmt` value, as float32."""
+  return decode(encode(x, fmt), fmt)
+
+
+def packed_words(num_values: int, bits: int) -> int:
+  return -(-num_values // 32) * bits
+
+
+def pack(codes: tf.Tensor, bits: int) -> tf.Tensor:
+  """uint32 codes (any shape, `bits` wide) -> 1-D uint32 words holding them densely."""
+  flat = tf.cast(tf.reshape(codes, [-1]), tf.uint32)
+  size = tf.size(flat)
+  groups = tf.reshape(tf.pad(flat, [[0, (-size) % 32]]), [-1, 32])
+  words = [None] * bits
+  for i in range(32):
+    start = i * bits
+    word, offset = divmod(start, 32)
+    column = groups[:, i]
+    parts = [(word, tf.bitwise.left_shift(column, offset))]
+    if offset + bits > 32:
+      parts.append((word + 1, tf.bitwise.right_shift(column, 32 - offset)))
+    for index, part in parts:
+      words[index] = part if words[index] is None else tf.bitwise.bitwise_or(words[index], part)
+  return tf.reshape(tf.stack(words, axis=1), [-1])
+
+
+def unpack(words: tf.Tensor, bits: int, shape) -> tf.Tensor:
+  """The inverse of `pack`: uint32 codes of `shape`."""
+  groups = tf.reshape(words, [-1, bits])
+  mask = tf.constant(2 ** bits - 1 if bits < 32 else 0xFFFFFFFF, tf.uint32)
+  columns = []
+  for i in range(32):
+    word, offset = divmod(i * bits, 32)
+    value = tf.bitwise.right_shift(groups[:, word], offset)
+    if offset + bits > 32:
+      value = tf.bitwise.bitwise_or(value, tf.bitwise.left_shift(groups[:, word + 1],
+                                                                 32 - offset))
+    columns.append(tf.bitwise.bitwise_and(value, mask))
+  flat = tf.reshape(tf.stack(columns, axis=1), [-1])
+  size = int(np.prod(shape)) if not isinstance(shape, tf.Tensor) else tf.reduce_prod(shape)
+  return tf.reshape(flat[:size], shape)
