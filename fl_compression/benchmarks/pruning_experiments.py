@@ -86,17 +86,20 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
     fp('column', 'magnitude', REFINEMENT_SPARSITY)
     fp('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement',
        **no_refine_rounds(total_rounds))
-  if 'anchors' in experiments:
-    for sparsity in sparsities:
-      add(fd_key('column', sparsity), 'fd', pattern='column', sparsity=sparsity)
-  if 'patterns' in experiments:
-    for pattern in PATTERNS:
-      for sparsity in sparsities:
-        fp(pattern, 'magnitude', sparsity)
-  if 'importance' in experiments:
-    for importance in IMPORTANCE_METHODS:
-      for sparsity in sparsities:
-        fp('column', importance, sparsity)
+  # The sweeps coarse to fine (every other sparsity first): an interrupted benchmark still
+  # has every curve's shape.
+  for pass_sparsities in (sparsities[::2], sparsities[1::2]):
+    if 'anchors' in experiments:
+      for sparsity in pass_sparsities:
+        add(fd_key('column', sparsity), 'fd', pattern='column', sparsity=sparsity)
+    if 'patterns' in experiments:
+      for pattern in PATTERNS:
+        for sparsity in pass_sparsities:
+          fp(pattern, 'magnitude', sparsity)
+    if 'importance' in experiments:
+      for importance in IMPORTANCE_METHODS:
+        for sparsity in pass_sparsities:
+          fp('column', importance, sparsity)
   return list(runs.values())
 
 
