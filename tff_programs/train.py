@@ -24,6 +24,7 @@ from fl_compression import tasks
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import checkpoint
+from fl_compression.compression import process as compression_process
 from fl_compression.pruning import plan as plan_lib
 from tff_programs import backends
 from tff_programs import flag_utils
@@ -96,6 +97,22 @@ _FP_MAX_LAYER_SPARSITY = flags.DEFINE_float('fp_max_layer_sparsity', 0.9,
 _FP_FLAGS = ('fp_sparsity', 'fp_pattern', 'fp_importance', 'fp_norm', 'fp_momentum',
              'fp_schedule', 'fp_ramp_steps', 'fp_refine_start', 'fp_finetune_start',
              'fp_adaptive', 'fp_max_layer_sparsity')
+# Online model compression (--algorithm=omc) and FedAQT (fedaqt); see
+# fl_compression/compression/process.py.
+flags.DEFINE_string('omc_format', 'S1E4M6',
+                    'omc: float format S1E<e>M<m> (1 sign, e exponent, m mantissa bits).')
+flags.DEFINE_float('omc_fraction', 1.0, 'omc: fraction of the weight matrices each client holds '
+                   'compressed (partial variable quantization), in [0, 1].')
+flags.DEFINE_bool('omc_transform', True, 'omc: per-variable transform s * V + b.')
+flags.DEFINE_string('omc_scope', 'weights', 'omc: weights (weight matrices only) or all.')
+flags.DEFINE_integer('aqt_bits', 8, 'fedaqt: bits of the client model\'s integers, 4 to 8.')
+flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weights requantized '
+                    'after each) or fedsgd (the client returns its gradient).')
+_ALGORITHM_FLAGS = {
+    'fp': _FP_FLAGS, 'fd': _FP_FLAGS,
+    'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope'),
+    'fedaqt': ('aqt_bits', 'aqt_variant'),
+}
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
 
@@ -205,7 +222,8 @@ _RUN_DEFINING_FLAGS = (
     'task', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
     'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
-    'initial_model_dir') + _FP_FLAGS
+    'initial_model_dir') + tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
+                                         for f in group}))
 _RUN_CONFIG = 'run_config.json'
 
 
@@ -284,11 +302,11 @@ def run() -> None:
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
       total_rounds=_TOTAL_ROUNDS.value, initial_weights=initial_weights,
-      options={name[len('fp_'):]: flags.FLAGS[name].value for name in _FP_FLAGS}
-      if _ALGORITHM.value in ('fp', 'fd') else {})
+      options={name.split('_', 1)[1]: flags.FLAGS[name].value
+               for name in _ALGORITHM_FLAGS.get(_ALGORITHM.value, ())})
   try:
     training = algorithms.get(_ALGORITHM.value).staged(context)
-  except plan_lib.PlanError as e:
+  except (plan_lib.PlanError, compression_process.ConfigError) as e:
     raise flag_utils.FlagError(str(e)) from None
   _write_run_config(root, run_config)
   metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}

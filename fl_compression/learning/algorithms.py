@@ -130,3 +130,30 @@ def _build_pruning_variant(cls, context: BuildContext) -> stages.StagedTraining:
       server_optimizer=optimizers.build_optimizer(
           hparams.server_optimizer, hparams.server_learning_rate),
       initial_weights=context.initial_weights)
+
+
+@register_staged('omc', 'online model compression: clients hold and exchange weight matrices in a '
+                 'low-bit float format (--omc_* flags)')
+def _build_omc(context: BuildContext) -> stages.StagedTraining:
+  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
+  return _build_compressed_variant(process.omc_config(context.options), context)
+
+
+@register_staged('fedaqt', 'FedAQT: clients receive and train a low-bit integer model, the server '
+                 'keeps the float model (--aqt_* flags)')
+def _build_fedaqt(context: BuildContext) -> stages.StagedTraining:
+  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
+  return _build_compressed_variant(process.aqt_config(context.options), context)
+
+
+def _build_compressed_variant(config, context: BuildContext) -> stages.StagedTraining:
+  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
+  hparams = context.hparams
+  model_fn = context.make_model_fn(context.model_config)
+  learning_process = process.build_compressed_fed_avg(
+      model_fn, config,
+      client_optimizer=optimizers.build_optimizer(
+          hparams.client_optimizer, hparams.client_learning_rate),
+      server_optimizer=optimizers.build_optimizer(
+          hparams.server_optimizer, hparams.server_learning_rate))
+  return stages.StagedTraining(learning_process, context.model_config, model_fn)

@@ -111,6 +111,27 @@ class TrainProgramTest(absltest.TestCase):
     for a, b in zip(whole_model.get_weights(), resumed_model.get_weights()):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
+  def test_compressed_algorithms_train_from_the_program(self):
+    base = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    bytes_down = {}
+    for name, flags in [('fedavg', []), ('omc', ['--omc_format=S1E4M6']),
+                        ('fedaqt', ['--aqt_bits=8', '--aqt_variant=fedavg'])]:
+      root = os.path.join(base, name)
+      code, stdout, stderr = self._run(root, f'--algorithm={name}', '--total_rounds=2', *flags)
+      self.assertEqual(code, 0, stderr[-3000:])
+      self.assertIn('Final result', stdout)
+      rows = _read_csv(os.path.join(root, 'metrics.csv'))
+      self.assertLen(rows, 2)
+      self.assertTrue(np.isfinite(float(rows[-1]['client_work/train/loss'])), name)
+      bytes_down[name] = float(rows[-1]['communication/client_bytes_down'])
+      _, config = checkpoint.load_keras_model(os.path.join(root, 'final_model'))
+      self.assertEqual(config['round'], 2)
+    # The MLP's weight matrices dominate: 11 bits and 8 bits instead of 32 (its biases and,
+    # for FedAQT, one float32 scale per output channel stay).
+    self.assertLess(bytes_down['omc'], 0.40 * bytes_down['fedavg'])
+    self.assertLess(bytes_down['fedaqt'], 0.40 * bytes_down['fedavg'])
+    self._assert_no_worker_left()
+
   def test_bad_input_fails_in_one_line_and_keeps_saved_state(self):
     root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     code, _, stderr = self._run(root, '--total_rounds=2')
@@ -140,6 +161,14 @@ class TrainProgramTest(absltest.TestCase):
          "--fp_pattern='diagonal' is unknown"),
         (['--algorithm=fp', '--fp_refine_start=2', '--fp_finetune_start=1',
           f'--root_output_dir={root}_fp'], '--fp_finetune_start=1 must be in'),
+        (['--algorithm=omc', '--omc_format=E4M6', f'--root_output_dir={root}_omc'],
+         "--omc_format='E4M6': 'E4M6' is not a format name"),
+        (['--algorithm=omc', '--omc_fraction=1.5', f'--root_output_dir={root}_omc'],
+         '--omc_fraction=1.5 is outside [0, 1]'),
+        (['--algorithm=fedaqt', '--aqt_bits=3', f'--root_output_dir={root}_aqt'],
+         '--aqt_bits=3: 3-bit quantization is outside the supported 4..8'),
+        (['--algorithm=fedaqt', '--aqt_variant=fedprox', f'--root_output_dir={root}_aqt'],
+         "--aqt_variant='fedprox' is unknown"),
     ]
     for flags, message in cases:
       code, stdout, stderr = self._run(root, *flags)

@@ -1,0 +1,324 @@
+"""Online Model Compression (OMC) and FedAQT as `tff.learning` processes composed from TFF blocks.
+
+Both are FedAvg with a codec (`codecs.py`) between the float server model and the clients:
+
+- **Distributor**: the server encodes the trainable variables the codec covers (weight
+  matrices by default) and broadcasts the compressed form with the other variables in float32
+  and the round number; its state counts the rounds.
+- **Client work**: the client decodes the broadcast, trains, and holds every *selected*
+  variable compressed between steps: after each optimizer step the variable is recompressed
+  (`codec.roundtrip`), so the weights it computes with are always values of the format.
+  Gradients are float32 (for FedAQT: the straight-through gradient with respect to the
+  quantized weights). With `fraction < 1` (OMC's partial variable quantization) a client
+  compresses only that fraction of the covered variables, chosen per client and round by a
+  stateless draw seeded by the round number and a fingerprint of the client's first batch, so
+  a resumed run draws the same and every variable gets full-precision updates from some
+  clients. `fedsgd` mode (FedAQT's FedSGD variant) returns the example-weighted mean gradient
+  at the received weights instead of a trained delta.
+- **Upload**: the model delta `initial - trained`, encoded with the codec for the covered
+  variables (`upload='compressed'`, OMC) or float32 (`upload='float'`, FedAQT: gradients
+  stay full precision).
+- **Aggregator**: example-weighted mean; compressed uploads are decoded by the server inside
+  `tff.federated_aggregate`'s accumulate, so what crosses the network is the packed form.
+- **Finalizer**: TFF's `build_apply_optimizer_finalizer` on the float server model.
+
+The measurement `client_work/held_parameter_bytes` is the mean over clients of the bytes of the
+parameters a client holds (compressed variables at their packed size plus the float32 rest).
+The client keeps the float32 working copy of a variable only inside a step; between steps its
+value is a format value, recompressed after each update.
+"""
+
+import collections
+import dataclasses
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fl_compression.compression import codecs
+from fl_compression.compression import float_format as ff
+from fl_compression.compression import omc
+from fl_compression.learning import composition
+from fl_compression.learning import fedavg
+
+Codec = Union[codecs.OmcCodec, codecs.AqtCodec]
+SCOPES = ('weights', 'all')
+UPLOADS = ('compressed', 'float')
+CLIENT_MODES = ('fedavg', 'fedsgd')
+
+
+class ConfigError(ValueError):
+  """A bad compression setting; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionConfig:
+  """Which variables are compressed, how, and what travels."""
+
+  codec: Codec
+  scope: str = 'weights'  # 'weights': weight matrices only; 'all': every trainable variable.
+  fraction: float = 1.0  # Of the covered variables, the fraction each client compresses.
+  upload: str = 'compressed'
+  client_mode: str = 'fedavg'
+
+  def __post_init__(self):
+    if self.scope not in SCOPES:
+      raise ConfigError(f'--omc_scope={self.scope!r} is unknown; known: {", ".join(SCOPES)}')
+    if not 0.0 <= self.fraction <= 1.0:
+      raise ConfigError(f'--omc_fraction={self.fraction} is outside [0, 1]')
+    if self.upload not in UPLOADS:
+      raise ConfigError(f'upload={self.upload!r} is unknown; known: {", ".join(UPLOADS)}')
+    if self.client_mode not in CLIENT_MODES:
+      raise ConfigError(f'--aqt_variant={self.client_mode!r} is unknown; known: '
+                        f'{", ".join(CLIENT_MODES)}')
+
+  def covers(self, shape: Sequence[int]) -> bool:
+    return self.scope == 'all' or omc.is_weight_matrix(shape)
+
+
+def omc_config(options: dict) -> CompressionConfig:
+  """OMC settings from `--omc_*` flag values named without the prefix."""
+  try:
+    fmt = ff.parse(options.get('format', 'S1E4M6'))
+  except ValueError as e:
+    raise ConfigError(f'--omc_format={options.get("format")!r}: {e}') from None
+  return CompressionConfig(codecs.OmcCodec(fmt, bool(options.get('transform', True))),
+                           scope=options.get('scope', 'weights'),
+                           fraction=float(options.get('fraction', 1.0)), upload='compressed')
+
+
+def aqt_config(options: dict) -> CompressionConfig:
+  """FedAQT settings from `--aqt_*` flag values named without the prefix."""
+  bits = int(options.get('bits', 8))
+  try:
+    codec = codecs.AqtCodec(bits)
+  except ValueError as e:
+    raise ConfigError(f'--aqt_bits={bits}: {e}') from None
+  return CompressionConfig(codec, scope='weights', fraction=1.0, upload='float',
+                           client_mode=options.get('variant', 'fedavg'))
+
+
+def _shapes(type_list) -> list[tuple[int, ...]]:
+  return [tuple(int(d) for d in t.shape) for t in type_list]
+
+
+def fingerprint(dataset: tf.data.Dataset) -> tf.Tensor:
+  """An int32 fingerprint of a client's data: the bits of the sum of its first batch."""
+  total = tf.constant(0.0, tf.float32)
+  for batch in dataset.take(1):
+    total = tf.add_n([tf.reduce_sum(tf.cast(leaf, tf.float32))
+                      for leaf in tf.nest.flatten(batch)])
+  return tf.bitcast(total, tf.int32)
+
+
+def _distributor(config: CompressionConfig, weights_type, covered: list[bool]
+                 ) -> tff.templates.MeasuredProcess:
+
+  @tff.tensorflow.computation(weights_type, tf.int32)
+  def encode(weights, round_num):
+    trainable = [config.codec.encode(w) if c else w
+                 for w, c in zip(weights.trainable, covered)]
+    return collections.OrderedDict(trainable=trainable, non_trainable=weights.non_trainable,
+                                   round=round_num + 1)
+
+  @tff.tensorflow.computation(tf.int32)
+  def increment(rounds_done):
+    return rounds_done + 1
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value(np.int32(0), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(weights_type, tff.SERVER))
+  def next_fn(rounds_done, weights):
+    encoded = tff.federated_map(encode, (weights, rounds_done))
+    return tff.templates.MeasuredProcessOutput(
+        state=tff.federated_map(increment, rounds_done),
+        result=tff.federated_broadcast(encoded),
+        measurements=tff.federated_value((), tff.SERVER))
+
+  return tff.learning.templates.DistributionProcess(init_fn, next_fn)
+
+
+def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
+                 optimizer: tff.learning.optimizers.Optimizer, weights_type, broadcast_type,
+                 covered: list[bool]) -> tff.learning.templates.ClientWorkProcess:
+  shapes = _shapes(weights_type.trainable)
+  codec = config.codec
+  covered_index = [i for i, c in enumerate(covered) if c]
+  float_bytes = [4 * int(np.prod(s, dtype=np.int64)) for s in shapes]
+  codec_bytes = [codec.nbytes(s) if c else b for s, c, b in zip(shapes, covered, float_bytes)]
+  non_trainable_bytes = sum(4 * int(np.prod(t.shape, dtype=np.int64))
+                            for t in weights_type.non_trainable)
+  with tf.Graph().as_default():
+    metrics_aggregation = tff.learning.metrics.sum_then_finalize(model_fn().metric_finalizers())
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(_input_spec(model_fn)))
+
+  def make_client_update():
+    model = model_fn()
+
+    @tf.function
+    def client_update(broadcast, dataset):
+      return train_client(model, broadcast, dataset)
+
+    return client_update
+
+  def train_client(model, broadcast, dataset):
+    initial = [codec.decode(e, s) if c else e
+               for e, s, c in zip(broadcast['trainable'], shapes, covered)]
+    for v, x in zip(model.trainable_variables, initial):
+      v.assign(x)
+    for v, x in zip(model.non_trainable_variables, broadcast['non_trainable']):
+      v.assign(x)
+    # Which covered variables this client holds compressed this round.
+    chosen = omc.select_compressed(len(covered_index), config.fraction,
+                                   tf.stack([broadcast['round'], fingerprint(dataset)]))
+    selected = [tf.constant(False)] * len(shapes)
+    for j, i in enumerate(covered_index):
+      selected[i] = chosen[j]
+    trainable = model.trainable_variables
+
+    def recompress(values):
+      return [tf.cond(selected[i], lambda x=x: codec.roundtrip(x), lambda x=x: x)
+              if covered[i] else x for i, x in enumerate(values)]
+
+    # The received values are format values already; the unselected ones train in float32.
+    def train_step(state, batch):
+      num_examples, opt_state = state
+      with tf.GradientTape() as tape:
+        output = model.forward_pass(batch, training=True)
+      grads = tape.gradient(output.loss, trainable)
+      opt_state, updated = optimizer.next(opt_state, tuple(trainable), tuple(grads))
+      for v, x in zip(trainable, recompress(updated)):
+        v.assign(x)
+      return num_examples + tf.cast(output.num_examples, tf.int64), opt_state
+
+    def gradient_step(state, batch):
+      num_examples, grad_sum = state
+      with tf.GradientTape() as tape:
+        output = model.forward_pass(batch, training=True)
+      grads = tape.gradient(output.loss, trainable)
+      n = tf.cast(output.num_examples, tf.float32)
+      return (num_examples + tf.cast(output.num_examples, tf.int64),
+              tuple(s + n * g for s, g in zip(grad_sum, grads)))
+
+    zero_examples = tf.constant(0, tf.int64)
+    if config.client_mode == 'fedavg':
+      specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+      num_examples, _ = dataset.reduce((zero_examples, optimizer.initialize(specs)), train_step)
+      update = [a - b for a, b in zip(initial, trainable)]
+    else:
+      num_examples, grad_sum = dataset.reduce(
+          (zero_examples, tuple(tf.zeros_like(v) for v in trainable)), gradient_step)
+      denominator = tf.maximum(tf.cast(num_examples, tf.float32), 1.0)
+      update = [s / denominator for s in grad_sum]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
+    update = [tf.where(finite, u, tf.zeros_like(u)) for u in update]
+    weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
+    if config.upload == 'compressed':
+      update = [codec.encode(u) if c else u for u, c in zip(update, covered)]
+    held = tf.add_n([tf.where(selected[i], float(codec_bytes[i]), float(float_bytes[i]))
+                     for i in range(len(shapes))]) + float(non_trainable_bytes)
+    return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
+            model.report_local_unfinalized_metrics(), held)
+
+  @tff.tensorflow.computation(broadcast_type, data_type)
+  def client_update_tf(broadcast, dataset):
+    return make_client_update()(broadcast, dataset)
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(broadcast_type, tff.CLIENTS),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, broadcast, data):
+    result, metrics, held = tff.federated_map(client_update_tf, (broadcast, data))
+    measurements = tff.federated_zip(collections.OrderedDict(
+        train=metrics_aggregation(metrics), held_parameter_bytes=tff.federated_mean(held)))
+    return tff.templates.MeasuredProcessOutput(state, result, measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def _input_spec(model_fn: fedavg.ModelFn):
+  with tf.Graph().as_default():
+    return model_fn().input_spec
+
+
+def _decoding_mean(codec: Codec, upload_type, shapes, covered: list[bool]
+                   ) -> tff.templates.AggregationProcess:
+  """Example-weighted mean of compressed updates, decoded by the server as they arrive."""
+  @tff.tensorflow.computation
+  def zero():
+    return [tf.zeros(s, tf.float32) for s in shapes], tf.constant(0.0)
+
+  accumulator_type = zero.type_signature.result
+
+  @tff.tensorflow.computation(accumulator_type, (upload_type, tf.float32))
+  def accumulate(accumulator, value):
+    total, weight_sum = accumulator
+    update, weight = value
+    decoded = [codec.decode(u, s) if c else u for u, s, c in zip(update, shapes, covered)]
+    return [t + weight * d for t, d in zip(total, decoded)], weight_sum + weight
+
+  @tff.tensorflow.computation(accumulator_type, accumulator_type)
+  def merge(a, b):
+    return [x + y for x, y in zip(a[0], b[0])], a[1] + b[1]
+
+  @tff.tensorflow.computation(accumulator_type)
+  def report(accumulator):
+    total, weight_sum = accumulator
+    return [tf.math.divide_no_nan(t, weight_sum) for t in total]
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(upload_type, tff.CLIENTS),
+                             tff.FederatedType(np.float32, tff.CLIENTS))
+  def next_fn(state, value, weight):
+    mean = tff.federated_aggregate(tff.federated_zip((value, weight)), zero(), accumulate,
+                                   merge, report)
+    return tff.templates.MeasuredProcessOutput(state=state, result=mean,
+                                               measurements=tff.federated_value((), tff.SERVER))
+
+  return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def build_compressed_fed_avg(model_fn: fedavg.ModelFn, config: CompressionConfig,
+                             client_optimizer: tff.learning.optimizers.Optimizer,
+                             server_optimizer: tff.learning.optimizers.Optimizer
+                             ) -> tff.learning.templates.LearningProcess:
+  """The OMC or FedAQT learning process (see the module docstring)."""
+  blocks = fedavg.fedavg_blocks(model_fn, client_optimizer, server_optimizer)
+  weights_type = blocks['initial_model_weights_fn'].type_signature.result
+  shapes = _shapes(weights_type.trainable)
+  covered = [config.covers(s) for s in shapes]
+  if not any(covered):
+    raise ConfigError('the model has no weight matrix to compress')
+  distributor = _distributor(config, weights_type, covered)
+  broadcast_type = distributor.next.type_signature.result.result.member
+  client_work = _client_work(model_fn, config, client_optimizer, weights_type, broadcast_type,
+                             covered)
+  upload_type = client_work.next.type_signature.result.result.member.update
+  if config.upload == 'compressed':
+    aggregator = _decoding_mean(config.codec, upload_type, shapes, covered)
+  else:
+    aggregator = tff.aggregators.MeanFactory().create(upload_type, tff.TensorType(np.float32))
+  return composition.compose(
+      initial_model_weights_fn=blocks['initial_model_weights_fn'], distributor=distributor,
+      client_work=client_work, aggregator=aggregator, finalizer=blocks['finalizer'])
+
+
+def float_parameter_bytes(weights_type) -> int:
+  """Bytes of the float32 model (the FedAvg client's parameters), for ratios."""
+  return sum(4 * int(np.prod(t.shape, dtype=np.int64))
+             for t in list(weights_type.trainable) + list(weights_type.non_trainable))
+
+
+Builder = Callable[[fedavg.ModelFn, CompressionConfig], tff.learning.templates.LearningProcess]
