@@ -16,29 +16,25 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import asyncio
 import contextlib
-import shutil
 import sys
 import time
 from typing import Any
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from fl_compression import tasks
 from fl_compression.benchmarks import client_step
 from fl_compression.benchmarks import pruning_experiments as experiments
 from fl_compression.learning import algorithms
 from fl_compression.models import asr
-from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from fl_compression.pruning import centralized
 from fl_compression.pruning import plan as plan_lib
 from tff_programs import backends
+from tff_programs import experiment_runs
 from tff_programs import flag_utils
 from tff_programs import program_logic
 from tff_programs import program_main
@@ -70,78 +66,6 @@ _STEP_SECONDS = flags.DEFINE_float('step_seconds', 3.0,
                                    'Audio seconds per utterance of the tiny client-step timing.')
 
 
-class _Collector(tff.program.ReleaseManager):
-  """Keeps released values by key (materialized)."""
-
-  def __init__(self):
-    self.values: dict[int, Any] = {}
-
-  async def release(self, value, key: int) -> None:
-    self.values[key] = await tff.program.materialize_value(value)
-
-
-def _flatten(value, prefix=''):
-  if isinstance(value, dict):
-    out = {}
-    for k, v in value.items():
-      out.update(_flatten(v, f'{prefix}{k}/'))
-    return out
-  return {prefix[:-1]: value}
-
-
-def _parameter_count(weights) -> int:
-  return int(sum(np.size(w) for w in list(weights.trainable) + list(weights.non_trainable)))
-
-
-def _parameter_bytes(weights) -> int:
-  return int(sum(np.asarray(w).nbytes for w in list(weights.trainable) +
-                 list(weights.non_trainable)))
-
-
-def _federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
-                   hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
-                   state_dir: str) -> dict[str, Any]:
-  context = algorithms.BuildContext(
-      model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
-      total_rounds=_TOTAL_ROUNDS.value, options=spec.option_dict,
-      initial_weights=initial_weights)
-  started = time.monotonic()
-  # Single-process algorithms (FedAvg) build their computations here, staged ones per stage.
-  training = algorithms.get(spec.algorithm).staged(context)
-  construction_seconds = time.monotonic() - started
-  train, model = _Collector(), _Collector()
-  result = asyncio.run(program_logic.train_model(
-      training=training, task=task, sampler=sampler, total_rounds=_TOTAL_ROUNDS.value,
-      evaluation_period=_TOTAL_ROUNDS.value,
-      program_state_manager=tff.program.FileProgramStateManager(state_dir, keep_total=1),
-      train_metrics_manager=train, evaluation_metrics_manager=None,
-      model_output_manager=model, initial_model_weights=initial_weights,
-      evaluate_clients=False, evaluate_initial=False))
-  rounds = [_flatten(train.values[k]) for k in sorted(train.values)]
-  model_config, weights = model.values[_TOTAL_ROUNDS.value]
-  built = [r['stage_build_seconds'] for r in rounds]
-  built[0] += construction_seconds
-  steady = [r['round_time_seconds'] for r, b in zip(rounds, built) if b == 0]
-  return {
-      'algorithm': spec.algorithm, 'options': spec.option_dict,
-      'error_rates': result.eval_metrics['transcription'],
-      'model_parameters': _parameter_count(weights),
-      'model_parameter_bytes': _parameter_bytes(weights),
-      'client_parameters': _parameter_count(weights) if spec.algorithm != 'fd' else None,
-      'client_bytes_down': float(np.mean([r['communication/client_bytes_down'] for r in rounds])),
-      'client_bytes_up': float(np.mean([r['communication/client_bytes_up'] for r in rounds])),
-      'round_seconds': [r['round_time_seconds'] for r in rounds],
-      'mean_round_seconds': float(np.mean(steady)) if steady else None,
-      'build_seconds': float(sum(built)),
-      'mask_changes': [float(r.get('finalizer/mask_changes', 0.0)) for r in rounds],
-      'client_batches': int(sum(r['client_work/train/num_batches'] for r in rounds)),
-      'train_loss_last_round': float(rounds[-1]['client_work/train/loss']),
-      'pruning_plan': plan_lib.describe(model_config['pruning'])
-      if 'pruning' in model_config else None,
-      'wall_seconds': time.monotonic() - started,
-  }
-
-
 def _tfmot_run(sparsity: float, task: tasks.Task, weights, steps: int) -> dict[str, Any]:
   seed = tf.constant([_SEED.value, 7], tf.int64)
   pooled = task.train_data.create_tf_dataset_from_all_clients(seed=_SEED.value)
@@ -154,7 +78,7 @@ def _tfmot_run(sparsity: float, task: tasks.Task, weights, steps: int) -> dict[s
   return {'algorithm': 'tfmot prune_low_magnitude (centralized)', 'sparsity': sparsity,
           'error_rates': {split: r.as_dict() for split, r in rates.items()},
           'achieved_sparsity': pruned.achieved_sparsity, 'steps': pruned.steps,
-          'model_parameters': _parameter_count(pruned.weights),
+          'model_parameters': experiment_runs.parameter_count(pruned.weights),
           'wall_seconds': time.monotonic() - started}
 
 
@@ -225,22 +149,8 @@ def run() -> None:
                                f'{", ".join(asr.NAMED_CONFIGS)}')
   output_dir = flag_utils.ensure_writable_dir('output_dir',
                                               flag_utils.resolve_path(_OUTPUT_DIR.value))
-  model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
-  try:
-    initial_config = checkpoint.load_config(model_dir)['model']
-    initial_weights = checkpoint.load_weights(model_dir)
-  except (OSError, ValueError) as e:
-    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
-  options = tasks.TaskOptions(batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-                              data_dir=flag_utils.resolve_path(_DATA_DIR.value))
-  try:
-    task = tasks.build_task('speech_ctc', options)
-  except (ValueError, OSError, RuntimeError) as e:
-    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
-  strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}  # noqa: E731
-  if strip(initial_config) != strip(task.model_config):
-    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value} holds a '
-                               f'{initial_config.get("name")} model that is not the tiny CTC one')
+  task, initial_weights = experiment_runs.load_speech_task(
+      _INITIAL_MODEL_DIR.value, _DATA_DIR.value, _BATCH_SIZE.value, _SEED.value)
   total = _TOTAL_ROUNDS.value
   defaults = experiments_phase_defaults(total)
   settings = {
@@ -265,7 +175,6 @@ def run() -> None:
   pending = [s for s in specs if store.get(s.key) is None]
   print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
         f'{total} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
-  states = os.path.join(output_dir, 'program_states')
 
   def measurements_when_ready():
     """The centralized anchor and the cost measurements, once the runs they need are done."""
@@ -297,17 +206,11 @@ def run() -> None:
   with context:
     if not _REPORT_ONLY.value:
       measurements_when_ready()
-    for i, spec in enumerate(pending):
-      state_dir = os.path.join(states, spec.key.replace('/', '_'))
-      result = _federated_run(spec, task, initial_weights, hparams, sampler, state_dir)
-      store.put(spec.key, result)
-      shutil.rmtree(state_dir, ignore_errors=True)
-      rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
-      print(f'[{i + 1}/{len(pending)}] {spec.key:<36} test WER {100 * rates["test"]:6.2f}% '
-            f'dev WER {100 * rates["dev"]:6.2f}% | build {result["build_seconds"]:5.1f} s '
-            f'| round {result["mean_round_seconds"] or 0:5.1f} s | '
-            f'{result["wall_seconds"]:5.0f} s', flush=True)
-      measurements_when_ready()
+    experiment_runs.run_pending(
+        pending, store,
+        lambda spec, state_dir: experiment_runs.federated_run(
+            spec, task, initial_weights, hparams, sampler, state_dir, _TOTAL_ROUNDS.value),
+        os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready)
   missing = [s.key for s in specs if store.get(s.key) is None]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +

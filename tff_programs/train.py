@@ -108,10 +108,12 @@ flags.DEFINE_string('omc_scope', 'weights', 'omc: weights (weight matrices only)
 flags.DEFINE_integer('aqt_bits', 8, 'fedaqt: bits of the client model\'s integers, 4 to 8.')
 flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weights requantized '
                     'after each) or fedsgd (the client returns its gradient).')
+flags.DEFINE_bool('aqt_activations', True, 'fedaqt: also quantize the inputs of the Conformer\'s '
+                  'dense layers (per tensor, aqt_bits).')
 _ALGORITHM_FLAGS = {
     'fp': _FP_FLAGS, 'fd': _FP_FLAGS,
     'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope'),
-    'fedaqt': ('aqt_bits', 'aqt_variant'),
+    'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations'),
 }
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 

@@ -137,69 +137,69 @@ class ResultStore:
 # The report.
 
 
-def _pct(value: Optional[float]) -> str:
+def pct(value: Optional[float]) -> str:
   return '' if value is None else f'{100 * value:.2f}%'
 
 
-def _wer(results, key, split='test') -> Optional[float]:
+def wer(results, key, split='test') -> Optional[float]:
   run = results.get(key)
   if not run or 'error_rates' not in run:
     return None
   return run['error_rates'][SPLITS[split]]['wer']
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
+def ratio(a: Optional[float], b: Optional[float]) -> str:
   return '' if a is None or not b else f'{a / b:.2f}x'
 
 
-def _mib(value: float) -> str:
+def mib(value: float) -> str:
   return f'{value / 2**20:.1f}'
 
 
-def _check(ok: Optional[bool]) -> str:
+def check(ok: Optional[bool]) -> str:
   return 'n/a' if ok is None else ('met' if ok else '**missed**')
 
 
 def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
   """The issue's numbers to reach: (target, measured, met/missed)."""
   rows = []
-  dense = _wer(results, DENSE)
-  at30 = _wer(results, fp_key('column', 'magnitude', 0.3))
+  dense = wer(results, DENSE)
+  at30 = wer(results, fp_key('column', 'magnitude', 0.3))
   if dense is not None and at30 is not None:
     rows.append(('30% column (magnitude): test WER within 10% relative of dense',
-                 f'{_pct(at30)} vs {_pct(dense)} ({100 * (at30 / dense - 1):+.1f}% relative)',
-                 _check(at30 <= 1.1 * dense)))
-  unified = _wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY))
-  adaptive = _wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))
+                 f'{pct(at30)} vs {pct(dense)} ({100 * (at30 / dense - 1):+.1f}% relative)',
+                 check(at30 <= 1.1 * dense)))
+  unified = wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY))
+  adaptive = wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))
   if unified is not None and adaptive is not None:
-    rows.append(('adaptive beats unified at 50%', f'{_pct(adaptive)} vs {_pct(unified)}',
-                 _check(adaptive < unified)))
-  refine = _wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY))
-  no_refine = _wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement'))
+    rows.append(('adaptive beats unified at 50%', f'{pct(adaptive)} vs {pct(unified)}',
+                 check(adaptive < unified)))
+  refine = wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY))
+  no_refine = wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement'))
   if refine is not None and no_refine is not None:
-    rows.append(('refinement beats no refinement at 40%', f'{_pct(refine)} vs {_pct(no_refine)}',
-                 _check(refine < no_refine)))
+    rows.append(('refinement beats no refinement at 40%', f'{pct(refine)} vs {pct(no_refine)}',
+                 check(refine < no_refine)))
   costs = results.get('costs')
   if costs:
     for name, label, limit in (('client_bytes', 'client bytes per round (down + up)', 0.45),
                                ('client_parameter_bytes', 'client parameter bytes', 0.45),
                                ('round_seconds', 'steady-state round time', 0.8)):
-      ratio = costs['ratios'].get(name)
-      if ratio is not None:
-        rows.append((f'50% column: {label} at most {limit}x FedAvg\'s', f'{ratio:.2f}x',
-                     _check(ratio <= limit)))
+      measured = costs['ratios'].get(name)
+      if measured is not None:
+        rows.append((f'50% column: {label} at most {limit}x FedAvg\'s', f'{measured:.2f}x',
+                     check(measured <= limit)))
   memory = results.get('memory')
   if memory:
-    ratio = memory['pruned']['peak_rss_bytes'] / memory['dense']['peak_rss_bytes']
+    measured = memory['pruned']['peak_rss_bytes'] / memory['dense']['peak_rss_bytes']
     rows.append((f'{memory["model"]} client step peak memory clearly below dense',
-                 f'{ratio:.2f}x', _check(ratio < 0.95)))
+                 f'{measured:.2f}x', check(measured < 0.95)))
   return rows
 
 
 def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Sequence[str]
                   ) -> str:
   sparsities = settings['sparsities']
-  dense = _wer(results, DENSE)
+  dense = wer(results, DENSE)
   lines = ['# Federated pruning experiments', '',
            f'`{settings["command"]}`', '',
            f'All runs start from `{settings["initial_model_dir"]}` and train '
@@ -213,8 +213,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
            f'Machine: {settings.get("machine", "")}.', '']
   initial = results.get('initial')
   if initial:
-    lines += [f'Starting model: test WER {_pct(initial[SPLITS["test"]]["wer"])}, dev WER '
-              f'{_pct(initial[SPLITS["dev"]]["wer"])}.', '']
+    lines += [f'Starting model: test WER {pct(initial[SPLITS["test"]]["wer"])}, dev WER '
+              f'{pct(initial[SPLITS["dev"]]["wer"])}.', '']
   if settings.get('missing_runs'):
     lines += [f'**Not run yet** ({len(settings["missing_runs"])}; the same command resumes '
               f'them): ' + ', '.join(f'`{k}`' for k in settings['missing_runs']) + '.', '']
@@ -229,16 +229,16 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   header = '| | ' + ' | '.join(f'{s:g}' for s in sparsities) + ' |'
   rule = '|---' * (len(sparsities) + 1) + '|'
   lines += ['## 1. Test WER against sparsity, per pattern (weight magnitude, L2)', '',
-            f'Dense FedAvg, same rounds: test {_pct(dense)}, dev {_pct(_wer(results, DENSE, "dev"))}.',
+            f'Dense FedAvg, same rounds: test {pct(dense)}, dev {pct(wer(results, DENSE, "dev"))}.',
             '', header, rule]
   for pattern in PATTERNS:
-    cells = [_pct(_wer(results, fp_key(pattern, 'magnitude', s))) for s in sparsities]
+    cells = [pct(wer(results, fp_key(pattern, 'magnitude', s))) for s in sparsities]
     if any(cells):
       lines.append(f'| {pattern} | ' + ' | '.join(cells) + ' |')
   for label, key_fn in (('federated dropout (random column units; full model)',
                          lambda s: fd_key('column', s)),
                         ('tfmot prune_low_magnitude, centralized (unstructured)', tfmot_key)):
-    cells = [_pct(_wer(results, key_fn(s))) for s in sparsities]
+    cells = [pct(wer(results, key_fn(s))) for s in sparsities]
     if any(cells):
       lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   removed = results.get('zero_parameter_ratio', {})
@@ -258,7 +258,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
 
   lines += ['', '## 2. Importance methods (column pattern, L2), test WER', '', header, rule]
   for method in IMPORTANCE_METHODS:
-    cells = [_pct(_wer(results, fp_key('column', method, s))) for s in sparsities]
+    cells = [pct(wer(results, fp_key('column', method, s))) for s in sparsities]
     if any(cells):
       lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
 
@@ -269,7 +269,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
                      ('adaptive', fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))):
     run = results.get(key)
     if run:
-      lines.append(f'| {label} | {_pct(_wer(results, key))} | {_pct(_wer(results, key, "dev"))} '
+      lines.append(f'| {label} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} '
                    f'| {run["client_parameters"]:,} |')
 
   lines += ['', f'## 4. With and without mask refinement at {REFINEMENT_SPARSITY:g} (column, '
@@ -280,7 +280,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
                                         'no_refinement'))):
     run = results.get(key)
     if run:
-      lines.append(f'| {label} | {_pct(_wer(results, key))} | {_pct(_wer(results, key, "dev"))} '
+      lines.append(f'| {label} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} '
                    f'| {int(sum(run.get("mask_changes", [])))} |')
 
   costs = results.get('costs')
@@ -299,7 +299,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
          lambda v: f'{v:.1f}')):
       if name in base and name in pruned:
         lines.append(f'| {label} | {fmt(base[name])} | {fmt(pruned[name])} | '
-                     f'{_ratio(pruned[name], base[name])} |')
+                     f'{ratio(pruned[name], base[name])} |')
   memory = results.get('memory')
   if memory:
     dense_m, pruned_m = memory['dense'], memory['pruned']
@@ -309,12 +309,12 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
               f'{dense_m["label_length"]} tokens, plain SGD.', '',
               '| | dense | pruned | ratio |', '|---|---|---|---|']
     for label, name, fmt in (('parameters', 'parameters', lambda v: f'{int(v):,}'),
-                             ('parameter MiB', 'parameter_bytes', _mib),
-                             ('peak RSS MiB', 'peak_rss_bytes', _mib),
-                             ('step working MiB', 'step_working_bytes', _mib),
+                             ('parameter MiB', 'parameter_bytes', mib),
+                             ('peak RSS MiB', 'peak_rss_bytes', mib),
+                             ('step working MiB', 'step_working_bytes', mib),
                              ('step time s (median)', 'step_seconds', lambda v: f'{v:.2f}')):
       lines.append(f'| {label} | {fmt(dense_m[name])} | {fmt(pruned_m[name])} | '
-                   f'{_ratio(pruned_m[name], dense_m[name])} |')
+                   f'{ratio(pruned_m[name], dense_m[name])} |')
 
   lines += ['', '## All runs', '',
             '| run | test WER | dev WER | test CER | model parameters | build s | '
@@ -324,8 +324,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
       continue
     rates = run['error_rates']
     lines.append(
-        f'| {key} | {_pct(_wer(results, key))} | {_pct(_wer(results, key, "dev"))} | '
-        f'{_pct(rates[SPLITS["test"]]["cer"])} | {run.get("model_parameters") or 0:,} | '
+        f'| {key} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} | '
+        f'{pct(rates[SPLITS["test"]]["cer"])} | {run.get("model_parameters") or 0:,} | '
         f'{run.get("build_seconds") or 0:.1f} | {run.get("mean_round_seconds") or 0:.1f} | '
         f'{run.get("wall_seconds") or 0:.0f} |')
   return '\n'.join(lines) + '\n'
@@ -338,11 +338,11 @@ def plot(results: dict[str, Any], settings: dict[str, Any], output_dir: str) -> 
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   sparsities = settings['sparsities']
-  dense = _wer(results, DENSE)
+  dense = wer(results, DENSE)
   figures = []
 
   def series(key_fn):
-    points = [(s, _wer(results, key_fn(s))) for s in sparsities]
+    points = [(s, wer(results, key_fn(s))) for s in sparsities]
     return [s for s, w in points if w is not None], [100 * w for _, w in points if w is not None]
 
   panels = [

@@ -81,3 +81,16 @@ def pack(q: Quantized) -> tf.Tensor:
 def unpack(words: tf.Tensor, scales: tf.Tensor, bits: int, shape) -> Quantized:
   unsigned = ff.unpack(words, bits, shape)
   return Quantized(tf.cast(tf.cast(unsigned, tf.int32) - levels(bits), tf.int8), scales, bits)
+
+
+class QuantizedInput(tf.keras.layers.Wrapper):
+  """Runs `layer` on its input fake-quantized per tensor to `bits` (straight-through): the
+  FedAQT client's activation quantization at the inputs of the Conformer's dense layers."""
+
+  def __init__(self, layer: tf.keras.layers.Layer, bits: int, **kwargs):
+    _check_bits(bits)
+    super().__init__(layer, name=f'aqt_{layer.name}', **kwargs)
+    self.bits = bits
+
+  def call(self, inputs):
+    return self.layer(fake_quant(inputs, self.bits, per_channel=False))

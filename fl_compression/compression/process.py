@@ -9,7 +9,8 @@ Both are FedAvg with a codec (`codecs.py`) between the float server model and th
   variable compressed between steps: after each optimizer step the variable is recompressed
   (`codec.roundtrip`), so the weights it computes with are always values of the format.
   Gradients are float32 (for FedAQT: the straight-through gradient with respect to the
-  quantized weights). With `fraction < 1` (OMC's partial variable quantization) a client
+  quantized weights; its clients also fake-quantize the inputs of the Conformer's dense
+  layers per tensor, `aqt.QuantizedInput`). With `fraction < 1` (OMC's partial variable quantization) a client
   compresses only that fraction of the covered variables, chosen per client and round by a
   stateless draw seeded by the round number and a fingerprint of the client's first batch, so
   a resumed run draws the same and every variable gets full-precision updates from some
@@ -23,9 +24,12 @@ Both are FedAvg with a codec (`codecs.py`) between the float server model and th
 - **Finalizer**: TFF's `build_apply_optimizer_finalizer` on the float server model.
 
 The measurement `client_work/held_parameter_bytes` is the mean over clients of the bytes of the
-parameters a client holds (compressed variables at their packed size plus the float32 rest).
-The client keeps the float32 working copy of a variable only inside a step; between steps its
-value is a format value, recompressed after each update.
+parameters a client holds in compressed form (selected variables at their packed size, the rest
+float32): what a device implementation keeps between steps. In this simulation the client's
+Keras model still has float32 variables; their values are kept on the format's grid (every
+selected variable is recompressed after each step), so training sees exactly the compressed
+model, but the simulation's own memory is not reduced; decompress-on-use inside the step
+(per layer, recomputed in the backward pass) is what the device implementation adds.
 """
 
 import collections
@@ -36,11 +40,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fl_compression.compression import aqt
 from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import omc
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
+from fl_compression.models import pruned_dense
 
 Codec = Union[codecs.OmcCodec, codecs.AqtCodec]
 SCOPES = ('weights', 'all')
@@ -61,6 +67,8 @@ class CompressionConfig:
   fraction: float = 1.0  # Of the covered variables, the fraction each client compresses.
   upload: str = 'compressed'
   client_mode: str = 'fedavg'
+  # FedAQT: inputs of the Conformer's dense layers fake-quantized per tensor (0: off).
+  activation_bits: int = 0
 
   def __post_init__(self):
     if self.scope not in SCOPES:
@@ -96,7 +104,21 @@ def aqt_config(options: dict) -> CompressionConfig:
   except ValueError as e:
     raise ConfigError(f'--aqt_bits={bits}: {e}') from None
   return CompressionConfig(codec, scope='weights', fraction=1.0, upload='float',
-                           client_mode=options.get('variant', 'fedavg'))
+                           client_mode=options.get('variant', 'fedavg'),
+                           activation_bits=bits if options.get('activations', True) else 0)
+
+
+def client_model_fn(model_fn: fedavg.ModelFn, config: CompressionConfig) -> fedavg.ModelFn:
+  """The model clients train: `model_fn`'s, with quantized activations when configured."""
+  if not config.activation_bits:
+    return model_fn
+
+  def quantized_model_fn():
+    with pruned_dense.wrapping_dense(
+        lambda layer: aqt.QuantizedInput(layer, config.activation_bits)):
+      return model_fn()
+
+  return quantized_model_fn
 
 
 def _shapes(type_list) -> list[tuple[int, ...]]:
@@ -303,7 +325,7 @@ def build_compressed_fed_avg(model_fn: fedavg.ModelFn, config: CompressionConfig
     raise ConfigError('the model has no weight matrix to compress')
   distributor = _distributor(config, weights_type, covered)
   broadcast_type = distributor.next.type_signature.result.result.member
-  client_work = _client_work(model_fn, config, client_optimizer, weights_type, broadcast_type,
+  client_work = _client_work(client_model_fn(model_fn, config), config, client_optimizer, weights_type, broadcast_type,
                              covered)
   upload_type = client_work.next.type_signature.result.result.member.update
   if config.upload == 'compressed':

@@ -7,12 +7,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fl_compression.compression import aqt
 from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import process
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
+from fl_compression.models import pruned_dense
 from fl_compression.models import registry
 from tests import tff_test_utils
 
@@ -168,10 +170,13 @@ class CompressedProcessTest(absltest.TestCase):
     data = _client_data(6)
     config = process.aqt_config({'bits': 8, 'variant': 'fedsgd'})
     server, _ = _run_round(_build(config), weights, [data])
-    # Independent reference: the example-weighted mean gradient of the Keras model whose
-    # weight matrices are set to their 8-bit values.
+    # Independent reference: the example-weighted mean gradient, computed eagerly, of the Keras
+    # model whose weight matrices are set to their 8-bit values and whose dense layers see
+    # 8-bit inputs.
     codec = codecs.AqtCodec(8)
-    model = registry.build_keras_model(_config())
+    with pruned_dense.wrapping_dense(lambda layer: aqt.QuantizedInput(layer, 8)):
+      model = registry.build_keras_model(_config())
+    self.assertNotEmpty([l for l in model.submodules if isinstance(l, aqt.QuantizedInput)])
     for v, w in zip(model.trainable_variables, weights.trainable):
       v.assign(codec.roundtrip(tf.constant(w)) if w.ndim >= 2 else w)
     grad_sum, count = None, 0

@@ -1,0 +1,244 @@
+"""The OMC and FedAQT experiments: which runs, the targets, and the report.
+
+Every run starts from the same pretrained dense model, like the pruning experiments
+(`pruning_experiments.py`, whose `RunSpec`, `ResultStore` and formatting this reuses):
+
+- OMC: test WER against the float format (19, 16, 13, 11 and 8 bits, every client compressing
+  every weight matrix), and at 11 bits: partial variable quantization (90% of the matrices per
+  client), no per-variable transform, and all variables (vectors too).
+- FedAQT: 8, 6 and 4 bits, FedAvg and FedSGD variants.
+- Noise: FedAvg and OMC 16-bit again with another client-sampling seed.
+- Costs against FedAvg from the same runs: bytes down and up per client, parameter bytes a
+  client holds, steady-state round time.
+"""
+
+import os
+from typing import Any, Optional, Sequence
+
+from fl_compression.benchmarks import pruning_experiments as common
+
+EXPERIMENTS = ('formats', 'variants', 'aqt', 'noise')
+FORMATS = (('S1E8M10', 19), ('S1E5M10', 16), ('S1E5M7', 13), ('S1E4M6', 11), ('S1E4M3', 8))
+AQT_BITS = (8, 6, 4)
+PARTIAL_FRACTION = 0.9
+NOISE_SEED = 1
+DENSE = common.DENSE
+SPLITS = common.SPLITS
+
+
+def omc_key(fmt: str, variant: str = '', seed: int = 0) -> str:
+  return f'omc/{fmt}' + (f'/{variant}' if variant else '') + (f'/seed{seed}' if seed else '')
+
+
+def aqt_key(bits: int, variant: str) -> str:
+  return f'fedaqt/{bits}/{variant}'
+
+
+def dense_key(seed: int = 0) -> str:
+  return DENSE + (f'/seed{seed}' if seed else '')
+
+
+def plan_runs(experiments: Sequence[str]) -> list[common.RunSpec]:
+  """The federated runs, each once, ordered so the targets' runs come first. An option
+  `sampler_seed` is read by the program (the client-sampling seed), not by the algorithm."""
+  unknown = sorted(set(experiments) - set(EXPERIMENTS))
+  if unknown:
+    raise ValueError(f'--experiments: unknown {", ".join(unknown)}; known: '
+                     f'{", ".join(EXPERIMENTS)}')
+  runs: dict[str, common.RunSpec] = {}
+
+  def add(key, algorithm, **options):
+    runs.setdefault(key, common.RunSpec(key, algorithm, tuple(sorted(options.items()))))
+
+  add(dense_key(), 'fedavg')
+  if 'formats' in experiments or 'variants' in experiments:
+    for fmt, _ in FORMATS:
+      if 'formats' in experiments or fmt in ('S1E4M6', 'S1E5M7'):
+        add(omc_key(fmt), 'omc', format=fmt)
+  if 'aqt' in experiments:
+    add(aqt_key(8, 'fedavg'), 'fedaqt', bits=8, variant='fedavg')
+  if 'variants' in experiments:
+    add(omc_key('S1E4M6', 'partial'), 'omc', format='S1E4M6', fraction=PARTIAL_FRACTION)
+    add(omc_key('S1E4M6', 'no_transform'), 'omc', format='S1E4M6', transform=False)
+    add(omc_key('S1E4M6', 'all_variables'), 'omc', format='S1E4M6', scope='all')
+  if 'noise' in experiments:
+    add(dense_key(NOISE_SEED), 'fedavg', sampler_seed=NOISE_SEED)
+    add(omc_key('S1E5M10', seed=NOISE_SEED), 'omc', format='S1E5M10', sampler_seed=NOISE_SEED)
+    add(omc_key('S1E5M10'), 'omc', format='S1E5M10')
+  if 'aqt' in experiments:
+    for bits in AQT_BITS:
+      for variant in ('fedavg', 'fedsgd'):
+        add(aqt_key(bits, variant), 'fedaqt', bits=bits, variant=variant)
+  return list(runs.values())
+
+
+def _run_ratio(results, key, field, base_key=DENSE) -> Optional[float]:
+  run, base = results.get(key), results.get(base_key)
+  if not run or not base or run.get(field) is None or not base.get(field):
+    return None
+  return run[field] / base[field]
+
+
+def held_bytes(run: dict[str, Any]) -> Optional[float]:
+  """Parameter bytes a client holds: the measured compressed size, or the float model's."""
+  if run.get('client_held_parameter_bytes') is not None:
+    return run['client_held_parameter_bytes']
+  return run.get('model_parameter_bytes')
+
+
+def cost_ratios(results: dict[str, Any], key: str) -> dict[str, Optional[float]]:
+  run, base = results.get(key), results.get(DENSE)
+  if not run or not base:
+    return {}
+  wire = lambda r: r['client_bytes_down'] + r['client_bytes_up']  # noqa: E731
+  return {
+      'client_bytes_down': _run_ratio(results, key, 'client_bytes_down'),
+      'client_bytes_up': _run_ratio(results, key, 'client_bytes_up'),
+      'client_bytes': wire(run) / wire(base),
+      'held_parameter_bytes': held_bytes(run) / held_bytes(base),
+      'round_seconds': _run_ratio(results, key, 'mean_round_seconds'),
+  }
+
+
+def noise(results: dict[str, Any]) -> Optional[float]:
+  """Run-to-run noise of test WER: the larger of the two seed pairs' differences."""
+  pairs = [(dense_key(), dense_key(NOISE_SEED)),
+           (omc_key('S1E5M10'), omc_key('S1E5M10', seed=NOISE_SEED))]
+  diffs = [abs(common.wer(results, a) - common.wer(results, b)) for a, b in pairs
+           if common.wer(results, a) is not None and common.wer(results, b) is not None]
+  return max(diffs) if diffs else None
+
+
+def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+  """The issue's numbers to reach: (target, measured, met/missed/n/a)."""
+  rows = []
+  dense = common.wer(results, DENSE)
+  omc16 = common.wer(results, omc_key('S1E5M10'))
+  spread = noise(results)
+  if dense is not None and omc16 is not None and spread is not None:
+    rows.append(('OMC 16-bit: WER equal to float32 within run-to-run noise',
+                 f'{common.pct(omc16)} vs {common.pct(dense)} (noise {100 * spread:.2f} points)',
+                 common.check(abs(omc16 - dense) <= spread)))
+  partial = common.wer(results, omc_key('S1E4M6', 'partial'))
+  omc13 = common.wer(results, omc_key('S1E5M7'))
+  if partial is not None and omc13 is not None:
+    rows.append(('OMC 11-bit partial: WER no worse than 13-bit all-variable',
+                 f'{common.pct(partial)} vs {common.pct(omc13)}', common.check(partial <= omc13)))
+  ratios = cost_ratios(results, omc_key('S1E4M6'))
+  for name, label, limit in (('held_parameter_bytes', 'client parameter bytes', 0.40),
+                             ('client_bytes', 'wire bytes (down + up)', 0.35),
+                             ('round_seconds', 'round time', 1.15)):
+    if ratios.get(name) is not None:
+      rows.append((f'OMC 11-bit: {label} at most {limit}x FedAvg\'s', f'{ratios[name]:.2f}x',
+                   common.check(ratios[name] <= limit)))
+  aqt8 = common.wer(results, aqt_key(8, 'fedavg'))
+  if aqt8 is not None and dense is not None:
+    rows.append(('FedAQT 8-bit: WER within 10% relative of float32',
+                 f'{common.pct(aqt8)} vs {common.pct(dense)} '
+                 f'({100 * (aqt8 / dense - 1):+.1f}% relative)', common.check(aqt8 <= 1.1 * dense)))
+  down = cost_ratios(results, aqt_key(8, 'fedavg')).get('client_bytes_down')
+  if down is not None:
+    rows.append(('FedAQT 8-bit: downlink bytes at most 0.30x', f'{down:.2f}x',
+                 common.check(down <= 0.30)))
+  rows.append(('FedAQT 8-bit: conformer_l client step peak memory at most 0.6x dense',
+               'not measured (see the note on memory)', 'n/a'))
+  return rows
+
+
+def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Sequence[str]
+                  ) -> str:
+  pct, wer = common.pct, common.wer
+  lines = ['# OMC and FedAQT experiments', '',
+           f'Command: `{settings["command"]}`  ', f'Machine: {settings["machine"]}.', '',
+           f'Every run starts from `{settings["initial_model_dir"]}` and trains '
+           f'{settings["total_rounds"]} rounds x {settings["clients_per_round"]} speakers '
+           f'(batch {settings["batch_size"]}, client Adam {settings["client_learning_rate"]:g}, '
+           'server SGD 1.0; FedSGD runs: server Adam at the client rate, one gradient per '
+           'client and round). WER: greedy CTC on the held-out-speaker test split and on dev.', '']
+  initial = results.get('initial')
+  if initial:
+    lines.append(f'Starting model: test WER {pct(initial[SPLITS["test"]]["wer"])}, dev WER '
+                 f'{pct(initial[SPLITS["dev"]]["wer"])}.')
+    lines.append('')
+  lines += ['## Numbers to reach', '', '| target | measured | |', '|---|---|---|']
+  lines += [f'| {t} | {m} | {c} |' for t, m, c in summary_checks(results)]
+  if settings.get('missing_runs'):
+    lines += ['', f'Runs not done yet: {", ".join(settings["missing_runs"])} (the same command '
+              'resumes).']
+
+  def row(label, key, bits):
+    run = results.get(key)
+    if not run:
+      return None
+    ratios = cost_ratios(results, key)
+    fmt = lambda v: '' if v is None else f'{v:.2f}x'  # noqa: E731
+    return (f'| {label} | {bits} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} | '
+            f'{fmt(ratios.get("client_bytes_down"))} | {fmt(ratios.get("client_bytes_up"))} | '
+            f'{fmt(ratios.get("held_parameter_bytes"))} | {fmt(ratios.get("round_seconds"))} |')
+
+  header = ['| run | bits | test WER | dev WER | bytes down | bytes up | client parameter bytes '
+            '| round time |', '|---|---|---|---|---|---|---|---|']
+  sections = [
+      ('OMC: WER against the float format (every client compresses every weight matrix)',
+       [('float32 (FedAvg)', DENSE, 32)] + [(fmt, omc_key(fmt), bits) for fmt, bits in FORMATS]),
+      ('OMC at 11 bits (S1E4M6): variants',
+       [('all weight matrices', omc_key('S1E4M6'), 11),
+        (f'partial ({PARTIAL_FRACTION:.0%} of the matrices per client)',
+         omc_key('S1E4M6', 'partial'), 11),
+        ('no per-variable transform', omc_key('S1E4M6', 'no_transform'), 11),
+        ('all variables (vectors too)', omc_key('S1E4M6', 'all_variables'), 11)]),
+      ('FedAQT', [(f'{variant}', aqt_key(bits, variant), bits)
+                  for bits in AQT_BITS for variant in ('fedavg', 'fedsgd')]),
+      ('Run-to-run noise (client-sampling seed 1)',
+       [('float32 (FedAvg), seed 1', dense_key(NOISE_SEED), 32),
+        ('S1E5M10, seed 1', omc_key('S1E5M10', seed=NOISE_SEED), 16)]),
+  ]
+  for title, entries in sections:
+    body = [r for r in (row(*e) for e in entries) if r]
+    if body:
+      lines += ['', f'## {title}', '', 'Ratios against FedAvg (seed 0) on the same clients.', '']
+      lines += header + body
+  lines += ['', '## Memory', '',
+            'In this simulation a client\'s Keras model keeps float32 variables whose values stay '
+            'on the format\'s grid (recompressed after every step), so its process memory is not '
+            'smaller; "client parameter bytes" is the packed size a device implementation holds '
+            'between steps. The decompress-on-use client step (per layer, recomputed in the '
+            'backward pass) that would lower the measured peak memory is not built yet, so the '
+            '`conformer_l` peak-memory comparison is not reported.']
+  for figure in figures:
+    lines += ['', f'![{figure}]({figure})']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict[str, Any], output_dir: str) -> list[str]:
+  """One PNG: test WER against bits for OMC and FedAQT, with the float32 line."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  def points(keys):
+    found = [(bits, common.wer(results, key)) for bits, key in keys]
+    return [(bits, w) for bits, w in found if w is not None]
+
+  series = [('OMC (all weight matrices)', '-o', points([(b, omc_key(f)) for f, b in FORMATS])),
+            ('FedAQT (FedAvg)', '-s', points([(b, aqt_key(b, 'fedavg')) for b in AQT_BITS])),
+            ('FedAQT (FedSGD)', ':^', points([(b, aqt_key(b, 'fedsgd')) for b in AQT_BITS]))]
+  series = [s for s in series if s[2]]
+  if not series:
+    return []
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for label, style, points in series:
+    ax.plot([b for b, _ in points], [100 * w for _, w in points], style, label=label)
+  dense = common.wer(results, DENSE)
+  if dense is not None:
+    ax.axhline(100 * dense, color='gray', linestyle='-.', label='float32 FedAvg')
+  ax.set_xlabel('bits per weight')
+  ax.set_ylabel('test WER (%)')
+  ax.set_title('Test WER against client weight bits')
+  ax.invert_xaxis()
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(output_dir, 'wer_vs_bits.png'), dpi=110)
+  plt.close(fig)
+  return ['wer_vs_bits.png']

@@ -1,0 +1,84 @@
+"""The OMC/FedAQT experiments' run list, targets and report."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+
+from fl_compression.benchmarks import compression_experiments as experiments
+
+TEST, DEV = experiments.SPLITS['test'], experiments.SPLITS['dev']
+
+
+def _run(test_wer, down=1000.0, up=1000.0, held=None, seconds=10.0, parameter_bytes=4000):
+  return {'error_rates': {TEST: {'wer': test_wer}, DEV: {'wer': test_wer / 2}},
+          'client_bytes_down': down, 'client_bytes_up': up, 'mean_round_seconds': seconds,
+          'client_held_parameter_bytes': held, 'model_parameter_bytes': parameter_bytes}
+
+
+def _results():
+  return {
+      experiments.dense_key(): _run(0.100),
+      experiments.dense_key(1): _run(0.104),
+      experiments.omc_key('S1E5M10'): _run(0.102, down=520, up=520, held=2050),
+      experiments.omc_key('S1E5M10', seed=1): _run(0.101, down=520, up=520, held=2050),
+      experiments.omc_key('S1E5M7'): _run(0.110, down=420, up=420, held=1650),
+      experiments.omc_key('S1E4M6'): _run(0.120, down=360, up=360, held=1400, seconds=11.0),
+      experiments.omc_key('S1E4M6', 'partial'): _run(0.108, down=360, up=360, held=1650),
+      experiments.aqt_key(8, 'fedavg'): _run(0.105, down=280, up=1000, seconds=12.0),
+  }
+
+
+class CompressionExperimentsTest(absltest.TestCase):
+
+  def test_every_run_once_targets_first(self):
+    specs = experiments.plan_runs(experiments.EXPERIMENTS)
+    keys = [s.key for s in specs]
+    self.assertLen(set(keys), len(keys))
+    self.assertEqual(keys[0], experiments.DENSE)
+    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + dense.
+    self.assertLen(specs, 1 + 5 + 3 + 2 + 6)
+    by_key = {s.key: s for s in specs}
+    self.assertEqual(by_key[experiments.omc_key('S1E4M6', 'partial')].option_dict['fraction'],
+                     experiments.PARTIAL_FRACTION)
+    self.assertEqual(by_key[experiments.dense_key(1)].option_dict, {'sampler_seed': 1})
+    self.assertEqual(by_key[experiments.aqt_key(4, 'fedsgd')].option_dict,
+                     {'bits': 4, 'variant': 'fedsgd'})
+    self.assertEqual([s.key for s in experiments.plan_runs(['aqt'])][:2],
+                     [experiments.DENSE, experiments.aqt_key(8, 'fedavg')])
+    with self.assertRaisesRegex(ValueError, 'unknown sparsity'):
+      experiments.plan_runs(['sparsity'])
+
+  def test_targets_are_judged_from_the_runs(self):
+    checks = {target: (measured, verdict)
+              for target, measured, verdict in experiments.summary_checks(_results())}
+    # |0.102 - 0.100| <= noise max(0.004, 0.001).
+    self.assertEqual(checks['OMC 16-bit: WER equal to float32 within run-to-run noise'][1],
+                     'met')
+    self.assertEqual(checks['OMC 11-bit partial: WER no worse than 13-bit all-variable'][1],
+                     'met')
+    held = checks['OMC 11-bit: client parameter bytes at most 0.4x FedAvg\'s']
+    self.assertEqual(held, ('0.35x', 'met'))  # 1400 / 4000.
+    self.assertEqual(checks['OMC 11-bit: wire bytes (down + up) at most 0.35x FedAvg\'s'],
+                     ('0.36x', '**missed**'))
+    self.assertEqual(checks['OMC 11-bit: round time at most 1.15x FedAvg\'s'], ('1.10x', 'met'))
+    self.assertEqual(checks['FedAQT 8-bit: downlink bytes at most 0.30x'], ('0.28x', 'met'))
+    self.assertEqual(checks['FedAQT 8-bit: WER within 10% relative of float32'][1], 'met')
+
+  def test_report_has_tables_missing_runs_and_figure(self):
+    settings = {'initial_model_dir': 'ckpt', 'total_rounds': 6, 'clients_per_round': 4,
+                'batch_size': 8, 'client_learning_rate': 2e-4, 'command': 'bazel run x',
+                'machine': '2 CPU cores', 'missing_runs': ['fedaqt/4/fedsgd']}
+    output_dir = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    figures = experiments.plot(_results(), output_dir)
+    self.assertEqual(figures, ['wer_vs_bits.png'])
+    self.assertGreater(os.path.getsize(os.path.join(output_dir, figures[0])), 1000)
+    report = experiments.render_report(_results(), settings, figures)
+    self.assertIn('| S1E4M6 | 11 | 12.00% | 6.00% | 0.36x | 0.36x | 0.35x | 1.10x |', report)
+    self.assertIn('Runs not done yet: fedaqt/4/fedsgd', report)
+    self.assertIn('![wer_vs_bits.png](wer_vs_bits.png)', report)
+    self.assertNotIn('S1E8M10 |', report)  # Not run: no row.
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,120 @@
+"""OMC and FedAQT experiments on the embedded corpus: one run each, one pretrained model.
+
+  bazel run //tff_programs:benchmark_compression -- --output_dir=runs/compression_experiments
+
+Runs (see fl_compression/benchmarks/compression_experiments.py): OMC test WER against the float
+format, OMC variants at 11 bits, FedAQT at 8/6/4 bits (FedAvg and FedSGD), run-to-run noise
+from a second client-sampling seed, and costs against FedAvg on the same clients.
+
+Writes `results.json` after every run (a killed benchmark started again skips what is done and
+resumes an unfinished run from its last round), `report.md` and a PNG figure.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import contextlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from fl_compression.benchmarks import compression_experiments as experiments
+from fl_compression.benchmarks import pruning_experiments as common
+from fl_compression.learning import algorithms
+from tff_programs import backends
+from tff_programs import experiment_runs
+from tff_programs import flag_utils
+from tff_programs import program_logic
+from tff_programs import program_main
+
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/compression_experiments',
+                                  'Report directory.')
+_DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
+                                'Embedded corpus (generated if missing) or LibriSpeech layout.')
+_INITIAL_MODEL_DIR = flags.DEFINE_string(
+    'initial_model_dir', 'checkpoints/conformer_ctc_tiny', 'The pretrained dense model.')
+_EXPERIMENTS = flags.DEFINE_list('experiments', list(experiments.EXPERIMENTS),
+                                 f'Subset of {", ".join(experiments.EXPERIMENTS)}.')
+_TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 6, 'Rounds of every federated run.')
+_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 4, 'Speakers per round.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
+_CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentation.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Write the report from the stored results without running anything.')
+
+
+def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
+  rate = _CLIENT_LEARNING_RATE.value
+  if spec.option_dict.get('variant') == 'fedsgd':
+    # One gradient per client and round: the server's optimizer takes the step.
+    return algorithms.Hyperparameters(client_optimizer='sgd', client_learning_rate=rate,
+                                      server_optimizer='adam', server_learning_rate=rate)
+  return algorithms.Hyperparameters(client_optimizer='adam', client_learning_rate=rate,
+                                    server_optimizer='sgd', server_learning_rate=1.0)
+
+
+def run() -> None:
+  for name in ('total_rounds', 'clients_per_round', 'batch_size'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  flag_utils.require_positive('client_learning_rate', _CLIENT_LEARNING_RATE.value)
+  try:
+    specs = experiments.plan_runs(_EXPERIMENTS.value)
+  except ValueError as e:
+    raise flag_utils.FlagError(str(e)) from None
+  output_dir = flag_utils.ensure_writable_dir('output_dir',
+                                              flag_utils.resolve_path(_OUTPUT_DIR.value))
+  task, initial_weights = experiment_runs.load_speech_task(
+      _INITIAL_MODEL_DIR.value, _DATA_DIR.value, _BATCH_SIZE.value, _SEED.value)
+  settings = {
+      'initial_model_dir': _INITIAL_MODEL_DIR.value, 'data_dir': _DATA_DIR.value,
+      'total_rounds': _TOTAL_ROUNDS.value, 'clients_per_round': _CLIENTS_PER_ROUND.value,
+      'batch_size': _BATCH_SIZE.value, 'client_learning_rate': _CLIENT_LEARNING_RATE.value,
+      'seed': _SEED.value}
+  try:
+    store = common.ResultStore(os.path.join(output_dir, 'results.json'), settings)
+  except ValueError as e:
+    raise flag_utils.FlagError(f'--output_dir={_OUTPUT_DIR.value}: {e}') from None
+  started = time.monotonic()
+  if store.get('initial') is None:
+    rates = task.transcription_eval(initial_weights, task.model_config)
+    store.put('initial', {split: r.as_dict() for split, r in rates.items()})
+  pending = [s for s in specs if store.get(s.key) is None]
+  print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
+        f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
+
+  def run_one(spec: common.RunSpec, state_dir: str):
+    seed = _SEED.value + spec.option_dict.get('sampler_seed', 0)
+    sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
+                                          _CLIENTS_PER_ROUND.value, seed)
+    return experiment_runs.federated_run(spec, task, initial_weights, _hparams(spec), sampler,
+                                         state_dir, _TOTAL_ROUNDS.value)
+
+  if _REPORT_ONLY.value:
+    context = contextlib.nullcontext()
+  else:
+    context = backends.federated_context('local', log_dir=output_dir,
+                                         default_num_clients=_CLIENTS_PER_ROUND.value)
+  with context:
+    if not _REPORT_ONLY.value:
+      experiment_runs.run_pending(specs, store, run_one,
+                                  os.path.join(output_dir, 'program_states'))
+  settings_for_report = dict(
+      settings, command=' '.join(['bazel run //tff_programs:benchmark_compression --'] +
+                                 sys.argv[1:]),
+      machine=f'{os.cpu_count()} CPU cores',
+      missing_runs=[s.key for s in specs if store.get(s.key) is None])
+  results = store.data['results']
+  figures = experiments.plot(results, output_dir)
+  report = experiments.render_report(results, settings_for_report, figures)
+  with open(os.path.join(output_dir, 'report.md'), 'w') as f:
+    f.write(report)
+  print(f'\n{report}\nreport: {os.path.join(output_dir, "report.md")} '
+        f'({(time.monotonic() - started) / 60:.1f} min this invocation)', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(program_main.make_main(run))

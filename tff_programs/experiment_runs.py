@@ -1,0 +1,134 @@
+"""What the experiment programs share: loading the pretrained model and corpus, one federated
+run from that model with its results collected, and the resumable loop over pending runs."""
+
+import asyncio
+import os
+import shutil
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow_federated as tff
+
+from fl_compression import tasks
+from fl_compression.benchmarks import pruning_experiments as experiments
+from fl_compression.learning import algorithms
+from fl_compression.models import checkpoint
+from fl_compression.pruning import plan as plan_lib
+from tff_programs import flag_utils
+from tff_programs import program_logic
+
+
+class Collector(tff.program.ReleaseManager):
+  """Keeps released values by key (materialized)."""
+
+  def __init__(self):
+    self.values: dict[int, Any] = {}
+
+  async def release(self, value, key: int) -> None:
+    self.values[key] = await tff.program.materialize_value(value)
+
+
+def flatten(value, prefix=''):
+  if isinstance(value, dict):
+    out = {}
+    for k, v in value.items():
+      out.update(flatten(v, f'{prefix}{k}/'))
+    return out
+  return {prefix[:-1]: value}
+
+
+def parameter_count(weights) -> int:
+  return int(sum(np.size(w) for w in list(weights.trainable) + list(weights.non_trainable)))
+
+
+def parameter_bytes(weights) -> int:
+  return int(sum(np.asarray(w).nbytes for w in list(weights.trainable) +
+                 list(weights.non_trainable)))
+
+
+def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, seed: int
+                     ) -> tuple[tasks.Task, Any]:
+  """The tiny CTC task on `data_dir` and the pretrained weights (errors name the flag)."""
+  model_dir = flag_utils.resolve_path(initial_model_dir)
+  try:
+    initial_config = checkpoint.load_config(model_dir)['model']
+    initial_weights = checkpoint.load_weights(model_dir)
+  except (OSError, ValueError) as e:
+    raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir}: {e}') from None
+  options = tasks.TaskOptions(batch_size=batch_size, seed=seed,
+                              data_dir=flag_utils.resolve_path(data_dir))
+  try:
+    task = tasks.build_task('speech_ctc', options)
+  except (ValueError, OSError, RuntimeError) as e:
+    raise flag_utils.FlagError(f'--data_dir={data_dir}: {e}') from None
+  strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}  # noqa: E731
+  if strip(initial_config) != strip(task.model_config):
+    raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir} holds a '
+                               f'{initial_config.get("name")} model that is not the tiny CTC one')
+  return task, initial_weights
+
+
+def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
+                  hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
+                  state_dir: str, total_rounds: int) -> dict[str, Any]:
+  """One run of `spec` from the pretrained weights; a killed run resumes from `state_dir`."""
+  context = algorithms.BuildContext(
+      model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
+      total_rounds=total_rounds, options=spec.option_dict, initial_weights=initial_weights)
+  started = time.monotonic()
+  # Single-process algorithms (FedAvg) build their computations here, staged ones per stage.
+  training = algorithms.get(spec.algorithm).staged(context)
+  construction_seconds = time.monotonic() - started
+  train, model = Collector(), Collector()
+  result = asyncio.run(program_logic.train_model(
+      training=training, task=task, sampler=sampler, total_rounds=total_rounds,
+      evaluation_period=total_rounds,
+      program_state_manager=tff.program.FileProgramStateManager(state_dir, keep_total=1),
+      train_metrics_manager=train, evaluation_metrics_manager=None,
+      model_output_manager=model, initial_model_weights=initial_weights,
+      evaluate_clients=False, evaluate_initial=False))
+  rounds = [flatten(train.values[k]) for k in sorted(train.values)]
+  model_config, weights = model.values[total_rounds]
+  built = [r['stage_build_seconds'] for r in rounds]
+  built[0] += construction_seconds
+  steady = [r['round_time_seconds'] for r, b in zip(rounds, built) if b == 0]
+  held = [r['client_work/held_parameter_bytes'] for r in rounds
+          if 'client_work/held_parameter_bytes' in r]
+  return {
+      'algorithm': spec.algorithm, 'options': spec.option_dict,
+      'error_rates': result.eval_metrics['transcription'],
+      'model_parameters': parameter_count(weights),
+      'model_parameter_bytes': parameter_bytes(weights),
+      'client_parameters': parameter_count(weights) if spec.algorithm != 'fd' else None,
+      'client_held_parameter_bytes': float(np.mean(held)) if held else None,
+      'client_bytes_down': float(np.mean([r['communication/client_bytes_down'] for r in rounds])),
+      'client_bytes_up': float(np.mean([r['communication/client_bytes_up'] for r in rounds])),
+      'round_seconds': [r['round_time_seconds'] for r in rounds],
+      'mean_round_seconds': float(np.mean(steady)) if steady else None,
+      'build_seconds': float(sum(built)),
+      'mask_changes': [float(r.get('finalizer/mask_changes', 0.0)) for r in rounds],
+      'client_batches': int(sum(r['client_work/train/num_batches'] for r in rounds)),
+      'train_loss_last_round': float(rounds[-1]['client_work/train/loss']),
+      'pruning_plan': plan_lib.describe(model_config['pruning'])
+      if 'pruning' in model_config else None,
+      'wall_seconds': time.monotonic() - started,
+  }
+
+
+def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultStore,
+                run_one: Callable[[experiments.RunSpec, str], dict[str, Any]],
+                states_dir: str, after_each: Callable[[], None] = lambda: None) -> None:
+  """Runs the specs without a stored result, storing each as it finishes."""
+  pending = [s for s in specs if store.get(s.key) is None]
+  for i, spec in enumerate(pending):
+    state_dir = os.path.join(states_dir, spec.key.replace('/', '_'))
+    result = run_one(spec, state_dir)
+    store.put(spec.key, result)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
+    print(f'[{i + 1}/{len(pending)}] {spec.key:<36} test WER {100 * rates["test"]:6.2f}% '
+          f'dev WER {100 * rates["dev"]:6.2f}% | build {result["build_seconds"]:5.1f} s '
+          f'| round {result["mean_round_seconds"] or 0:5.1f} s | '
+          f'{result["wall_seconds"]:5.0f} s', flush=True)
+    after_each()
