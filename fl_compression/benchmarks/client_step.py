@@ -1,7 +1,10 @@
 """Time and peak memory of one client training step, measured in a fresh process.
 
-Peak memory is the process's peak resident set size (`ru_maxrss`), so each measurement runs in
-its own process: nothing another model allocated earlier can hide in it. The child reports
+Peak memory is the process's peak resident set size, so each measurement runs in its own
+process: nothing another model allocated earlier can hide in it. It is read from `VmHWM` in
+`/proc/self/status`, the high-water mark of this process's own address space. `ru_maxrss` is
+not used: Linux carries it across `exec`, so a child started by a large parent (the benchmark
+program) would report the parent's resident size instead of its own. The child reports
 the RSS after building the model and the peak after the steps; their difference is the step's
 working memory (activations, gradients, optimizer scratch) on top of the parameters.
 
@@ -19,6 +22,18 @@ from typing import Any
 # A training step of a client: plain SGD (no optimizer state), random features of the
 # requested duration (100 frames per second) and random labels.
 FRAMES_PER_SECOND = 100
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size since it started (or exec'd), in bytes."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # No /proc: kilobytes.
 
 
 def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
@@ -61,7 +76,7 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
     started = time.perf_counter()
     step(batch).numpy()
     times.append(time.perf_counter() - started)
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = peak_rss_bytes()
   return {'model': model_config['name'], 'parameters': int(model.count_params()),
           'parameter_bytes': int(param_bytes), 'batch_size': batch_size, 'frames': frames,
           'label_length': label_length, 'first_step_seconds': first_step,

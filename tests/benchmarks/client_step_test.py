@@ -1,0 +1,41 @@
+"""The client-step probe measures its own process, not the process that started it."""
+
+import numpy as np
+import psutil
+from absl.testing import absltest
+
+from fl_compression.benchmarks import client_step
+from fl_compression.models import asr
+from fl_compression.models import registry
+
+
+class ClientStepTest(absltest.TestCase):
+
+  def test_peak_memory_is_the_child_process_own(self):
+    # A parent far larger than the child: 3 GiB, every page touched. Linux carries `ru_maxrss`
+    # across exec, so a probe reading it would report at least this much.
+    ballast = np.ones(3 * 2**30 // 8, np.float64)
+    parent_rss = psutil.Process().memory_info().rss
+    self.assertGreater(parent_rss, 3 * 2**30)
+    config = asr.named_config('tiny', vocab_size=29)
+    result = client_step.measure_in_subprocess(config, batch_size=2, seconds=1.0,
+                                               label_length=5, steps=2)
+    del ballast
+    self.assertLess(result['peak_rss_bytes'], parent_rss - 2**30)
+    # The peak covers the model and the step's working memory.
+    self.assertGreaterEqual(result['peak_rss_bytes'], result['rss_built_bytes'])
+    self.assertGreater(result['rss_built_bytes'], result['rss_start_bytes'])
+    self.assertGreater(result['step_working_bytes'], 0)
+    self.assertTrue(np.isfinite(result['first_loss']))
+    self.assertEqual(result['parameters'], registry.build_keras_model(config).count_params())
+
+  def test_failure_names_the_model(self):
+    config = dict(asr.named_config('tiny', vocab_size=29), name='tiny_broken')
+    config['encoder'] = dict(config['encoder'], model_dim=-1)
+    with self.assertRaisesRegex(RuntimeError, 'tiny_broken'):
+      client_step.measure_in_subprocess(config, batch_size=1, seconds=0.5, label_length=2,
+                                        steps=1)
+
+
+if __name__ == '__main__':
+  absltest.main()
