@@ -94,6 +94,8 @@ _FP_ADAPTIVE = flags.DEFINE_bool('fp_adaptive', False,
                                  'fp: per-layer sparsity from the layers\' weight magnitudes.')
 _FP_MAX_LAYER_SPARSITY = flags.DEFINE_float('fp_max_layer_sparsity', 0.9,
                                             'fp: cap of a layer\'s adaptive sparsity.')
+flags.DEFINE_string('fp_compress', 'none', 'fp: also compress the reduced model the clients '
+                    'hold and exchange: none, omc (--omc_* flags) or fedaqt (--aqt_* flags).')
 _FP_FLAGS = ('fp_sparsity', 'fp_pattern', 'fp_importance', 'fp_norm', 'fp_momentum',
              'fp_schedule', 'fp_ramp_steps', 'fp_refine_start', 'fp_finetune_start',
              'fp_adaptive', 'fp_max_layer_sparsity')
@@ -110,10 +112,11 @@ flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weigh
                     'after each) or fedsgd (the client returns its gradient).')
 flags.DEFINE_bool('aqt_activations', True, 'fedaqt: also quantize the inputs of the Conformer\'s '
                   'dense layers (per tensor, aqt_bits).')
+_OMC_FLAGS = ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope')
+_AQT_FLAGS = ('aqt_bits', 'aqt_variant', 'aqt_activations')
 _ALGORITHM_FLAGS = {
-    'fp': _FP_FLAGS, 'fd': _FP_FLAGS,
-    'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope'),
-    'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations'),
+    'fp': _FP_FLAGS + ('fp_compress',) + _OMC_FLAGS + _AQT_FLAGS, 'fd': _FP_FLAGS,
+    'omc': _OMC_FLAGS, 'fedaqt': _AQT_FLAGS,
 }
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
@@ -133,6 +136,7 @@ def _validated_flags() -> None:
   except ValueError:
     raise flag_utils.FlagError(f'--algorithm={_ALGORITHM.value} is unknown; known: '
                                f'{", ".join(algorithms.names())}') from None
+  _check_algorithm_flags_apply()
   if _BACKEND.value not in backends.BACKENDS:
     raise flag_utils.FlagError(f'--backend={_BACKEND.value} is unknown; known: '
                                f'{", ".join(backends.BACKENDS)}')
@@ -141,6 +145,24 @@ def _validated_flags() -> None:
       backends.parse_worker_addresses(_WORKERS.value)
     except ValueError as e:
       raise flag_utils.FlagError(str(e)) from None
+
+
+def _check_algorithm_flags_apply() -> None:
+  """An algorithm flag given on the command line must be one the run uses: a silently ignored
+  `--omc_format` would train something other than what was asked for."""
+  used = set(_ALGORITHM_FLAGS.get(_ALGORITHM.value, ()))
+  if _ALGORITHM.value == 'fp':
+    compress = flags.FLAGS['fp_compress'].value
+    used -= set(_OMC_FLAGS if compress != 'omc' else ()) | set(
+        _AQT_FLAGS if compress != 'fedaqt' else ())
+  for group in _ALGORITHM_FLAGS.values():
+    for name in group:
+      if flags.FLAGS[name].present and name not in used:
+        hint = ''
+        if _ALGORITHM.value == 'fp' and name in _OMC_FLAGS + _AQT_FLAGS:
+          hint = f' without --fp_compress={"omc" if name in _OMC_FLAGS else "fedaqt"}'
+        raise flag_utils.FlagError(
+            f'--{name} does not apply to --algorithm={_ALGORITHM.value}{hint}')
 
 
 def _format_table(rows: list[tuple[str, str]]) -> str:

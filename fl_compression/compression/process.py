@@ -134,15 +134,30 @@ def fingerprint(dataset: tf.data.Dataset) -> tf.Tensor:
   return tf.bitcast(total, tf.int32)
 
 
+def covered_variables(config: CompressionConfig, weights_type) -> list[bool]:
+  """Which trainable variables of a model with `weights_type` the codec covers."""
+  covered = [config.covers(s) for s in _shapes(weights_type.trainable)]
+  if not any(covered):
+    raise ConfigError('the model has no weight matrix to compress')
+  return covered
+
+
+def encode_for_clients(config: CompressionConfig, covered: list[bool],
+                       weights: tff.learning.models.ModelWeights, round_num: tf.Tensor
+                       ) -> collections.OrderedDict:
+  """What the server broadcasts for round `round_num`: the covered variables encoded, the
+  others as they are, and the round number (it seeds the clients' partial selection)."""
+  trainable = [config.codec.encode(w) if c else w for w, c in zip(weights.trainable, covered)]
+  return collections.OrderedDict(trainable=trainable, non_trainable=weights.non_trainable,
+                                 round=round_num)
+
+
 def _distributor(config: CompressionConfig, weights_type, covered: list[bool]
                  ) -> tff.templates.MeasuredProcess:
 
   @tff.tensorflow.computation(weights_type, tf.int32)
-  def encode(weights, round_num):
-    trainable = [config.codec.encode(w) if c else w
-                 for w, c in zip(weights.trainable, covered)]
-    return collections.OrderedDict(trainable=trainable, non_trainable=weights.non_trainable,
-                                   round=round_num + 1)
+  def encode(weights, rounds_done):
+    return encode_for_clients(config, covered, weights, rounds_done + 1)
 
   @tff.tensorflow.computation(tf.int32)
   def increment(rounds_done):
@@ -312,6 +327,22 @@ def _decoding_mean(codec: Codec, upload_type, shapes, covered: list[bool]
   return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
+def client_blocks(model_fn: fedavg.ModelFn, config: CompressionConfig,
+                  client_optimizer: tff.learning.optimizers.Optimizer, weights_type,
+                  broadcast_type, covered: list[bool]):
+  """The client work on `model_fn`'s model and the aggregator of its uploads, for a
+  distributor that broadcasts `encode_for_clients` values (of type `broadcast_type`)."""
+  client_work = _client_work(client_model_fn(model_fn, config), config, client_optimizer,
+                             weights_type, broadcast_type, covered)
+  upload_type = client_work.next.type_signature.result.result.member.update
+  if config.upload == 'compressed':
+    aggregator = _decoding_mean(config.codec, upload_type, _shapes(weights_type.trainable),
+                                covered)
+  else:
+    aggregator = tff.aggregators.MeanFactory().create(upload_type, tff.TensorType(np.float32))
+  return client_work, aggregator
+
+
 def build_compressed_fed_avg(model_fn: fedavg.ModelFn, config: CompressionConfig,
                              client_optimizer: tff.learning.optimizers.Optimizer,
                              server_optimizer: tff.learning.optimizers.Optimizer
@@ -319,19 +350,11 @@ def build_compressed_fed_avg(model_fn: fedavg.ModelFn, config: CompressionConfig
   """The OMC or FedAQT learning process (see the module docstring)."""
   blocks = fedavg.fedavg_blocks(model_fn, client_optimizer, server_optimizer)
   weights_type = blocks['initial_model_weights_fn'].type_signature.result
-  shapes = _shapes(weights_type.trainable)
-  covered = [config.covers(s) for s in shapes]
-  if not any(covered):
-    raise ConfigError('the model has no weight matrix to compress')
+  covered = covered_variables(config, weights_type)
   distributor = _distributor(config, weights_type, covered)
   broadcast_type = distributor.next.type_signature.result.result.member
-  client_work = _client_work(client_model_fn(model_fn, config), config, client_optimizer, weights_type, broadcast_type,
-                             covered)
-  upload_type = client_work.next.type_signature.result.result.member.update
-  if config.upload == 'compressed':
-    aggregator = _decoding_mean(config.codec, upload_type, shapes, covered)
-  else:
-    aggregator = tff.aggregators.MeanFactory().create(upload_type, tff.TensorType(np.float32))
+  client_work, aggregator = client_blocks(model_fn, config, client_optimizer, weights_type,
+                                          broadcast_type, covered)
   return composition.compose(
       initial_model_weights_fn=blocks['initial_model_weights_fn'], distributor=distributor,
       client_work=client_work, aggregator=aggregator, finalizer=blocks['finalizer'])

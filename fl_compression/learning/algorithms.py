@@ -122,6 +122,10 @@ def _build_federated_dropout(context: BuildContext) -> stages.StagedTraining:
 def _build_pruning_variant(cls, context: BuildContext) -> stages.StagedTraining:
   from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
   hparams = context.hparams
+  compression = _stacked_compression(context.options)
+  if compression is not None and cls is not process.FederatedPruning:
+    raise process.plan_lib.PlanError('--fp_compress applies to --algorithm=fp only')
+  extra = {} if compression is None else {'compression': compression}
   return cls(
       context.model_config, context.make_model_fn, process.config_from_options(context.options),
       context.total_rounds,
@@ -129,7 +133,20 @@ def _build_pruning_variant(cls, context: BuildContext) -> stages.StagedTraining:
           hparams.client_optimizer, hparams.client_learning_rate),
       server_optimizer=optimizers.build_optimizer(
           hparams.server_optimizer, hparams.server_learning_rate),
-      initial_weights=context.initial_weights)
+      initial_weights=context.initial_weights, **extra)
+
+
+def _stacked_compression(options: dict[str, Any]):
+  """The OMC or FedAQT config that `--fp_compress` stacks on pruning (None: none)."""
+  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
+  compress = options.get('compress', 'none')
+  if compress == 'none':
+    return None
+  if compress == 'omc':
+    return process.omc_config(options)
+  if compress == 'fedaqt':
+    return process.aqt_config(options)
+  raise process.ConfigError(f'--fp_compress={compress!r} is unknown; known: none, omc, fedaqt')
 
 
 @register_staged('omc', 'online model compression: clients hold and exchange weight matrices in a '

@@ -13,18 +13,26 @@ counts the rounds done and the computations pick the phase's mask mode from it, 
 one plan (one shape set): its process is built once, cached by the program, and serves every
 phase with those shapes (with a constant schedule, the whole run).
 
+With a `compression` config (`--fp_compress=omc` or `fedaqt`), pruning and compression stack:
+the distributor shrinks the model and then encodes the reduced model's weight matrices with the
+OMC or FedAQT codec, and the client work and aggregator are those of
+`fl_compression.compression.process` on the reduced model, so clients hold and exchange a
+physically smaller model that is also compressed.
+
 `FederatedDropout` (`--algorithm=fd`) is the same process with random units each round and
 the full model as its result (Caldas et al. 2018): the anchor that shows what importance buys.
 """
 
 import collections
 import dataclasses
-from typing import Any, Optional
+import functools
+from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fl_compression.compression import process as compression_process
 from fl_compression.learning import composition
 from fl_compression.learning import stages
 from fl_compression.models import registry
@@ -148,13 +156,16 @@ def _finalizer(reducer: reduce_lib.Reducer, config: PruningConfig,
   return tff.learning.templates.FinalizerProcess(init_fn, next_fn)
 
 
-def _distributor(reducer: reduce_lib.Reducer, config: PruningConfig, server_type
+def _distributor(reducer: reduce_lib.Reducer, config: PruningConfig, server_type,
+                 encode: Optional[Callable[..., Any]] = None
                  ) -> tff.learning.templates.DistributionProcess:
+  """Broadcasts the shrunk model; `encode(reduced, round)` compresses it when stacking."""
 
   @tff.tensorflow.computation(server_type)
   def shrink(server):
-    mode = config.mode_at(server['rounds_done'] + 1)
-    return reducer.shrink(server['model'], reducer.indices(server, mode))
+    round_num = server['rounds_done'] + 1
+    reduced = reducer.shrink(server['model'], reducer.indices(server, config.mode_at(round_num)))
+    return reduced if encode is None else encode(reduced, round_num)
 
   @tff.federated_computation
   def init_fn():
@@ -175,8 +186,10 @@ class FederatedPruning(stages.StagedTraining):
 
   def __init__(self, model_config: dict[str, Any], make_model_fn, config: PruningConfig,
                total_rounds: int, client_optimizer, server_optimizer,
-               initial_weights: Optional[tff.learning.models.ModelWeights] = None):
+               initial_weights: Optional[tff.learning.models.ModelWeights] = None,
+               compression: Optional[compression_process.CompressionConfig] = None):
     self.config = config.resolved(total_rounds)
+    self.compression = compression
     self.model_config = model_config
     self._make_model_fn = make_model_fn
     self._client_optimizer, self._server_optimizer = client_optimizer, server_optimizer
@@ -234,14 +247,23 @@ class FederatedPruning(stages.StagedTraining):
       return tff.learning.models.ModelWeights.from_model(reduced_model_fn())
 
     reduced_type = reduced_weights_spec.type_signature.result
+    if self.compression is None:
+      distributor = _distributor(reducer, self.config, server_type)
+      client_work = tff.learning.templates.build_model_delta_client_work(
+          reduced_model_fn, self._client_optimizer,
+          client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES)
+      aggregator = tff.aggregators.MeanFactory().create(
+          reduced_type.trainable, tff.TensorType(np.float32))
+    else:
+      covered = compression_process.covered_variables(self.compression, reduced_type)
+      distributor = _distributor(reducer, self.config, server_type, functools.partial(
+          compression_process.encode_for_clients, self.compression, covered))
+      client_work, aggregator = compression_process.client_blocks(
+          reduced_model_fn, self.compression, self._client_optimizer, reduced_type,
+          distributor.next.type_signature.result.result.member, covered)
     process = composition.compose(
-        initial_model_weights_fn=initial_server,
-        distributor=_distributor(reducer, self.config, server_type),
-        client_work=tff.learning.templates.build_model_delta_client_work(
-            reduced_model_fn, self._client_optimizer,
-            client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES),
-        aggregator=tff.aggregators.MeanFactory().create(
-            reduced_type.trainable, tff.TensorType(np.float32)),
+        initial_model_weights_fn=initial_server, distributor=distributor,
+        client_work=client_work, aggregator=aggregator,
         finalizer=_finalizer(reducer, self.config, self._server_optimizer, server_type,
                              reduced_type.trainable))
 

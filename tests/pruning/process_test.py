@@ -7,6 +7,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fl_compression.compression import codecs
+from fl_compression.compression import process as compression_process
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
@@ -80,6 +82,57 @@ class FederatedPruningProcessTest(absltest.TestCase):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
       moved = max(moved, float(np.max(np.abs(b - w))))
     self.assertGreater(moved, 1e-3)  # The round did train.
+
+  def test_stacked_compression_trains_the_reduced_model_compressed(self):
+    weights = _initial_weights()
+    clients = [_client_data(1), _client_data(2)]
+    config = process.PruningConfig(sparsity=0.3, refine_start=1, finetune_start=2)
+    variants = {
+        'plain': _pruning(config),
+        # A lossless format without the transform: the stacked round must be the plain one.
+        'lossless': _pruning(config, compression=compression_process.omc_config(
+            {'format': 'S1E8M23', 'transform': False})),
+        'omc': _pruning(config, compression=compression_process.omc_config({'format': 'S1E4M6'})),
+        'fedaqt': _pruning(config, compression=compression_process.aqt_config({'bits': 8})),
+    }
+
+    async def body():
+      results = {}
+      for name, fp in variants.items():
+        stage = fp.build_stage(fp.stage_key(1))
+        output = stage.train_process.next(fp.initial_state(stage, weights), clients)
+        results[name] = (
+            await tff.program.materialize_value(
+                stage.train_process.get_model_weights(output.state)),
+            await tff.program.materialize_value(output.metrics), stage.model_config)
+      return results
+
+    results = tff_test_utils.run_on_local_backend(body)
+    plain, plain_metrics, reduced_config = results['plain']
+    for a, b in zip(results['lossless'][0]['model'].trainable, plain['model'].trainable):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Wire and held bytes are those of the reduced model with its weight matrices packed.
+    reduced = registry.build_keras_model(reduced_config)
+    shapes = [tuple(v.shape) for v in reduced.trainable_variables]
+    self.assertLess(sum(np.prod(s) for s in shapes),
+                    sum(w.size for w in weights.trainable))  # Physically smaller.
+    matrices = [s for s in shapes if len(s) >= 2]
+    float_matrix_bytes = sum(4 * int(np.prod(s)) for s in matrices)
+    plain_down = plain_metrics['communication']['client_bytes_down']
+    for name, codec in (('omc', codecs.OmcCodec(compression_process.omc_config({}).codec.fmt)),
+                        ('fedaqt', codecs.AqtCodec(8))):
+      server, metrics, _ = results[name]
+      packed = sum(codec.nbytes(s) for s in matrices)
+      # The packed broadcast replaces the float matrices and adds the round number.
+      self.assertEqual(metrics['communication']['client_bytes_down'],
+                       plain_down - float_matrix_bytes + packed + 4, name)
+      self.assertEqual(metrics['client_work']['held_parameter_bytes'],
+                       plain_down - float_matrix_bytes + packed, name)
+      self.assertLess(metrics['communication']['client_bytes_down'], 0.4 * plain_down, name)
+      # It trained.
+      moved = max(float(np.max(np.abs(a - w)))
+                  for a, w in zip(server['model'].trainable, weights.trainable))
+      self.assertGreater(moved, 1e-4, name)
 
   def test_phases_keep_pruned_values_and_freeze_masks(self):
     weights = _initial_weights()

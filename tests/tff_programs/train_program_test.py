@@ -169,6 +169,14 @@ class TrainProgramTest(absltest.TestCase):
          '--aqt_bits=3: 3-bit quantization is outside the supported 4..8'),
         (['--algorithm=fedaqt', '--aqt_variant=fedprox', f'--root_output_dir={root}_aqt'],
          "--aqt_variant='fedprox' is unknown"),
+        (['--algorithm=fp', '--omc_format=S1E4M6', f'--root_output_dir={root}_fp'],
+         '--omc_format does not apply to --algorithm=fp without --fp_compress=omc'),
+        (['--algorithm=fp', '--fp_compress=zip', f'--root_output_dir={root}_fp'],
+         "--fp_compress='zip' is unknown; known: none, omc, fedaqt"),
+        (['--aqt_bits=4', f'--root_output_dir={root}_x'],
+         '--aqt_bits does not apply to --algorithm=fedavg'),
+        (['--algorithm=fd', '--fp_compress=omc', f'--root_output_dir={root}_fd'],
+         '--fp_compress does not apply to --algorithm=fd'),
     ]
     for flags, message in cases:
       code, stdout, stderr = self._run(root, *flags)
