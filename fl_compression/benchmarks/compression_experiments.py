@@ -17,11 +17,13 @@ from typing import Any, Optional, Sequence
 
 from fl_compression.benchmarks import pruning_experiments as common
 
-EXPERIMENTS = ('formats', 'variants', 'aqt', 'noise')
+EXPERIMENTS = ('formats', 'variants', 'aqt', 'stacked', 'noise')
 FORMATS = (('S1E8M10', 19), ('S1E5M10', 16), ('S1E5M7', 13), ('S1E4M6', 11), ('S1E4M3', 8))
 AQT_BITS = (8, 6, 4)
 PARTIAL_FRACTION = 0.9
 NOISE_SEED = 1
+STACKED_SPARSITY = 0.3
+STACKED_FORMAT = 'S1E4M6'
 DENSE = common.DENSE
 SPLITS = common.SPLITS
 
@@ -32,6 +34,11 @@ def omc_key(fmt: str, variant: str = '', seed: int = 0) -> str:
 
 def aqt_key(bits: int, variant: str) -> str:
   return f'fedaqt/{bits}/{variant}'
+
+
+def pruned_key(compressed: bool) -> str:
+  return (f'fp+omc/column/{STACKED_SPARSITY:g}/{STACKED_FORMAT}' if compressed
+          else f'fp/column/{STACKED_SPARSITY:g}')
 
 
 def dense_key(seed: int = 0) -> str:
@@ -61,6 +68,10 @@ def plan_runs(experiments: Sequence[str]) -> list[common.RunSpec]:
     add(omc_key('S1E4M6', 'partial'), 'omc', format='S1E4M6', fraction=PARTIAL_FRACTION)
     add(omc_key('S1E4M6', 'no_transform'), 'omc', format='S1E4M6', transform=False)
     add(omc_key('S1E4M6', 'all_variables'), 'omc', format='S1E4M6', scope='all')
+  if 'stacked' in experiments:
+    add(pruned_key(True), 'fp', sparsity=STACKED_SPARSITY, pattern='column', compress='omc',
+        format=STACKED_FORMAT)
+    add(pruned_key(False), 'fp', sparsity=STACKED_SPARSITY, pattern='column')
   if 'noise' in experiments:
     add(dense_key(NOISE_SEED), 'fedavg', sampler_seed=NOISE_SEED)
     add(omc_key('S1E5M10', seed=NOISE_SEED), 'omc', format='S1E5M10', sampler_seed=NOISE_SEED)
@@ -189,6 +200,10 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
         ('all variables (vectors too)', omc_key('S1E4M6', 'all_variables'), 11)]),
       ('FedAQT', [(f'{variant}', aqt_key(bits, variant), bits)
                   for bits in AQT_BITS for variant in ('fedavg', 'fedsgd')]),
+      (f'Stacked: federated pruning ({STACKED_SPARSITY:.0%} column, weight magnitude) with OMC '
+       f'{STACKED_FORMAT}',
+       [('pruning alone', pruned_key(False), 32),
+        (f'pruning + OMC {STACKED_FORMAT}', pruned_key(True), 11)]),
       ('Run-to-run noise (client-sampling seed 1)',
        [('float32 (FedAvg), seed 1', dense_key(NOISE_SEED), 32),
         ('S1E5M10, seed 1', omc_key('S1E5M10', seed=NOISE_SEED), 16)]),

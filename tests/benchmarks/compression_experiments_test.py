@@ -26,6 +26,7 @@ def _results():
       experiments.omc_key('S1E4M6'): _run(0.120, down=360, up=360, held=1400, seconds=11.0),
       experiments.omc_key('S1E4M6', 'partial'): _run(0.108, down=360, up=360, held=1650),
       experiments.aqt_key(8, 'fedavg'): _run(0.105, down=280, up=1000, seconds=12.0),
+      experiments.pruned_key(True): _run(0.180, down=240, up=240, held=1000, seconds=12.0),
   }
 
 
@@ -36,14 +37,21 @@ class CompressionExperimentsTest(absltest.TestCase):
     keys = [s.key for s in specs]
     self.assertLen(set(keys), len(keys))
     self.assertEqual(keys[0], experiments.DENSE)
-    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + dense.
-    self.assertLen(specs, 1 + 5 + 3 + 2 + 6)
+    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + pruning
+    # alone and stacked with OMC + dense.
+    self.assertLen(specs, 1 + 5 + 3 + 2 + 6 + 2)
     by_key = {s.key: s for s in specs}
     self.assertEqual(by_key[experiments.omc_key('S1E4M6', 'partial')].option_dict['fraction'],
                      experiments.PARTIAL_FRACTION)
     self.assertEqual(by_key[experiments.dense_key(1)].option_dict, {'sampler_seed': 1})
     self.assertEqual(by_key[experiments.aqt_key(4, 'fedsgd')].option_dict,
                      {'bits': 4, 'variant': 'fedsgd'})
+    stacked = by_key[experiments.pruned_key(True)]
+    self.assertEqual((stacked.algorithm, stacked.option_dict),
+                     ('fp', {'sparsity': 0.3, 'pattern': 'column', 'compress': 'omc',
+                             'format': 'S1E4M6'}))
+    self.assertEqual(by_key[experiments.pruned_key(False)].option_dict,
+                     {'sparsity': 0.3, 'pattern': 'column'})
     self.assertEqual([s.key for s in experiments.plan_runs(['aqt'])][:2],
                      [experiments.DENSE, experiments.aqt_key(8, 'fedavg')])
     with self.assertRaisesRegex(ValueError, 'unknown sparsity'):
@@ -75,6 +83,8 @@ class CompressionExperimentsTest(absltest.TestCase):
     self.assertGreater(os.path.getsize(os.path.join(output_dir, figures[0])), 1000)
     report = experiments.render_report(_results(), settings, figures)
     self.assertIn('| S1E4M6 | 11 | 12.00% | 6.00% | 0.36x | 0.36x | 0.35x | 1.10x |', report)
+    self.assertIn('| pruning + OMC S1E4M6 | 11 | 18.00% | 9.00% | 0.24x | 0.24x | 0.25x | 1.20x |',
+                  report)
     self.assertIn('Runs not done yet: fedaqt/4/fedsgd', report)
     self.assertIn('![wer_vs_bits.png](wer_vs_bits.png)', report)
     self.assertNotIn('S1E8M10 |', report)  # Not run: no row.
