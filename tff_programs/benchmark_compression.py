@@ -104,7 +104,7 @@ def run() -> None:
                                   os.path.join(output_dir, 'program_states'))
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_compression --'] +
-                                 sys.argv[1:]),
+                                 [a for a in sys.argv[1:] if not a.startswith('--report_only')]),
       machine=f'{os.cpu_count()} CPU cores',
       missing_runs=[s.key for s in specs if store.get(s.key) is None])
   results = store.data['results']

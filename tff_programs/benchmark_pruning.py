@@ -214,7 +214,7 @@ def run() -> None:
   missing = [s.key for s in specs if store.get(s.key) is None]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +
-                                 sys.argv[1:]),
+                                 [a for a in sys.argv[1:] if not a.startswith('--report_only')]),
       machine=f'{os.cpu_count()} CPU cores', missing_runs=missing)
   results = store.data['results']
   figures = experiments.plot(results, settings_for_report, output_dir)
