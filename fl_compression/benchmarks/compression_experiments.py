@@ -140,7 +140,7 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                              ('client_bytes', 'wire bytes (down + up)', 0.35),
                              ('round_seconds', 'round time', 1.15)):
     if ratios.get(name) is not None:
-      rows.append((f'OMC 11-bit: {label} at most {limit}x FedAvg\'s', f'{ratios[name]:.2f}x',
+      rows.append((f'OMC 11-bit: {label} at most {limit}x FedAvg\'s', f'{ratios[name]:.3f}x',
                    common.check(ratios[name] <= limit)))
   aqt8 = common.wer(results, aqt_key(8, 'fedavg'))
   if aqt8 is not None and dense is not None:
@@ -149,7 +149,7 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  f'({100 * (aqt8 / dense - 1):+.1f}% relative)', common.check(aqt8 <= 1.1 * dense)))
   down = cost_ratios(results, aqt_key(8, 'fedavg')).get('client_bytes_down')
   if down is not None:
-    rows.append(('FedAQT 8-bit: downlink bytes at most 0.30x', f'{down:.2f}x',
+    rows.append(('FedAQT 8-bit: downlink bytes at most 0.30x', f'{down:.3f}x',
                  common.check(down <= 0.30)))
   rows.append(('FedAQT 8-bit: conformer_l client step peak memory at most 0.6x dense',
                'not measured (see the note on memory)', 'n/a'))

@@ -66,11 +66,11 @@ class CompressionExperimentsTest(absltest.TestCase):
     self.assertEqual(checks['OMC 11-bit partial: WER no worse than 13-bit all-variable'][1],
                      'met')
     held = checks['OMC 11-bit: client parameter bytes at most 0.4x FedAvg\'s']
-    self.assertEqual(held, ('0.35x', 'met'))  # 1400 / 4000.
+    self.assertEqual(held, ('0.350x', 'met'))  # 1400 / 4000.
     self.assertEqual(checks['OMC 11-bit: wire bytes (down + up) at most 0.35x FedAvg\'s'],
-                     ('0.36x', '**missed**'))
-    self.assertEqual(checks['OMC 11-bit: round time at most 1.15x FedAvg\'s'], ('1.10x', 'met'))
-    self.assertEqual(checks['FedAQT 8-bit: downlink bytes at most 0.30x'], ('0.28x', 'met'))
+                     ('0.360x', '**missed**'))
+    self.assertEqual(checks['OMC 11-bit: round time at most 1.15x FedAvg\'s'], ('1.100x', 'met'))
+    self.assertEqual(checks['FedAQT 8-bit: downlink bytes at most 0.30x'], ('0.280x', 'met'))
     self.assertEqual(checks['FedAQT 8-bit: WER within 10% relative of float32'][1], 'met')
 
   def test_report_has_tables_missing_runs_and_figure(self):
