@@ -112,12 +112,17 @@ flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weigh
                     'after each) or fedsgd (the client returns its gradient).')
 flags.DEFINE_bool('aqt_activations', True, 'fedaqt: also quantize the inputs of the Conformer\'s '
                   'dense layers (per tensor, aqt_bits).')
-_OMC_FLAGS = ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope')
-_AQT_FLAGS = ('aqt_bits', 'aqt_variant', 'aqt_activations')
-_ALGORITHM_FLAGS = {
-    'fp': _FP_FLAGS + ('fp_compress',) + _OMC_FLAGS + _AQT_FLAGS, 'fd': _FP_FLAGS,
-    'omc': _OMC_FLAGS, 'fedaqt': _AQT_FLAGS,
+# Flags of the compression that --fp_compress stacks on pruning (and of the algorithm alone).
+_COMPRESSION_FLAGS = {
+    'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope'),
+    'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations'),
 }
+_ALGORITHM_FLAGS = {
+    'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FP_FLAGS,
+    **_COMPRESSION_FLAGS,
+}
+_RUN_DEFINING_ALGORITHM_FLAGS = tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
+                                             for f in group}))
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
 
@@ -150,19 +155,19 @@ def _validated_flags() -> None:
 def _check_algorithm_flags_apply() -> None:
   """An algorithm flag given on the command line must be one the run uses: a silently ignored
   `--omc_format` would train something other than what was asked for."""
-  used = set(_ALGORITHM_FLAGS.get(_ALGORITHM.value, ()))
-  if _ALGORITHM.value == 'fp':
-    compress = flags.FLAGS['fp_compress'].value
-    used -= set(_OMC_FLAGS if compress != 'omc' else ()) | set(
-        _AQT_FLAGS if compress != 'fedaqt' else ())
-  for group in _ALGORITHM_FLAGS.values():
-    for name in group:
-      if flags.FLAGS[name].present and name not in used:
-        hint = ''
-        if _ALGORITHM.value == 'fp' and name in _OMC_FLAGS + _AQT_FLAGS:
-          hint = f' without --fp_compress={"omc" if name in _OMC_FLAGS else "fedaqt"}'
-        raise flag_utils.FlagError(
-            f'--{name} does not apply to --algorithm={_ALGORITHM.value}{hint}')
+  if _ALGORITHM.value == 'fp':  # Only the flags of the compression it stacks.
+    used = set(_FP_FLAGS + ('fp_compress',) + _COMPRESSION_FLAGS.get(
+        flags.FLAGS['fp_compress'].value, ()))
+  else:
+    used = set(_ALGORITHM_FLAGS.get(_ALGORITHM.value, ()))
+  stacked_on = {name: compress for compress, group in _COMPRESSION_FLAGS.items()
+                for name in group}
+  for name in sorted(set(_RUN_DEFINING_ALGORITHM_FLAGS) - used):
+    if flags.FLAGS[name].present:
+      hint = (f' without --fp_compress={stacked_on[name]}'
+              if _ALGORITHM.value == 'fp' and name in stacked_on else '')
+      raise flag_utils.FlagError(
+          f'--{name} does not apply to --algorithm={_ALGORITHM.value}{hint}')
 
 
 def _format_table(rows: list[tuple[str, str]]) -> str:
@@ -246,8 +251,7 @@ _RUN_DEFINING_FLAGS = (
     'task', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
     'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
-    'initial_model_dir') + tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
-                                         for f in group}))
+    'initial_model_dir') + _RUN_DEFINING_ALGORITHM_FLAGS
 _RUN_CONFIG = 'run_config.json'
 
 

@@ -108,6 +108,11 @@ def aqt_config(options: dict) -> CompressionConfig:
                            activation_bits=bits if options.get('activations', True) else 0)
 
 
+# The algorithms this module builds, by `--algorithm` (and `--fp_compress`) name.
+CONFIGS: dict[str, Callable[[dict], CompressionConfig]] = {'omc': omc_config,
+                                                           'fedaqt': aqt_config}
+
+
 def client_model_fn(model_fn: fedavg.ModelFn, config: CompressionConfig) -> fedavg.ModelFn:
   """The model clients train: `model_fn`'s, with quantized activations when configured."""
   if not config.activation_bits:

@@ -142,25 +142,24 @@ def _stacked_compression(options: dict[str, Any]):
   compress = options.get('compress', 'none')
   if compress == 'none':
     return None
-  if compress == 'omc':
-    return process.omc_config(options)
-  if compress == 'fedaqt':
-    return process.aqt_config(options)
-  raise process.ConfigError(f'--fp_compress={compress!r} is unknown; known: none, omc, fedaqt')
+  if compress not in process.CONFIGS:
+    raise process.ConfigError(f'--fp_compress={compress!r} is unknown; known: none, '
+                              f'{", ".join(process.CONFIGS)}')
+  return process.CONFIGS[compress](options)
 
 
 @register_staged('omc', 'online model compression: clients hold and exchange weight matrices in a '
                  'low-bit float format (--omc_* flags)')
 def _build_omc(context: BuildContext) -> stages.StagedTraining:
   from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
-  return _build_compressed_variant(process.omc_config(context.options), context)
+  return _build_compressed_variant(process.CONFIGS['omc'](context.options), context)
 
 
 @register_staged('fedaqt', 'FedAQT: clients receive and train a low-bit integer model, the server '
                  'keeps the float model (--aqt_* flags)')
 def _build_fedaqt(context: BuildContext) -> stages.StagedTraining:
   from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
-  return _build_compressed_variant(process.aqt_config(context.options), context)
+  return _build_compressed_variant(process.CONFIGS['fedaqt'](context.options), context)
 
 
 def _build_compressed_variant(config, context: BuildContext) -> stages.StagedTraining:
