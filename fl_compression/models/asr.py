@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression.models import conformer
+from fl_compression.models import pruned_dense
 from fl_compression.models import registry
 from fl_compression.models import transducer
 
@@ -32,7 +33,7 @@ def build_conformer_ctc(config: registry.ModelConfig) -> tf.keras.Model:
   encodings, out_lengths = conformer.ConformerEncoder(
       encoder_cfg, pruning=conformer.encoder_plan(config), name='encoder')(
       features, lengths)
-  logits = tf.keras.layers.Dense(config['vocab_size'], name='ctc_head')(encodings)
+  logits = pruned_dense.plain_dense(config['vocab_size'], 'ctc_head')(encodings)
   return tf.keras.Model([features, lengths], [logits, out_lengths], name='conformer_ctc')
 
 

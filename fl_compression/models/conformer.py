@@ -170,11 +170,11 @@ class ConformerBlock(tf.keras.layers.Layer):
                                                 pruning=_sub_plan(pruning, 'mhsa'), name='mhsa')
     self.attention_dropout = tf.keras.layers.Dropout(c.dropout)
     self.conv_norm = tf.keras.layers.LayerNormalization(name='conv/norm')
-    self.pointwise_in = tf.keras.layers.Dense(2 * d, name='conv/pointwise_in')
+    self.pointwise_in = pruned_dense.plain_dense(2 * d, 'conv/pointwise_in')
     self.depthwise = tf.keras.layers.DepthwiseConv1D(
         c.conv_kernel_size, padding='same', name='conv/depthwise')
     self.group_norm = MaskedGroupNorm(c.num_groups, name='conv/group_norm')
-    self.pointwise_out = tf.keras.layers.Dense(d, name='conv/pointwise_out')
+    self.pointwise_out = pruned_dense.plain_dense(d, 'conv/pointwise_out')
     self.conv_dropout = tf.keras.layers.Dropout(c.dropout)
     self.final_norm = tf.keras.layers.LayerNormalization(name='final_norm')
 
@@ -209,7 +209,7 @@ class ConformerEncoder(tf.keras.layers.Layer):
                                         name='subsampling/conv1')
     self.conv2 = tf.keras.layers.Conv2D(channels, 3, 2, activation='relu',
                                         name='subsampling/conv2')
-    self.project = tf.keras.layers.Dense(config.model_dim, name='subsampling/project')
+    self.project = pruned_dense.plain_dense(config.model_dim, 'subsampling/project')
     self.dropout = tf.keras.layers.Dropout(config.dropout)
     self.blocks = [ConformerBlock(config, pruning=_sub_plan(pruning, f'block_{i:02d}'),
                                   name=f'block_{i:02d}')

@@ -111,10 +111,35 @@ def wrapping_dense(wrap: Callable[[tf.keras.layers.Layer], tf.keras.layers.Layer
     _dense_wrappers.pop()
 
 
+DenseFactory = Callable[..., tf.keras.layers.Layer]
+_dense_factories: list[DenseFactory] = []
+
+
+@contextlib.contextmanager
+def building_dense(factory: DenseFactory):
+  """Models built inside make every dense layer (prunable or not) with
+  `factory(units, name=..., activation=..., use_bias=...)` instead of `tf.keras.layers.Dense`,
+  e.g. OMC's decompress-on-use layer (`fl_compression.compression.on_the_fly`)."""
+  _dense_factories.append(factory)
+  try:
+    yield
+  finally:
+    _dense_factories.pop()
+
+
+def plain_dense(units: int, name: str, activation=None, use_bias: bool = True
+                ) -> tf.keras.layers.Layer:
+  """A `Dense` layer of the model, or the active `building_dense` factory's layer."""
+  if _dense_factories:
+    return _dense_factories[-1](units, name=name, activation=activation, use_bias=use_bias)
+  return tf.keras.layers.Dense(units, activation=activation, use_bias=use_bias, name=name)
+
+
 def dense(name: str, units: int, pruning: dict[str, Any] | None, activation=None,
           use_bias: bool = True) -> tf.keras.layers.Layer:
-  """A `Dense`, or a `PrunedDense` when the pruning plan (keyed by layer name) has `name`."""
+  """A prunable dense layer: a `PrunedDense` when the pruning plan (keyed by layer name) has
+  `name`, otherwise `plain_dense`'s layer passed through the active `wrapping_dense` wrapper."""
   if pruning and name in pruning:
     return PrunedDense(pruning[name], activation=activation, use_bias=use_bias, name=name)
-  layer = tf.keras.layers.Dense(units, activation=activation, use_bias=use_bias, name=name)
+  layer = plain_dense(units, name, activation=activation, use_bias=use_bias)
   return _dense_wrappers[-1](layer) if _dense_wrappers else layer

@@ -16,6 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from fl_compression.models import conformer
+from fl_compression.models import pruned_dense
 from fl_compression.models import registry
 from fl_compression.models import rnnt_loss as rnnt_loss_lib
 
@@ -79,10 +80,10 @@ class JointNetwork(tf.keras.layers.Layer):
 
   def __init__(self, joint_dim: int, vocab_size: int, **kwargs):
     super().__init__(**kwargs)
-    self.encoder_projection = tf.keras.layers.Dense(joint_dim, name='encoder_projection')
-    self.prediction_projection = tf.keras.layers.Dense(
-        joint_dim, use_bias=False, name='prediction_projection')
-    self.output_dense = tf.keras.layers.Dense(vocab_size, name='output')
+    self.encoder_projection = pruned_dense.plain_dense(joint_dim, 'encoder_projection')
+    self.prediction_projection = pruned_dense.plain_dense(
+        joint_dim, 'prediction_projection', use_bias=False)
+    self.output_dense = pruned_dense.plain_dense(vocab_size, 'output')
 
   def call(self, encodings, predictions):
     """encodings [B, T, D] and predictions [B, U+1, P] -> logits [B, T, U+1, V]."""

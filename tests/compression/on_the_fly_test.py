@@ -1,0 +1,176 @@
+"""Decompress-on-use layers and step against float32 Keras references."""
+
+import numpy as np
+import tensorflow as tf
+
+from fl_compression.compression import aqt
+from fl_compression.compression import codecs
+from fl_compression.compression import float_format as ff
+from fl_compression.compression import on_the_fly
+from fl_compression.models import asr
+from fl_compression.models import registry
+
+LR = 0.05
+
+
+def _config():
+  config = asr.named_config('tiny')
+  # Two small blocks and no dropout: deterministic steps that trace quickly.
+  config['encoder'].update(num_blocks=2, model_dim=32, num_heads=2, conv_kernel_size=5,
+                           num_groups=4, dropout=0.0)
+  return config
+
+
+def _batch(seed=0, batch=2, frames=60, labels=6):
+  return dict(
+      features=tf.random.stateless_normal([batch, frames, 80], seed=[seed, 1]),
+      feature_length=tf.constant([frames, frames - 13]),
+      labels=tf.random.stateless_uniform([batch, labels], seed=[seed, 2], minval=1, maxval=29,
+                                         dtype=tf.int32),
+      label_length=tf.constant([labels, labels - 2]))
+
+
+def _loss(model, batch):
+  return tf.reduce_mean(asr.per_example_loss(model, batch, training=True))
+
+
+def _kernel_name(layer):
+  return layer.update_anchor.name.replace('update_anchor', 'kernel')
+
+
+def _float_twin(model):
+  """The plain Keras model with `model`'s decoded kernels and its other variables."""
+  twin = registry.build_keras_model(_config())
+  values = {v.name: v for v in model.variables}
+  values.update({_kernel_name(layer): layer.kernel()
+                 for layer in on_the_fly.compressed_layers(model)})
+  for v in twin.variables:
+    v.assign(values[v.name])
+  return twin
+
+
+def _kernels(model):
+  return {_kernel_name(layer): layer.kernel().numpy()
+          for layer in on_the_fly.compressed_layers(model)}
+
+
+class CompressedDenseTest(tf.test.TestCase):
+
+  def _layer_step(self, codec, bits):
+    layer = on_the_fly.CompressedDense(5, codec, LR, activation_bits=bits, name='layer')
+    x = tf.random.stateless_normal([3, 4, 7], seed=[1, 2])
+    r = tf.random.stateless_normal([3, 4, 5], seed=[3, 4])
+    layer.build(x.shape)
+    layer.bias.assign(tf.range(5, dtype=tf.float32) / 10)
+    w0 = layer.kernel()
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+      loss = tf.reduce_sum(y * r)
+    dx, danchor = tape.gradient(loss, [x, layer.update_anchor])
+    used = aqt.dequantize(aqt.quantize(x, bits, per_channel=False)) if bits else x
+    dw = tf.einsum('bti,bto->io', used, r)
+    return layer, w0, y, dx, danchor, used, r, dw
+
+  def test_omc_layer_forward_backward_and_fused_update(self):
+    codec = codecs.OmcCodec(ff.parse('S1E4M6'))
+    layer, w0, y, dx, danchor, x, r, dw = self._layer_step(codec, 0)
+    self.assertEqual(layer.stored['words'].dtype, tf.uint32)
+    self.assertEmpty([v for v in layer.trainable_variables if v.shape.rank >= 2])
+    self.assertAllClose(y, tf.tensordot(x, w0, 1) + layer.bias, atol=1e-5)
+    self.assertAllClose(dx, tf.tensordot(r, tf.transpose(w0), 1), atol=1e-5)
+    self.assertEqual(float(danchor), 0.0)
+    expected = codec.roundtrip(w0 - LR * dw)
+    self.assertAllClose(layer.kernel(), expected, atol=1e-6)
+    self.assertGreater(float(tf.reduce_max(tf.abs(layer.kernel() - w0))), 1e-3)
+
+  def test_aqt_layer_quantizes_inputs_and_keeps_weights_int8(self):
+    codec = codecs.AqtCodec(8)
+    layer, w0, y, dx, _, used, r, dw = self._layer_step(codec, 8)
+    x = tf.random.stateless_normal([3, 4, 7], seed=[1, 2])
+    self.assertNotAllClose(used, x)  # The input really is quantized...
+    self.assertAllClose(y, tf.tensordot(used, w0, 1) + layer.bias, atol=1e-5)
+    # ... and its gradient is straight-through.
+    self.assertAllClose(dx, tf.tensordot(r, tf.transpose(w0), 1), atol=1e-5)
+    self.assertAllClose(layer.kernel(), codec.roundtrip(w0 - LR * dw), atol=1e-6)
+    scales = layer.stored['scales'].numpy()
+    codes = layer.kernel().numpy() / scales
+    self.assertAllClose(codes, np.round(codes), atol=1e-3)  # On the int8 grid.
+    self.assertLessEqual(np.abs(np.round(codes)).max(), 127)
+
+  def test_bad_activation_bits(self):
+    with self.assertRaisesRegex(ValueError, 'layer: 3-bit activations are outside 4..8'):
+      on_the_fly.CompressedDense(5, codecs.AqtCodec(8), LR, activation_bits=3, name='layer')
+
+
+class ModelStepTest(tf.test.TestCase):
+
+  def test_forward_equals_the_float_model_with_decoded_kernels(self):
+    model = on_the_fly.build_model(_config(), codecs.OmcCodec(ff.parse('S1E4M6')), LR)
+    twin = _float_twin(model)
+    batch = _batch()
+    self.assertAllClose(_loss(model, batch), _loss(twin, batch), rtol=1e-5)
+
+  def test_lossless_step_equals_the_float_sgd_step(self):
+    model = on_the_fly.build_model(_config(), codecs.OmcCodec(ff.parse('S1E8M23')), LR)
+    twin = _float_twin(model)
+    batch = _batch()
+    loss = on_the_fly.sgd_step(model, _loss, LR)(batch)
+    optimizer = tf.keras.optimizers.SGD(LR)
+    with tf.GradientTape() as tape:
+      twin_loss = _loss(twin, batch)
+    grads = tape.gradient(twin_loss, twin.trainable_variables)
+    optimizer.apply_gradients(zip(grads, twin.trainable_variables))
+    self.assertAllClose(loss, twin_loss, rtol=1e-6)
+    twin_values = {v.name: v.numpy() for v in twin.variables}
+    kernels = _kernels(model)
+    self.assertLen(kernels, 2 * 11 + 2)  # 11 dense layers per block, projection and head.
+    for name, value in kernels.items():
+      self.assertAllClose(value, twin_values[name], atol=2e-6, msg=name)
+    for v in model.variables:
+      if v.name in twin_values:
+        self.assertAllClose(v, twin_values[v.name], atol=2e-6, msg=v.name)
+
+  def test_lossy_step_recompresses_the_sgd_step(self):
+    codec = codecs.OmcCodec(ff.parse('S1E4M6'))
+    model = on_the_fly.build_model(_config(), codec, LR)
+    before = _kernels(model)
+    twin = _float_twin(model)
+    batch = _batch(seed=1)
+    on_the_fly.sgd_step(model, _loss, LR)(batch)
+    with tf.GradientTape() as tape:
+      loss = _loss(twin, batch)
+    names = [v.name for v in twin.trainable_variables]
+    grads = dict(zip(names, tape.gradient(loss, twin.trainable_variables)))
+    for name, value in _kernels(model).items():
+      expected = codec.roundtrip(before[name] - LR * grads[name]).numpy()
+      # Equal up to values the float gradient's last bits put on the other side of a rounding
+      # boundary (one format step apart).
+      same = np.isclose(value, expected, rtol=1e-5, atol=1e-7)
+      self.assertGreater(same.mean(), 0.99, msg=name)
+      self.assertLess(np.abs(value - expected).max(), 2 ** -6 * np.abs(expected).max() + 1e-6,
+                      msg=name)
+      self.assertGreater(np.abs(value - before[name]).max(), 0, msg=name)
+
+  def test_held_bytes_count_packed_kernels(self):
+    fmt = ff.parse('S1E4M6')
+    model = on_the_fly.build_model(_config(), codecs.OmcCodec(fmt), LR)
+    dense = registry.build_keras_model(_config())
+    float_bytes = sum(v.numpy().nbytes for v in dense.variables)
+    kernels = [layer.kernel_shape for layer in on_the_fly.compressed_layers(model)]
+    expected = (float_bytes - sum(4 * a * b for a, b in kernels) +
+                sum(4 * ff.packed_words(a * b, 11) + 8 for a, b in kernels))
+    self.assertEqual(on_the_fly.held_parameter_bytes(model), expected)
+    self.assertLess(expected / float_bytes, 0.45)
+
+  def test_bad_input(self):
+    config = dict(_config(), pruning={'encoder': {}})
+    with self.assertRaisesRegex(ValueError, 'pruning plan'):
+      on_the_fly.build_model(config, codecs.AqtCodec(8), LR)
+    model = on_the_fly.build_model(_config(), codecs.AqtCodec(8), LR)
+    with self.assertRaisesRegex(ValueError, 'built with learning rate 0.05, the step uses 0.1'):
+      on_the_fly.sgd_step(model, _loss, 0.1)
+
+
+if __name__ == '__main__':
+  tf.test.main()
