@@ -21,9 +21,11 @@ import time
 from absl import app
 from absl import flags
 
+from fl_compression.benchmarks import client_step
 from fl_compression.benchmarks import compression_experiments as experiments
 from fl_compression.benchmarks import pruning_experiments as common
 from fl_compression.learning import algorithms
+from fl_compression.models import asr
 from tff_programs import backends
 from tff_programs import experiment_runs
 from tff_programs import flag_utils
@@ -43,6 +45,11 @@ _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 4, 'Speakers per 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
 _CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentation.')
+_MEMORY_MODEL = flags.DEFINE_string(
+    'memory_model', 'conformer_l', 'Configuration of the client-step memory comparison '
+    '(dense against the decompress-on-use OMC and FedAQT steps; empty: skip).')
+_MEMORY_BATCH = flags.DEFINE_integer('memory_batch_size', 4, 'Utterances in that step.')
+_MEMORY_SECONDS = flags.DEFINE_float('memory_seconds', 4.0, 'Audio seconds per utterance.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Write the report from the stored results without running anything.')
 
@@ -57,9 +64,30 @@ def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
                                     server_optimizer='sgd', server_learning_rate=1.0)
 
 
+def _memory(model_name: str, store: common.ResultStore) -> None:
+  """The client-step memory comparison, one fresh process per variant, stored as it goes."""
+  config = asr.named_config(model_name)
+  measured = dict(store.get('memory') or {'model': model_name})
+  for name, compression in experiments.MEMORY_VARIANTS:
+    if measured.get(name):
+      continue
+    measured[name] = client_step.measure_in_subprocess(
+        config, batch_size=_MEMORY_BATCH.value, seconds=_MEMORY_SECONDS.value, label_length=20,
+        steps=3, compression=compression)
+    store.put('memory', measured)
+    print(f'  {model_name} {name}: steady-state step peak '
+          f'{measured[name]["step_peak_rss_bytes"] / 2**20:.0f} MiB, peak with first step '
+          f'{measured[name]["peak_rss_bytes"] / 2**20:.0f} MiB, step '
+          f'{measured[name]["step_seconds"]:.2f} s', flush=True)
+
+
 def run() -> None:
-  for name in ('total_rounds', 'clients_per_round', 'batch_size'):
+  for name in ('total_rounds', 'clients_per_round', 'batch_size', 'memory_batch_size'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
+  flag_utils.require_positive('memory_seconds', _MEMORY_SECONDS.value)
+  if _MEMORY_MODEL.value and _MEMORY_MODEL.value not in asr.NAMED_CONFIGS:
+    raise flag_utils.FlagError(f'--memory_model={_MEMORY_MODEL.value} is unknown; known: '
+                               f'{", ".join(asr.NAMED_CONFIGS)}')
   flag_utils.require_positive('client_learning_rate', _CLIENT_LEARNING_RATE.value)
   try:
     specs = experiments.plan_runs(_EXPERIMENTS.value)
@@ -102,6 +130,8 @@ def run() -> None:
     if not _REPORT_ONLY.value:
       experiment_runs.run_pending(specs, store, run_one,
                                   os.path.join(output_dir, 'program_states'))
+  if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
+    _memory(_MEMORY_MODEL.value, store)
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_compression --'] +
                                  [a for a in sys.argv[1:] if not a.startswith('--report_only')]),

@@ -6,7 +6,16 @@ process: nothing another model allocated earlier can hide in it. It is read from
 not used: Linux carries it across `exec`, so a child started by a large parent (the benchmark
 program) would report the parent's resident size instead of its own. The child reports
 the RSS after building the model and the peak after the steps; their difference is the step's
-working memory (activations, gradients, optimizer scratch) on top of the parameters.
+working memory (activations, gradients, optimizer scratch) on top of the parameters. That peak
+includes the first step, where TF traces and optimizes the step's graph; after it the child
+resets the high-water mark (`/proc/self/clear_refs`) and also reports the peak of the
+steady-state steps alone (`step_peak_rss_bytes`), the memory a device running an
+ahead-of-time compiled step needs.
+
+`compression` measures the decompress-on-use step of OMC or FedAQT
+(`fl_compression.compression.on_the_fly`): {'codec': 'omc', 'format': 'S1E4M6'} or
+{'codec': 'aqt', 'bits': 8} (FedAQT also quantizes the dense layers' inputs). Its parameters
+are counted as held (`held_parameter_bytes`: packed kernels, other variables float32).
 
   python -m fl_compression.benchmarks.client_step --config_json='{"name": ...}'
 """
@@ -36,18 +45,51 @@ def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # No /proc: kilobytes.
 
 
+def reset_peak_rss() -> bool:
+  """Resets this process's `VmHWM` to its current RSS; False where Linux does not allow it."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def _compressed_model(model_config, compression: dict[str, Any], learning_rate: float):
+  """The decompress-on-use model and its step's codec settings."""
+  from fl_compression.compression import codecs  # pylint: disable=g-import-not-at-top
+  from fl_compression.compression import float_format  # pylint: disable=g-import-not-at-top
+  from fl_compression.compression import on_the_fly  # pylint: disable=g-import-not-at-top
+
+  kind = compression.get('codec')
+  if kind == 'omc':
+    codec, bits = codecs.OmcCodec(float_format.parse(compression['format'])), 0
+  elif kind == 'aqt':
+    codec = codecs.AqtCodec(int(compression['bits']))
+    bits = int(compression['bits']) if compression.get('activations', True) else 0
+  else:
+    raise ValueError(f'unknown compression codec {kind!r}; known: omc, aqt')
+  return on_the_fly.build_model(model_config, codec, learning_rate, bits)
+
+
 def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
-            label_length: int, steps: int, seed: int = 0) -> dict[str, Any]:
+            label_length: int, steps: int, seed: int = 0,
+            compression: dict[str, Any] | None = None) -> dict[str, Any]:
   """Runs in this process: builds the model, times `steps` SGD steps after a traced first one."""
   import psutil  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  from fl_compression.compression import on_the_fly  # pylint: disable=g-import-not-at-top
   from fl_compression.models import asr  # pylint: disable=g-import-not-at-top
   from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
 
   process = psutil.Process()
   rss_start = process.memory_info().rss
-  model = registry.build_keras_model(model_config)
+  learning_rate = 1e-4
+  if compression:
+    model = _compressed_model(model_config, compression, learning_rate)
+  else:
+    model = registry.build_keras_model(model_config)
   frames = int(seconds * FRAMES_PER_SECOND)
   bins = model.inputs[0].shape[-1]
   batch = dict(
@@ -56,41 +98,44 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
       labels=tf.random.stateless_uniform([batch_size, label_length], seed=[seed, 2], minval=1,
                                          maxval=int(model_config['vocab_size']), dtype=tf.int32),
       label_length=tf.fill([batch_size], label_length))
-  optimizer = tf.keras.optimizers.SGD(1e-4)
-
-  @tf.function
-  def step(batch):
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(asr.per_example_loss(model, batch, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
+  loss_fn = lambda model, batch: tf.reduce_mean(  # noqa: E731
+      asr.per_example_loss(model, batch, training=True))
+  # Both steps are plain SGD with the same rate; the compressed one updates its packed kernels
+  # inside the backward pass.
+  step = on_the_fly.sgd_step(model, loss_fn, learning_rate)
 
   param_bytes = sum(v.numpy().nbytes for v in model.variables)
+  held_bytes = on_the_fly.held_parameter_bytes(model)
   rss_built = process.memory_info().rss
   started = time.perf_counter()
   first_loss = float(step(batch))
   first_step = time.perf_counter() - started
+  peak_with_trace = peak_rss_bytes()
+  reset = reset_peak_rss()
   times = []
   for _ in range(steps):
     started = time.perf_counter()
     step(batch).numpy()
     times.append(time.perf_counter() - started)
-  peak = peak_rss_bytes()
-  return {'model': model_config['name'], 'parameters': int(model.count_params()),
-          'parameter_bytes': int(param_bytes), 'batch_size': batch_size, 'frames': frames,
+  steady_peak = peak_rss_bytes()
+  peak = max(peak_with_trace, steady_peak)
+  return {'model': model_config['name'], 'compression': compression,
+          'parameters': on_the_fly.parameter_count(model),
+          'parameter_bytes': int(param_bytes), 'held_parameter_bytes': int(held_bytes),
+          'batch_size': batch_size, 'frames': frames,
           'label_length': label_length, 'first_step_seconds': first_step,
           'step_seconds': sorted(times)[len(times) // 2], 'all_step_seconds': times,
           'first_loss': first_loss, 'rss_start_bytes': rss_start, 'rss_built_bytes': rss_built,
-          'peak_rss_bytes': peak, 'step_working_bytes': peak - rss_built}
+          'peak_rss_bytes': peak, 'step_working_bytes': peak - rss_built,
+          'step_peak_rss_bytes': steady_peak if reset else None}
 
 
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,
-                          label_length: int, steps: int = 3, timeout: float = 1800
-                          ) -> dict[str, Any]:
+                          label_length: int, steps: int = 3, timeout: float = 1800,
+                          compression: dict[str, Any] | None = None) -> dict[str, Any]:
   """`measure` in a fresh Python process (same interpreter and import path)."""
   request = dict(model_config=model_config, batch_size=batch_size, seconds=seconds,
-                 label_length=label_length, steps=steps)
+                 label_length=label_length, steps=steps, compression=compression)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
              TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(

@@ -261,6 +261,10 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     cells = [pct(wer(results, fp_key('column', method, s))) for s in sparsities]
     if any(cells):
       lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'gradient: momentum of the gradient magnitude; weight_gradient: weight magnitude '
+            'times that momentum. Their runs start with one dense round (sparsity 0), so every '
+            'unit has a momentum before the first mask; the rest of the run is as for '
+            'magnitude.']
 
   lines += ['', f'## 3. Unified against adaptive sparsity at {ADAPTIVE_SPARSITY:g} (column, '
             'magnitude)', '', '| sparsity | test WER | dev WER | client parameters |',

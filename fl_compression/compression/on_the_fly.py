@@ -152,6 +152,15 @@ def held_parameter_bytes(model: tf.keras.Model) -> int:
              for v in model.variables if v.ref() not in anchors)
 
 
+def parameter_count(model: tf.keras.Model) -> int:
+  """Parameters the model represents: each compressed kernel counts its decoded size."""
+  layers = compressed_layers(model)
+  internal = {v.ref() for layer in layers for v in [layer.update_anchor, *layer.stored.values()]}
+  return (sum(int(np.prod(v.shape, dtype=np.int64)) for v in model.variables
+              if v.ref() not in internal) +
+          sum(int(np.prod(layer.kernel_shape, dtype=np.int64)) for layer in layers))
+
+
 def sgd_step(model: tf.keras.Model, loss_fn: Callable[[tf.keras.Model, dict], tf.Tensor],
              learning_rate: float) -> Callable[[dict], tf.Tensor]:
   """A `tf.function` running one SGD step of `loss_fn` on a batch: the compressed layers

@@ -95,6 +95,12 @@ class PruningConfig:
                              index['finetune']))
 
   def sparsity_at(self, round_num: int) -> float:
+    """The target sparsity of (1-based) `round_num`. With a gradient-based importance the
+    first round is dense (sparsity 0): the server has seen no update yet, and a mask chosen
+    then could only rank by magnitude; after a dense round every unit has a gradient momentum,
+    so masks rank by it and a unit pruned later keeps a score it can grow back with."""
+    if round_num <= 1 and self.importance.uses_gradient:
+      return 0.0
     if self.schedule == 'constant' or self.phase(round_num) != 'prune':
       return self.sparsity
     return plan_lib.step_sparsity(self.sparsity, round_num, self.refine_start - 1,

@@ -29,6 +29,22 @@ class ClientStepTest(absltest.TestCase):
     self.assertTrue(np.isfinite(result['first_loss']))
     self.assertEqual(result['parameters'], registry.build_keras_model(config).count_params())
 
+  def test_compressed_step_holds_packed_kernels(self):
+    config = asr.named_config('tiny', vocab_size=29)
+    dense = client_step.measure_in_subprocess(config, batch_size=2, seconds=1.0, label_length=5,
+                                              steps=2)
+    aqt = client_step.measure_in_subprocess(config, batch_size=2, seconds=1.0, label_length=5,
+                                            steps=2, compression={'codec': 'aqt', 'bits': 8})
+    self.assertEqual(aqt['parameters'], dense['parameters'])
+    self.assertEqual(dense['held_parameter_bytes'], dense['parameter_bytes'])
+    # int8 kernels with float32 channel scales; subsampling convolutions, norms and biases
+    # stay float32.
+    self.assertLess(aqt['held_parameter_bytes'], 0.45 * dense['held_parameter_bytes'])
+    for result in (dense, aqt):
+      self.assertTrue(np.isfinite(result['first_loss']))
+      self.assertIsNotNone(result['step_peak_rss_bytes'])
+      self.assertLessEqual(result['step_peak_rss_bytes'], result['peak_rss_bytes'])
+
   def test_failure_names_the_model(self):
     config = dict(asr.named_config('tiny', vocab_size=29), name='tiny_broken')
     config['encoder'] = dict(config['encoder'], model_dim=-1)

@@ -161,6 +161,7 @@ class ModelStepTest(tf.test.TestCase):
     expected = (float_bytes - sum(4 * a * b for a, b in kernels) +
                 sum(4 * ff.packed_words(a * b, 11) + 8 for a, b in kernels))
     self.assertEqual(on_the_fly.held_parameter_bytes(model), expected)
+    self.assertEqual(on_the_fly.parameter_count(model), dense.count_params())
     self.assertLess(expected / float_bytes, 0.45)
 
   def test_bad_input(self):

@@ -74,6 +74,18 @@ class PlanTest(parameterized.TestCase):
     default = process.PruningConfig().resolved(9)
     self.assertEqual((default.refine_start, default.finetune_start), (4, 7))
 
+  def test_gradient_importance_starts_with_a_dense_round(self):
+    for method in ('gradient', 'weight_gradient'):
+      importance = reduce_lib.ImportanceConfig(method=method)
+      constant = process.PruningConfig(sparsity=0.3, importance=importance).resolved(6)
+      self.assertEqual([constant.sparsity_at(r) for r in range(1, 7)], [0.0] + [0.3] * 5)
+      step = process.PruningConfig(sparsity=0.4, importance=importance, schedule='step',
+                                   ramp_steps=2, refine_start=5).resolved(6)
+      self.assertEqual([step.sparsity_at(r) for r in range(1, 7)],
+                       [0.0, 0.2, 0.4, 0.4, 0.4, 0.4])
+    magnitude = process.PruningConfig(sparsity=0.3).resolved(6)
+    self.assertEqual(magnitude.sparsity_at(1), 0.3)
+
   def test_bad_settings_name_the_flag(self):
     cases = [
         (lambda: plan_lib.make_plan(_layers(), 'column', 1.0), r'--sparsity=1.0 is outside'),
