@@ -80,7 +80,7 @@ _FP_PATTERN = flags.DEFINE_string('fp_pattern', 'column',
                                   'fp, fd: row, column, half_row or half_column.')
 _FP_IMPORTANCE = flags.DEFINE_string(
     'fp_importance', 'magnitude', 'fp: magnitude, gradient (momentum of the gradient '
-    'magnitude), weight_gradient or random.')
+    'magnitude; the first round is dense), weight_gradient or random.')
 _FP_NORM = flags.DEFINE_string('fp_norm', 'l2', 'fp: l1 or l2 norm of a unit\'s scores.')
 _FP_MOMENTUM = flags.DEFINE_float('fp_momentum', 0.9, 'fp: momentum of the gradient magnitude.')
 _FP_SCHEDULE = flags.DEFINE_string('fp_schedule', 'constant',
