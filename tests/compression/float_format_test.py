@@ -112,6 +112,18 @@ class PackingTest(parameterized.TestCase):
     self.assertEqual(ff.packed_words(codes.size, bits), 34 * bits)  # ceil(1073 / 32) = 34.
     np.testing.assert_array_equal(ff.unpack(words, bits, shape).numpy(), codes)
 
+  @parameterized.parameters(5, 11, 17, 32)
+  def test_words_match_a_bit_stream_reference(self, bits):
+    # Independent reference: every code's bits, least significant first, appended to one
+    # stream that is cut into 32-bit words (also least significant first).
+    codes = np.random.default_rng(bits).integers(0, 2 ** bits, size=70, dtype=np.uint64)
+    stream = [(int(c) >> b) & 1 for c in codes for b in range(bits)]
+    stream += [0] * (-len(stream) % (32 * bits))
+    expected = [sum(bit << k for k, bit in enumerate(stream[w:w + 32]))
+                for w in range(0, len(stream), 32)]
+    words = ff.pack(tf.constant(codes.astype(np.uint32)), bits).numpy()
+    np.testing.assert_array_equal(words, np.array(expected, np.uint32))
+
   def test_layout_is_little_endian_bit_order(self):
     # Two 11-bit codes: the first fills bits 0-10 of word 0, the second bits 11-21.
     words = ff.pack(tf.constant([0x7FF, 0x001], tf.uint32), 11).numpy()
