@@ -67,7 +67,8 @@ def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
 def _memory(model_name: str, store: common.ResultStore) -> None:
   """The client-step memory comparison, one fresh process per variant, stored as it goes."""
   config = asr.named_config(model_name)
-  measured = dict(store.get('memory') or {'model': model_name})
+  stored = store.get('memory') or {}
+  measured = dict(stored) if stored.get('model') == model_name else {'model': model_name}
   for name, compression in experiments.MEMORY_VARIANTS:
     if measured.get(name):
       continue

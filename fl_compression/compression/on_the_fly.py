@@ -11,9 +11,8 @@ the codec's scalars, non-trainable variables) and never as a float32 variable:
 - **Backward** (`tf.custom_gradient`): the kernel is decoded *again* instead of being kept from
   the forward pass; the layer computes the input gradient and its kernel gradient, applies the
   SGD step `W - lr * dW` at once and recompresses the result into its packed variables, so a
-  kernel gradient also lives only while its layer's backward runs. Peak memory therefore holds
-  the compressed kernels plus a few transient float copies, never the float model or its full
-  gradient. Plain SGD makes the fused update equal to the usual "all gradients, then update"
+  kernel gradient also lives only while its layer's backward runs: no float copy of the model
+  or of its full gradient is ever needed. Plain SGD makes the fused update equal to the usual "all gradients, then update"
   step, because a layer's backward reads only its own kernel (each compressed layer must be
   called once per step, which holds for every model of the registry).
 - **FedAQT** (`activation_bits`): the layer input is quantized per tensor and the backward
@@ -23,6 +22,13 @@ the codec's scalars, non-trainable variables) and never as a float32 variable:
 The tape reaches each layer's backward function through a trainable float32 scalar,
 `update_anchor` (value 0, gradient 0): the step asks for the gradients of the float variables
 and of the anchors, and applies SGD to the float variables only (`sgd_step`).
+
+**Measured, not yet a saving.** In TF on CPU this step's peak resident memory is *higher*
+than the dense step's (conformer_s: 1.95x for S1E5M10; see `reports/compression/`): the codec's
+bit operations make the step graph several times larger and allocate full-size integer
+temporaries per layer, and that outweighs the bytes the packed kernels save. The arithmetic is
+exact (tests compare it with the float step); a fused decode kernel (or TFLite's arena planner
+on the device) is what would turn it into a memory saving.
 
 Covered: the kernels of all dense layers (feed-forward, attention projections, convolution
 module pointwise layers, subsampling projection, output heads, joint network). Biases, norms,
