@@ -24,7 +24,7 @@ The tape reaches each layer's backward function through a trainable float32 scal
 and of the anchors, and applies SGD to the float variables only (`sgd_step`).
 
 **Measured, not yet a saving.** In TF on CPU this step's peak resident memory is *higher*
-than the dense step's (conformer_s: 1.95x for S1E5M10; see `reports/compression/`): the codec's
+than the dense step's (conformer_s: 1.94x for S1E5M10, 1.50x for FedAQT int8; see `reports/compression/`): the codec's
 bit operations make the step graph several times larger and allocate full-size integer
 temporaries per layer, and that outweighs the bytes the packed kernels save. The arithmetic is
 exact (tests compare it with the float step); a fused decode kernel (or TFLite's arena planner

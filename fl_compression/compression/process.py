@@ -28,8 +28,8 @@ parameters a client holds in compressed form (selected variables at their packed
 float32): what a device implementation keeps between steps. In this simulation the client's
 Keras model still has float32 variables; their values are kept on the format's grid (every
 selected variable is recompressed after each step), so training sees exactly the compressed
-model, but the simulation's own memory is not reduced; decompress-on-use inside the step
-(per layer, recomputed in the backward pass) is what the device implementation adds.
+model, but the simulation's own memory is not reduced; the device-style decompress-on-use
+step (per layer, decoded again in the backward pass) is `on_the_fly.py`.
 """
 
 import collections
