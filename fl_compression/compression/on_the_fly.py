@@ -2,7 +2,7 @@
 
 This is the client step a device runs for OMC and FedAQT, where the learning processes
 (`process.py`) simulate its arithmetic with float32 Keras variables kept on the format's grid.
-A model built inside `compressed_model(...)` has every dense layer replaced by a
+A model from `build_model(config, codec, learning_rate)` has every dense layer replaced by a
 `CompressedDense`, which holds its kernel only in the codec's packed form (uint32 words plus
 the codec's scalars, non-trainable variables) and never as a float32 variable:
 
@@ -12,8 +12,8 @@ the codec's scalars, non-trainable variables) and never as a float32 variable:
   the forward pass; the layer computes the input gradient and its kernel gradient, applies the
   SGD step `W - lr * dW` at once and recompresses the result into its packed variables, so a
   kernel gradient also lives only while its layer's backward runs: no float copy of the model
-  or of its full gradient is ever needed. Plain SGD makes the fused update equal to the usual "all gradients, then update"
-  step, because a layer's backward reads only its own kernel (each compressed layer must be
+  or of its full gradient is ever needed. Plain SGD makes the fused update equal to the usual
+  "all gradients, then update" step, because a layer's backward reads only its own kernel (each compressed layer must be
   called once per step, which holds for every model of the registry).
 - **FedAQT** (`activation_bits`): the layer input is quantized per tensor and the backward
   pass keeps the int8 codes (not the float input) for the kernel gradient; the input gradient
@@ -24,9 +24,11 @@ The tape reaches each layer's backward function through a trainable float32 scal
 and of the anchors, and applies SGD to the float variables only (`sgd_step`).
 
 **Measured, not yet a saving.** In TF on CPU this step's peak resident memory is *higher*
-than the dense step's (conformer_s: 1.94x for S1E5M10, 1.50x for FedAQT int8; see `reports/compression/`): the codec's
-bit operations make the step graph several times larger and allocate full-size integer
-temporaries per layer, and that outweighs the bytes the packed kernels save. The arithmetic is
+than the dense step's (conformer_s: 1.94x for S1E5M10, 1.50x for FedAQT int8; see
+`reports/compression/`). With an identity codec the same layer stays near dense on a
+Conformer and saves 0.29 of the peak on a parameter-dominated stack, so the cost is mainly the
+codecs' full-size integer temporaries (and a much larger step graph), which outweigh the bytes
+the packed kernels save. The arithmetic is
 exact (tests compare it with the float step); a fused decode kernel (or TFLite's arena planner
 on the device) is what would turn it into a memory saving.
 
