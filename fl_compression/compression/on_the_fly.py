@@ -13,8 +13,9 @@ the codec's scalars, non-trainable variables) and never as a float32 variable:
   SGD step `W - lr * dW` at once and recompresses the result into its packed variables, so a
   kernel gradient also lives only while its layer's backward runs: no float copy of the model
   or of its full gradient is ever needed. Plain SGD makes the fused update equal to the usual
-  "all gradients, then update" step, because a layer's backward reads only its own kernel (each compressed layer must be
-  called once per step, which holds for every model of the registry).
+  "all gradients, then update" step, because a layer's backward reads only its own kernel
+  (each compressed layer must be called once per step, which holds for every model of the
+  registry).
 - **FedAQT** (`activation_bits`): the layer input is quantized per tensor and the backward
   pass keeps the int8 codes (not the float input) for the kernel gradient; the input gradient
   is straight-through, as in the simulation's `aqt.QuantizedInput`.
