@@ -44,9 +44,9 @@ def subsampled_length(length: tf.Tensor) -> tf.Tensor:
 
 def relative_positions(length: tf.Tensor, dim: int) -> tf.Tensor:
   """Sinusoidal encodings of relative distances length-1, ..., 0, ..., -(length-1)."""
-  distances = tf.cast(tf.range(length - 1, -length, -1), tf.float32)[:, None]
+  distances = tf.expand_dims(tf.cast(tf.range(length - 1, -length, -1), tf.float32), 1)
   inverse = tf.exp(tf.range(0, dim, 2, dtype=tf.float32) * (-math.log(10000.0) / dim))
-  angles = distances * inverse[None, :]
+  angles = distances * tf.expand_dims(inverse, 0)
   return tf.reshape(tf.stack([tf.sin(angles), tf.cos(angles)], axis=-1), [-1, dim])
 
 
@@ -54,12 +54,15 @@ def relative_shift(scores: tf.Tensor) -> tf.Tensor:
   """[B, H, T, 2T-1] scores by relative distance -> [B, H, T, T] scores by key position.
 
   Entry (i, j) of the result is entry (i, T-1-(i-j)) of the input, the score of distance i-j.
+  Written with `tf.slice` (gradient: a pad) rather than strided slicing, whose gradient has
+  no TFLite builtin.
   """
   batch, heads, length = tf.shape(scores)[0], tf.shape(scores)[1], tf.shape(scores)[2]
   padded = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [1, 0]])
   padded = tf.reshape(padded, [batch, heads, 2 * length, length])
-  shifted = tf.reshape(padded[:, :, 1:, :], [batch, heads, length, 2 * length - 1])
-  return shifted[:, :, :, :length]
+  shifted = tf.reshape(tf.slice(padded, [0, 0, 1, 0], [-1, -1, -1, -1]),
+                       [batch, heads, length, 2 * length - 1])
+  return tf.slice(shifted, [0, 0, 0, 0], [-1, -1, -1, length])
 
 
 class RelativeMultiHeadAttention(tf.keras.layers.Layer):
@@ -96,10 +99,38 @@ class RelativeMultiHeadAttention(tf.keras.layers.Layer):
     content = tf.einsum('bihd,bhjd->bhij', q + self.bias_u, k)
     position = relative_shift(tf.einsum('bihd,jhd->bhij', q + self.bias_v, p))
     scores = (content + position) / math.sqrt(self.head_dim)
-    scores += (1.0 - tf.cast(mask[:, None, None, :], scores.dtype)) * -1e9
+    key_mask = tf.reshape(tf.cast(mask, scores.dtype), [tf.shape(mask)[0], 1, 1, -1])
+    scores += (1.0 - key_mask) * -1e9
     weights = self.dropout(tf.nn.softmax(scores, axis=-1), training=training)
     context = tf.transpose(tf.einsum('bhij,bhjd->bhid', weights, v), [0, 2, 1, 3])
     return self.output_dense(tf.reshape(context, [tf.shape(x)[0], -1, self.model_dim]))
+
+
+class LayerNorm(tf.keras.layers.Layer):
+  """Layer normalization over the last axis, as `tf.keras.layers.LayerNormalization` computes it
+  (same `gamma`/`beta` weights, epsilon 1e-3), written with mean and rsqrt: Keras's layer runs
+  fused batch normalization, whose training graph needs TensorFlow kernels on a phone (Flex ops)
+  where these ops are TFLite builtins."""
+
+  def __init__(self, epsilon: float = 1e-3, **kwargs):
+    super().__init__(**kwargs)
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.gamma = self.add_weight('gamma', (channels,), initializer='ones')
+    self.beta = self.add_weight('beta', (channels,), initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, x):
+    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+
+def _relu(x):
+  """ReLU as a maximum: the same values, and a gradient of TFLite builtins (ReluGrad is not)."""
+  return tf.maximum(x, 0.0)
 
 
 class MaskedGroupNorm(tf.keras.layers.Layer):
@@ -123,7 +154,7 @@ class MaskedGroupNorm(tf.keras.layers.Layer):
     """x: [B, T, C]; frame_mask: [B, T, 1] float, 1 for real frames."""
     batch, length, channels = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
     grouped = tf.reshape(x, [batch, length, self.num_groups, channels // self.num_groups])
-    mask = frame_mask[:, :, :, None]
+    mask = tf.expand_dims(frame_mask, 3)
     count = tf.reduce_sum(mask, axis=[1, 3], keepdims=True) * (channels // self.num_groups)
     count = tf.maximum(count, 1.0)
     mean = tf.reduce_sum(grouped * mask, axis=[1, 3], keepdims=True) / count
@@ -157,7 +188,7 @@ class ConformerBlock(tf.keras.layers.Layer):
     self.config = config
 
     def ffn(name):
-      return [tf.keras.layers.LayerNormalization(name=f'{name}/norm'),
+      return [LayerNorm(name=f'{name}/norm'),
               pruned_dense.dense(f'{name}/dense_in', d * c.ffn_multiplier, pruning,
                                  activation='swish'),
               tf.keras.layers.Dropout(c.dropout),
@@ -165,18 +196,18 @@ class ConformerBlock(tf.keras.layers.Layer):
               tf.keras.layers.Dropout(c.dropout)]
 
     self.ffn1, self.ffn2 = ffn('ffn1'), ffn('ffn2')
-    self.attention_norm = tf.keras.layers.LayerNormalization(name='mhsa/norm')
+    self.attention_norm = LayerNorm(name='mhsa/norm')
     self.attention = RelativeMultiHeadAttention(d, c.num_heads, c.dropout,
                                                 pruning=_sub_plan(pruning, 'mhsa'), name='mhsa')
     self.attention_dropout = tf.keras.layers.Dropout(c.dropout)
-    self.conv_norm = tf.keras.layers.LayerNormalization(name='conv/norm')
+    self.conv_norm = LayerNorm(name='conv/norm')
     self.pointwise_in = pruned_dense.plain_dense(2 * d, 'conv/pointwise_in')
     self.depthwise = tf.keras.layers.DepthwiseConv1D(
         c.conv_kernel_size, padding='same', name='conv/depthwise')
     self.group_norm = MaskedGroupNorm(c.num_groups, name='conv/group_norm')
     self.pointwise_out = pruned_dense.plain_dense(d, 'conv/pointwise_out')
     self.conv_dropout = tf.keras.layers.Dropout(c.dropout)
-    self.final_norm = tf.keras.layers.LayerNormalization(name='final_norm')
+    self.final_norm = LayerNorm(name='final_norm')
 
   @staticmethod
   def _run(layers, x, training):
@@ -185,12 +216,13 @@ class ConformerBlock(tf.keras.layers.Layer):
     return x
 
   def call(self, x, mask, training=None):
-    frame_mask = tf.cast(mask, x.dtype)[:, :, None]
+    frame_mask = tf.expand_dims(tf.cast(mask, x.dtype), 2)
     x = x + 0.5 * self._run(self.ffn1, x, training)
     x = x + self.attention_dropout(
         self.attention(self.attention_norm(x), mask, training=training), training=training)
     y = self.pointwise_in(self.conv_norm(x))
-    y = y[:, :, :self.config.model_dim] * tf.sigmoid(y[:, :, self.config.model_dim:])  # GLU
+    values, gates = tf.split(y, 2, axis=-1)
+    y = values * tf.sigmoid(gates)  # GLU
     y = self.depthwise(y * frame_mask)
     y = tf.nn.swish(self.group_norm(y, frame_mask))
     x = x + self.conv_dropout(self.pointwise_out(y), training=training)
@@ -205,9 +237,9 @@ class ConformerEncoder(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     channels = config.subsampling_channels or config.model_dim
     self.config = config
-    self.conv1 = tf.keras.layers.Conv2D(channels, 3, 2, activation='relu',
+    self.conv1 = tf.keras.layers.Conv2D(channels, 3, 2, activation=_relu,
                                         name='subsampling/conv1')
-    self.conv2 = tf.keras.layers.Conv2D(channels, 3, 2, activation='relu',
+    self.conv2 = tf.keras.layers.Conv2D(channels, 3, 2, activation=_relu,
                                         name='subsampling/conv2')
     self.project = pruned_dense.plain_dense(config.model_dim, 'subsampling/project')
     self.dropout = tf.keras.layers.Dropout(config.dropout)
@@ -216,7 +248,7 @@ class ConformerEncoder(tf.keras.layers.Layer):
                    for i in range(config.num_blocks)]
 
   def call(self, features, lengths, training=None):
-    x = self.conv2(self.conv1(features[:, :, :, None]))
+    x = self.conv2(self.conv1(tf.expand_dims(features, 3)))
     x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
     x = self.dropout(self.project(x), training=training)
     out_lengths = subsampled_length(lengths)

@@ -22,8 +22,10 @@ import tensorflow as tf
 def _scatter_last(values: tf.Tensor, index: tf.Tensor, width: int) -> tf.Tensor:
   """values [..., k] placed at positions `index` of a zero tensor [..., width]."""
   k = tf.shape(index)[0]
-  inverse = tf.tensor_scatter_nd_update(tf.fill([width], k), index[:, None], tf.range(k))
-  padded = tf.concat([values, tf.zeros_like(values[..., :1])], axis=-1)
+  inverse = tf.tensor_scatter_nd_update(tf.fill([width], k), tf.expand_dims(index, 1),
+                                        tf.range(k))
+  zeros = tf.zeros(tf.concat([tf.shape(values)[:-1], [1]], 0), values.dtype)
+  padded = tf.concat([values, zeros], axis=-1)
   return tf.gather(padded, inverse, axis=-1)
 
 

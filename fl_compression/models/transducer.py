@@ -67,7 +67,7 @@ class PredictionNetwork(tf.keras.layers.Layer):
   def step(self, state):
     """One prediction vector [B, P] for `state`, and the LSTM states after it."""
     context, lstm_states = state
-    x = self._embed_contexts(context[:, None, :])
+    x = self._embed_contexts(tf.expand_dims(context, 1))
     new_states = []
     for lstm, (h, c) in zip(self.lstms, lstm_states):
       x, h, c = lstm(x, initial_state=[h, c])
@@ -87,8 +87,9 @@ class JointNetwork(tf.keras.layers.Layer):
 
   def call(self, encodings, predictions):
     """encodings [B, T, D] and predictions [B, U+1, P] -> logits [B, T, U+1, V]."""
-    hidden = (self.encoder_projection(encodings)[:, :, None, :]
-              + self.prediction_projection(predictions)[:, None, :, :])
+    # expand_dims rather than `[:, :, None, :]`, whose strided slice is no TFLite builtin.
+    hidden = (tf.expand_dims(self.encoder_projection(encodings), 2)
+              + tf.expand_dims(self.prediction_projection(predictions), 1))
     return self.output_dense(tf.tanh(hidden))
 
   def step(self, encoding, prediction):
@@ -142,9 +143,9 @@ def greedy_decode(model: tf.keras.Model, features: tf.Tensor, feature_length: tf
       token = tf.argmax(joint.step(encoding, pred_out), axis=-1, output_type=tf.int32)
       emit = active & tf.not_equal(token, BLANK)
       emitted = emitted.write(t * max_symbols_per_frame + s, tf.where(emit, token, -1))
-      new_context = tf.concat([context[:, 1:], token[:, None]], axis=1)
+      new_context = tf.concat([context[:, 1:], tf.expand_dims(token, 1)], axis=1)
       new_out, new_states = prediction.step((new_context, lstm_states))
-      keep = lambda new, old: tf.where(emit[:, None], new, old)  # noqa: E731
+      keep = lambda new, old: tf.where(tf.expand_dims(emit, 1), new, old)  # noqa: E731
       context = keep(new_context, context)
       pred_out = keep(new_out, pred_out)
       lstm_states = tf.nest.map_structure(keep, new_states, lstm_states)

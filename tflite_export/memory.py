@@ -1,0 +1,107 @@
+"""Time and peak memory of a TFLite model's signatures in the TFLite interpreter, in a fresh
+process (so nothing the exporting process allocated hides in the peak).
+
+The child loads the model, runs `train` once (the interpreter allocates its tensors and the
+Flex delegate its kernels), resets the resident high-water mark and runs `steps` more steps:
+`train_step_peak_rss_bytes` is the peak of those steady-state steps, what a phone needs for
+training; `first_train_peak_rss_bytes` includes the allocation. It also times `infer` on
+`infer_seconds` of features and `transcribe` on that much audio. Inputs are seeded random
+features (100 frames per second) and labels.
+
+  python -m tflite_export.memory '{"model_path": ..., "batch_size": 4, ...}'
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+FRAMES_PER_SECOND = 100
+SAMPLE_RATE = 16000
+
+
+def _rss_bytes() -> int:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _median(values):
+  return sorted(values)[len(values) // 2]
+
+
+def measure(model_path: str, *, batch_size: int = 4, seconds: float = 4.0,
+            label_length: int = 20, steps: int = 3, infer_seconds: float = 10.0,
+            vocab_size: int = 29, num_mel_bins: int = 80, seed: int = 0) -> dict[str, Any]:
+  """Runs in this process (see the module docstring)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from fl_compression.benchmarks import client_step  # pylint: disable=g-import-not-at-top
+
+  rss_start = _rss_bytes()
+  interpreter = tf.lite.Interpreter(model_path=model_path)
+  rss_loaded = _rss_bytes()
+  rng = np.random.default_rng(seed)
+  frames = int(seconds * FRAMES_PER_SECOND)
+  batch = dict(
+      features=rng.standard_normal((batch_size, frames, num_mel_bins), dtype=np.float32),
+      feature_length=np.full([batch_size], frames, np.int32),
+      labels=rng.integers(1, vocab_size, (batch_size, label_length), dtype=np.int32),
+      label_length=np.full([batch_size], label_length, np.int32))
+  result: dict[str, Any] = {'model_path': model_path, 'file_bytes': os.path.getsize(model_path),
+                            'rss_start_bytes': rss_start, 'rss_loaded_bytes': rss_loaded}
+  runners = interpreter.get_signature_list()
+  if 'train' in runners:
+    train = interpreter.get_signature_runner('train')
+    started = time.perf_counter()
+    train(**batch)
+    result['first_train_seconds'] = time.perf_counter() - started
+    result['first_train_peak_rss_bytes'] = client_step.peak_rss_bytes()
+    reset = client_step.reset_peak_rss()
+    times = []
+    for _ in range(steps):
+      started = time.perf_counter()
+      train(**batch)
+      times.append(time.perf_counter() - started)
+    result.update(train_batch=[batch_size, frames, label_length],
+                  train_step_seconds=_median(times), all_train_step_seconds=times,
+                  train_step_peak_rss_bytes=client_step.peak_rss_bytes() if reset else None)
+  infer_frames = int(infer_seconds * FRAMES_PER_SECOND)
+  features = rng.standard_normal((1, infer_frames, num_mel_bins), dtype=np.float32)
+  audio = (0.1 * rng.standard_normal(int(infer_seconds * SAMPLE_RATE))).astype(np.float32)
+  for name, inputs in (('infer', dict(features=features,
+                                      feature_length=np.array([infer_frames], np.int32))),
+                       ('transcribe', dict(audio=audio))):
+    if name not in runners:
+      continue
+    runner = interpreter.get_signature_runner(name)
+    runner(**inputs)  # Allocation and first-run costs.
+    times = []
+    for _ in range(3):
+      started = time.perf_counter()
+      runner(**inputs)
+      times.append(time.perf_counter() - started)
+    result[f'{name}_seconds'] = _median(times)
+  result.update(infer_audio_seconds=infer_seconds, peak_rss_bytes=client_step.peak_rss_bytes())
+  return result
+
+
+def measure_in_subprocess(model_path: str, timeout: float = 1800, **kwargs) -> dict[str, Any]:
+  """`measure` in a fresh Python process (same interpreter and import path)."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+             TF_CPP_MIN_LOG_LEVEL='2')
+  result = subprocess.run(
+      [sys.executable, '-m', 'tflite_export.memory', json.dumps(dict(model_path=model_path,
+                                                                     **kwargs))],
+      capture_output=True, text=True, env=env, timeout=timeout, check=False)
+  if result.returncode != 0:
+    raise RuntimeError(f'TFLite measurement of {model_path} failed (exit {result.returncode}):'
+                       f'\n{result.stderr[-3000:]}')
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == '__main__':
+  request = json.loads(sys.argv[1])
+  print(json.dumps(measure(request.pop('model_path'), **request)), flush=True)
