@@ -51,3 +51,11 @@ def program_command(name: str) -> list[str]:
     return [os.path.join(runfiles, 'flc', 'tff_programs', name)]
   return [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tff_programs',
                                        f'{name}.py')]
+
+
+def repo_path(relative: str) -> str:
+  """A path of the repository (from the test's runfiles under `bazel test`)."""
+  runfiles = os.environ.get('TEST_SRCDIR')
+  if runfiles:
+    return os.path.join(runfiles, 'flc', relative)
+  return os.path.join(os.path.dirname(__file__), '..', relative)

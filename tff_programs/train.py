@@ -337,7 +337,10 @@ def run() -> None:
   except (plan_lib.PlanError, compression_process.ConfigError) as e:
     raise flag_utils.FlagError(str(e)) from None
   _write_run_config(root, run_config)
-  metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value}
+  # The algorithm's own flags go with the final model: an export needs, e.g., FedAQT's bits.
+  metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value,
+              'algorithm_flags': {name: flags.FLAGS[name].value
+                                  for name in _ALGORITHM_FLAGS.get(_ALGORITHM.value, ())}}
   print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
         f'{_CLIENTS_PER_ROUND.value} clients/round, backend {_BACKEND.value}, output {root}',
         flush=True)

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from fl_compression.data import features as features_lib
 from fl_compression.models import asr
+from fl_compression.models import tokens
 from fl_compression.models import transducer
 
 SIGNATURES = ('train', 'infer', 'transcribe', 'save', 'restore')
@@ -146,12 +147,7 @@ def left_aligned_ctc_tokens(logits: tf.Tensor, logit_length: tf.Tensor
   valid = tf.sequence_mask(logit_length, frames)
   previous = tf.concat([tf.fill([tf.shape(best)[0], 1], -1), best[:, :-1]], axis=1)
   keep = valid & tf.not_equal(best, previous) & tf.not_equal(best, 0)
-  keep_int = tf.cast(keep, tf.int32)
-  position = tf.cumsum(keep_int, axis=1) - 1
-  slots = tf.reshape(tf.range(frames), [1, 1, -1])
-  placed = tf.cast(tf.equal(tf.expand_dims(position, 2), slots), tf.int32)
-  placed *= tf.expand_dims(keep_int * best, 2)
-  return tf.reduce_sum(placed, axis=1), tf.reduce_sum(keep_int, axis=1)
+  return tokens.left_aligned(best, keep)
 
 
 def _dense_gradients(gradients, variables) -> list[tf.Tensor]:
@@ -218,8 +214,8 @@ class OnDeviceModel(tf.Module):
 
   def _tokens(self, features, feature_length):
     if self.is_transducer:
-      tokens = transducer.greedy_decode(self.model, features, feature_length)
-      return tokens.to_tensor(0), tf.cast(tokens.row_lengths(), tf.int32), None, None
+      token_ids, token_count = transducer.greedy_tokens(self.model, features, feature_length)
+      return token_ids, token_count, None, None
     logits, logit_length = self.model([features, feature_length], training=False)
     token_ids, token_count = left_aligned_ctc_tokens(logits, logit_length)
     return token_ids, token_count, logits, logit_length
@@ -248,14 +244,13 @@ class OnDeviceModel(tf.Module):
   def _restore(self, checkpoint_path):
     values = []
     for name, variable in self.checkpointed:
-      value = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=name,
-                                 dt=variable.dtype)
-      check = tf.debugging.assert_equal(
-          tf.shape(value), tf.constant(variable.shape.as_list(), tf.int32),
-          message=f'checkpoint tensor {name} does not have the shape {variable.shape} of this '
-                  'model')
-      with tf.control_dependencies([check]):
-        values.append(tf.reshape(value, variable.shape))
+      # The full-shape slice spec makes TensorFlow check the saved shape ("Shape in
+      # shape_and_slice spec does not match the shape in the save file").
+      spec = (' '.join(str(d) for d in variable.shape) + ' ' +
+              ':'.join(['-'] * variable.shape.rank)) if variable.shape.rank else ''
+      value = tf.raw_ops.RestoreSlice(file_pattern=checkpoint_path, tensor_name=name,
+                                      shape_and_slice=spec, dt=variable.dtype)
+      values.append(tf.reshape(value, variable.shape))
     # Every tensor is read and checked before any variable changes, so a missing or
     # mismatched checkpoint leaves the model as it was.
     with tf.control_dependencies(values):

@@ -19,6 +19,7 @@ from fl_compression.models import conformer
 from fl_compression.models import pruned_dense
 from fl_compression.models import registry
 from fl_compression.models import rnnt_loss as rnnt_loss_lib
+from fl_compression.models import tokens
 
 BLANK = 0
 
@@ -126,23 +127,27 @@ def per_example_loss(model: tf.keras.Model, batch, training: bool) -> tf.Tensor:
       logits, batch['labels'], logit_lengths, batch['label_length'], blank=BLANK)
 
 
-def greedy_decode(model: tf.keras.Model, features: tf.Tensor, feature_length: tf.Tensor,
-                  max_symbols_per_frame: int = 3) -> tf.RaggedTensor:
-  """Frame-synchronous greedy search -> ragged token ids [B, None]."""
+def greedy_tokens(model: tf.keras.Model, features: tf.Tensor, feature_length: tf.Tensor,
+                  max_symbols_per_frame: int = 3) -> tuple[tf.Tensor, tf.Tensor]:
+  """Frame-synchronous greedy search -> left-aligned token ids [B, frames * S] padded with
+  blank, and their counts [B]. The loop carries dense tensors (no tensor arrays), so it
+  converts to TFLite builtin ops."""
   encoder, prediction, joint = (model.get_layer(n) for n in ('encoder', 'prediction', 'joint'))
   encodings, lengths = encoder(features, feature_length, training=False)
   batch, frames = tf.shape(encodings)[0], tf.shape(encodings)[1]
+  slots = frames * max_symbols_per_frame
   context, lstm_states = prediction.initial_state(batch)
   pred_out, lstm_states = prediction.step((context, lstm_states))
-  emitted = tf.TensorArray(tf.int32, size=frames * max_symbols_per_frame)
+  positions = tf.expand_dims(tf.range(slots), 0)
 
   def frame(t, context, lstm_states, pred_out, emitted):
-    encoding = encodings[:, t, :]
+    encoding = tf.gather(encodings, t, axis=1)
     active = t < lengths
     for s in range(max_symbols_per_frame):
       token = tf.argmax(joint.step(encoding, pred_out), axis=-1, output_type=tf.int32)
       emit = active & tf.not_equal(token, BLANK)
-      emitted = emitted.write(t * max_symbols_per_frame + s, tf.where(emit, token, -1))
+      here = tf.cast(tf.equal(positions, t * max_symbols_per_frame + s), tf.int32)
+      emitted += here * tf.expand_dims(tf.where(emit, token, -1), 1)
       new_context = tf.concat([context[:, 1:], tf.expand_dims(token, 1)], axis=1)
       new_out, new_states = prediction.step((new_context, lstm_states))
       keep = lambda new, old: tf.where(tf.expand_dims(emit, 1), new, old)  # noqa: E731
@@ -154,9 +159,15 @@ def greedy_decode(model: tf.keras.Model, features: tf.Tensor, feature_length: tf
 
   _, _, _, _, emitted = tf.while_loop(
       lambda t, *_: t < frames, frame,
-      (tf.constant(0), context, lstm_states, pred_out, emitted))
-  tokens = tf.transpose(emitted.stack())  # [B, frames * max_symbols]
-  return tf.ragged.boolean_mask(tokens, tokens >= 0)
+      (tf.constant(0), context, lstm_states, pred_out, tf.zeros([batch, slots], tf.int32)))
+  return tokens.left_aligned(emitted, emitted > 0)
+
+
+def greedy_decode(model: tf.keras.Model, features: tf.Tensor, feature_length: tf.Tensor,
+                  max_symbols_per_frame: int = 3) -> tf.RaggedTensor:
+  """Frame-synchronous greedy search -> ragged token ids [B, None]."""
+  token_ids, counts = greedy_tokens(model, features, feature_length, max_symbols_per_frame)
+  return tf.RaggedTensor.from_tensor(token_ids, lengths=counts)
 
 
 def transducer_config(encoder: dict[str, Any], vocab_size: int, *, embedding_dim: int,

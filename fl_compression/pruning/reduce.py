@@ -277,3 +277,21 @@ class Reducer:
       updated = beta * momentum[i] + (1.0 - beta) * tf.abs(delta)
       result.append(kept * updated + (1.0 - kept) * momentum[i])
     return result
+
+
+def prune_once(model_config: dict[str, Any], weights: tff.learning.models.ModelWeights,
+               pattern: str, sparsity: float,
+               importance: ImportanceConfig = ImportanceConfig()
+               ) -> tuple[dict[str, Any], tff.learning.models.ModelWeights]:
+  """One-shot structured pruning of saved weights: the reduced model's config (with its plan)
+  and weights, units chosen by `importance` as federated pruning's first mask is. For exports
+  and benchmarks of reduced models without a federated run."""
+  full = registry.build_keras_model(model_config)
+  plan = plan_lib.make_plan(plan_lib.prunable_layers(full), pattern, sparsity)
+  del full
+  reducer = Reducer(model_config, plan, importance)
+  indices = reducer.indices(reducer.initial_server_weights(weights), 'free')
+  reduced = reducer.shrink(weights, indices)
+  return reducer.reduced_config, tff.learning.models.ModelWeights(
+      trainable=[tf.convert_to_tensor(v).numpy() for v in reduced.trainable],
+      non_trainable=[tf.convert_to_tensor(v).numpy() for v in reduced.non_trainable])
