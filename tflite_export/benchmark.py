@@ -8,7 +8,8 @@ signatures, Adam) and measures in a fresh process per model (`tflite_export/memo
 file size, stored weight bytes, `train` step time and steady-state peak RSS on a batch of
 4 x 4 s, and `infer` and `transcribe` time on 10 s of audio. Reduced models are pruned once
 by weight magnitude (`fl_compression.pruning.reduce.prune_once`), as the first round of
-federated pruning prunes. Writes `results.json` and `report.md` with pruned/dense ratios.
+federated pruning prunes. Writes `results.json` and `report.md` with pruned/dense ratios; a
+benchmark started again keeps the measurements in `results.json` and runs the rest.
 """
 
 import os
@@ -16,8 +17,6 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import json
-import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -34,7 +33,6 @@ from tff_programs import program_main
 from tflite_export import convert
 from tflite_export import flatbuffer
 from tflite_export import memory
-from tflite_export import signatures
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/tflite_benchmark', 'Report directory.')
 _TINY_MODEL_DIR = flags.DEFINE_string('tiny_model_dir', 'checkpoints/conformer_ctc_tiny',
@@ -77,26 +75,22 @@ def _models():
 
 
 def _measure(config, weights, directory: str, label: str) -> dict:
-  tf.keras.backend.clear_session()
-  model = registry.build_keras_model(config)
-  weights.assign_weights_to(model)
-  module = signatures.OnDeviceModel(model)
-  started = time.perf_counter()
-  content = convert.to_tflite(module)
-  conversion = time.perf_counter() - started
+  model_dir = os.path.join(directory, label)
+  checkpoint.save_model(model_dir, config, weights)
   path = os.path.join(directory, f'{label}.tflite')
-  with open(path, 'wb') as f:
-    f.write(content)
-  stored = flatbuffer.constant_bytes_by_type(content)
+  # Conversion and measurement each in a fresh process (the converter's memory peak).
+  converted = convert.convert_in_subprocess(model_dir, path)
+  with open(path, 'rb') as f:
+    content = f.read()
   result = memory.measure_in_subprocess(
       path, batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value, steps=_STEPS.value,
-      vocab_size=int(config['vocab_size']), num_mel_bins=module.num_mel_bins)
+      vocab_size=int(config['vocab_size']), num_mel_bins=converted['num_mel_bins'])
   result.update(
-      parameters=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-      weight_bytes=stored.get('FLOAT32', 0), conversion_seconds=conversion,
+      parameters=int(sum(np.prod(w.shape) for w in weights.trainable)),
+      weight_bytes=flatbuffer.constant_bytes_by_type(content).get('FLOAT32', 0),
+      conversion_seconds=converted['conversion_seconds'],
       flex_ops=sorted(flatbuffer.signature_ops(content)['train'].flex),
       train_working_bytes=result['train_step_peak_rss_bytes'] - result['rss_loaded_bytes'])
-  os.remove(path)
   return result
 
 
@@ -128,6 +122,9 @@ def _report(results: dict) -> str:
           cell += f' ({value / dense[key]:.2f}x)'
         cells.append(cell)
       lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', '`infer` after `train` in the same interpreter: ' + '; '.join(
+      f'{pair} {variant}: {runs[variant].get("infer_after_train")}'
+      for pair, runs in results.items() for variant in ('dense', 'pruned'))]
   lines += ['', 'Flex ops of `train`: ' + '; '.join(
       f'{pair} {variant}: {", ".join(runs[variant]["flex_ops"])}'
       for pair, runs in results.items() for variant in ('dense', 'pruned'))]
@@ -137,19 +134,28 @@ def _report(results: dict) -> str:
 def run() -> None:
   output_dir = flag_utils.ensure_writable_dir('output_dir',
                                               flag_utils.resolve_path(_OUTPUT_DIR.value))
+  results_path = os.path.join(output_dir, 'results.json')
   results = {}
-  with tempfile.TemporaryDirectory() as directory:
-    for pair, dense, reduced in _models():
-      results[pair] = {}
-      for variant, (config, weights) in (('dense', dense), ('pruned', reduced)):
-        print(f'{pair} {variant}: converting and measuring ...', flush=True)
-        results[pair][variant] = _measure(config, weights, directory, f'{pair}_{variant}')
-        run_result = results[pair][variant]
-        print(f'  {run_result["file_bytes"] / 1e6:.2f} MB, train step '
-              f'{run_result["train_step_seconds"]:.3f} s, peak '
-              f'{run_result["train_step_peak_rss_bytes"] / 2**20:,.0f} MiB, infer 10 s '
-              f'{run_result["infer_seconds"]:.3f} s', flush=True)
-      with open(os.path.join(output_dir, 'results.json'), 'w') as f:
+  if os.path.isfile(results_path):  # A benchmark started again keeps what it measured.
+    with open(results_path) as f:
+      results = json.load(f)
+  # The converted models stay in <output_dir>/models for inspection.
+  directory = os.path.join(output_dir, 'models')
+  os.makedirs(directory, exist_ok=True)
+  for pair, dense, reduced in _models():
+    results.setdefault(pair, {})
+    for variant, (config, weights) in (('dense', dense), ('pruned', reduced)):
+      if variant in results[pair]:
+        continue
+      print(f'{pair} {variant}: converting and measuring ...', flush=True)
+      results[pair][variant] = _measure(config, weights, directory, f'{pair}_{variant}')
+      run_result = results[pair][variant]
+      print(f'  {run_result["file_bytes"] / 1e6:.2f} MB, train step '
+            f'{run_result["train_step_seconds"]:.3f} s, peak '
+            f'{run_result["train_step_peak_rss_bytes"] / 2**20:,.0f} MiB, infer 10 s '
+            f'{run_result["infer_seconds"]:.3f} s; infer after train: '
+            f'{run_result.get("infer_after_train")}', flush=True)
+      with open(results_path, 'w') as f:
         json.dump(results, f, indent=2)
   report = _report(results)
   with open(os.path.join(output_dir, 'report.md'), 'w') as f:

@@ -5,7 +5,8 @@ existing bundle as it was):
 
 - `model.tflite`: the `train`, `infer`, `transcribe`, `save` and `restore` signatures;
 - `model_int8.tflite` with `--quantize=int8` (and for FedAQT models): `infer` and
-  `transcribe` with int8 weights, builtins only;
+  `transcribe` with the weight matrices stored as int8 codes (per-channel scales; a FedAQT
+  model's own bit width), builtins only;
 - `vocab.txt`: one token per line, line i is token id i (line 0 is the blank);
 - `manifest.json`: signatures (input and output names, shapes with -1 for dynamic axes,
   dtypes, the builtin and Flex ops each runs), feature settings, vocabulary, training options,
@@ -144,17 +145,17 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
     model_path = os.path.join(staging, MODEL_FILE)
     with open(model_path, 'wb') as f:
       f.write(convert.to_tflite(module))
-    bits = aqt_bits(config)
-    int8_path = None
-    if options.quantize == 'int8' or bits is not None:
-      log('converting the int8 inference model ...' if bits is None else
-          f'converting the inference model with the FedAQT {bits}-bit weights ...')
-      inference_model, _ = load_source_model(model_dir)
-      if bits is not None:
-        convert.snap_to_aqt_grid(inference_model, bits)
+    fedaqt_bits = aqt_bits(config)
+    int8_path, int8_reference, int8_summary = None, None, None
+    if options.quantize == 'int8' or fedaqt_bits is not None:
+      bits = fedaqt_bits or 8
+      log(f'converting the inference model with {bits}-bit weights ...')
+      int8_reference, _ = load_source_model(model_dir)
+      int8_module = signatures.OnDeviceModel(int8_reference)
+      content, int8_summary = convert.to_int8_inference(int8_module, bits)
       int8_path = os.path.join(staging, INT8_FILE)
       with open(int8_path, 'wb') as f:
-        f.write(convert.to_int8_inference(signatures.OnDeviceModel(inference_model)))
+        f.write(content)
     with open(os.path.join(staging, VOCAB_FILE), 'w') as f:
       f.write(''.join(f'{token}\n' for token in vocab))
     feature_config = module.feature_config
@@ -187,12 +188,16 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
                   VOCAB_FILE: _file_entry(os.path.join(staging, VOCAB_FILE))},
     }
     if int8_path:
+      grid = "the FedAQT clients' grid" if fedaqt_bits else 'FedAQT quantizer'
+      with open(int8_path, 'rb') as f:
+        stored = flatbuffer.constant_bytes_by_type(f.read())
       manifest['int8_model'] = {
           'signatures': describe_signatures(int8_path),
-          'weights': ('FedAQT %d-bit codes' % bits if bits is not None else
-                      'TFLite dynamic-range int8 (per-channel where TFLite supports it)'),
-          'constant_bytes_by_type': flatbuffer.constant_bytes_by_type(
-              open(int8_path, 'rb').read())}
+          'weights': (f'{int8_summary["bits"]}-bit symmetric codes per output channel '
+                      f'({grid}), stored int8, dequantized to float32 when the model loads'),
+          'quantized_weight_matrices': int8_summary['quantized'],
+          'weight_matrices': int8_summary['kernels'],
+          'constant_bytes_by_type': stored}
       manifest['files'][INT8_FILE] = _file_entry(int8_path)
     manifest['flex_runtime_needed_by'] = sorted(
         name for name, sig in manifest['signatures'].items() if not sig['builtin_only'])
@@ -208,7 +213,8 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
       from tflite_export import verify  # pylint: disable=g-import-not-at-top
       reference, _ = load_source_model(model_dir)
       manifest['verification'] = verify.verify(staging, reference, options.data_dir,
-                                               int8_path=int8_path)
+                                               int8_path=int8_path,
+                                               int8_reference=int8_reference)
       _write_manifest(staging, manifest)
     _publish(staging, output_dir)
   except BaseException:

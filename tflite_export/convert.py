@@ -3,13 +3,20 @@
 - `to_tflite`: every signature, trainable variables as TFLite resource variables, builtins
   where TFLite has them and select TF ops (Flex) for the rest. Variables no signature assigns
   (the frozen part of the model) become constants of the file.
-- `to_int8_inference`: `infer` and `transcribe` only, builtins only, weights stored as int8 by
-  TFLite's dynamic-range quantization (hybrid kernels quantize activations on the fly).
-  `snap_to_aqt_grid` first puts a FedAQT model's weight matrices on the integer grid its
-  clients trained on: at 8 bits TFLite's symmetric per-channel scale (max|w| / 127) is the
-  FedAQT scale, so the stored codes are the FedAQT codes.
+- `to_int8_inference`: `infer` and `transcribe` only, builtins only, weight matrices stored as
+  int8 codes with per-channel scales (FedAQT's quantizer at 8 bits, or at a FedAQT model's own
+  bit width, so the codes are those its clients trained with), float32 computation.
+
+`python -m tflite_export.convert '{"model_dir": ..., "output_path": ...}'` converts a saved
+model with the default training options in a fresh process (`convert_in_subprocess`): the
+converter's peak memory (about 19 GB for `conformer_s`) is returned to the system when it
+exits.
 """
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -17,6 +24,7 @@ import tensorflow as tf
 from fl_compression.compression import aqt
 from fl_compression.compression import omc
 from tflite_export import signatures
+from tflite_export import weight_quantization
 
 
 def _converter(module: tf.Module, names) -> tuple[tf.lite.TFLiteConverter, str]:
@@ -41,11 +49,16 @@ def to_tflite(module: signatures.OnDeviceModel, names=signatures.SIGNATURES) -> 
   return _convert(converter, directory)
 
 
-def to_int8_inference(module: signatures.OnDeviceModel) -> bytes:
+def to_int8_inference(module: signatures.OnDeviceModel, bits: int = 8) -> tuple[bytes, dict]:
+  """`infer` and `transcribe` with the weight matrices stored as `bits`-bit codes (int8
+  storage, per-channel float32 scales; `weight_quantization`). Snaps the module's model to that
+  grid first (`snap_to_aqt_grid`), so the float model it leaves is the one the file computes."""
+  snap_to_aqt_grid(module.model, bits)
   converter, directory = _converter(module, signatures.INFERENCE_SIGNATURES)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  return _convert(converter, directory)
+  kernels = [v.numpy() for v in module.model.trainable_variables
+             if omc.is_weight_matrix(v.shape)]
+  return weight_quantization.quantize_weights(_convert(converter, directory), kernels, bits)
 
 
 def snap_to_aqt_grid(model: tf.keras.Model, bits: int) -> int:
@@ -57,3 +70,36 @@ def snap_to_aqt_grid(model: tf.keras.Model, bits: int) -> int:
       variable.assign(aqt.dequantize(aqt.quantize(variable, bits)))
       count += 1
   return count
+
+
+def convert_saved_model(model_dir: str, output_path: str) -> dict:
+  """Converts `model_dir` (default `TrainingOptions`) to `output_path`; returns timings."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  from fl_compression.models import checkpoint  # pylint: disable=g-import-not-at-top
+
+  model, _ = checkpoint.load_keras_model(model_dir)
+  module = signatures.OnDeviceModel(model)
+  started = time.perf_counter()
+  content = to_tflite(module)
+  seconds = time.perf_counter() - started
+  with open(output_path, 'wb') as f:
+    f.write(content)
+  return {'conversion_seconds': seconds, 'num_mel_bins': module.num_mel_bins}
+
+
+def convert_in_subprocess(model_dir: str, output_path: str, timeout: float = 3600) -> dict:
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+             TF_CPP_MIN_LOG_LEVEL='2')
+  request = json.dumps({'model_dir': model_dir, 'output_path': output_path})
+  result = subprocess.run([sys.executable, '-m', 'tflite_export.convert', request],
+                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
+  if result.returncode != 0:
+    raise RuntimeError(f'conversion of {model_dir} failed (exit {result.returncode}):\n'
+                       f'{result.stderr[-3000:]}')
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == '__main__':
+  from fl_compression.models import asr  # pylint: disable=g-import-not-at-top,unused-import
+  print(json.dumps(convert_saved_model(**json.loads(sys.argv[1]))), flush=True)

@@ -54,9 +54,11 @@ def _summary(manifest: dict, output_dir: str) -> str:
     batch = memory['train_batch']
     lines.append(f'train step in the TFLite interpreter, batch {batch[0]} x {batch[1]} frames: '
                  f'{memory["train_step_seconds"]:.3f} s, peak RSS '
-                 f'{memory["train_step_peak_rss_bytes"] / 2**20:,.0f} MiB '
-                 f'(model loaded: {memory["rss_loaded_bytes"] / 2**20:,.0f} MiB); infer of '
-                 f'{memory["infer_audio_seconds"]:.0f} s: {memory["infer_seconds"]:.3f} s')
+                 f'{memory["train_step_peak_rss_bytes"] / 2**20:,.0f} MiB, '
+                 f'{(memory["train_step_peak_rss_bytes"] - memory["rss_loaded_bytes"]) / 2**20:,.0f}'
+                 ' MiB above the loaded model (the rest is the Python process with TensorFlow); '
+                 f'infer of {memory["infer_audio_seconds"]:.0f} s of audio: '
+                 f'{memory["infer_seconds"]:.3f} s')
   verification = manifest.get('verification')
   if verification:
     lines.append(f'Verification on {verification["utterances"]} {verification["split"]} '

@@ -87,3 +87,28 @@ def constant_bytes_by_type(model_content: bytes) -> dict[str, int]:
       seen_buffers.add(tensor.buffer)
       totals[_TYPE_NAMES[tensor.type]] += len(data)
   return dict(totals)
+
+
+def int8_weights(model_content: bytes) -> list[tuple[str, 'np.ndarray']]:
+  """(name, values) of every int8 constant with quantization scales, dequantized
+  (`code * scale` along its quantized dimension): the weights a quantized model stores."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  model = _load(model_content)
+  found, seen_buffers = [], set()
+  for subgraph in model.subgraphs:
+    for tensor in subgraph.tensors or []:
+      data = model.buffers[tensor.buffer].data if tensor.buffer else None
+      quantization = tensor.quantization
+      if (data is None or tensor.type != schema.TensorType.INT8 or quantization is None or
+          quantization.scale is None or tensor.buffer in seen_buffers):
+        continue
+      seen_buffers.add(tensor.buffer)
+      codes = np.frombuffer(bytes(data), np.int8).reshape(tensor.shape).astype(np.float32)
+      scale = np.asarray(quantization.scale, np.float32)
+      if scale.size > 1:
+        shape = [1] * codes.ndim
+        shape[quantization.quantizedDimension] = -1
+        scale = scale.reshape(shape)
+      found.append((tensor.name.decode(), codes * scale))
+  return found

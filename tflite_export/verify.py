@@ -6,6 +6,8 @@ Checks (each with its measured value and limit; the export fails if one fails):
 - the first `train` loss equals the Keras loss of the same batch within `LOSS_RTOL` relative,
   and the step changes the model;
 - `save`, then `restore` into a fresh interpreter, reproduces `infer` exactly;
+- the int8 model's `infer` logits equal those of the Keras model with its weights on the same
+  integer grid, within `LOGITS_ATOL`;
 - on real utterances (the corpus's `test-clean`, when `data_dir` has one): `transcribe` of the
   audio gives the tokens of the Python pipeline (tensorflow-io decoding, log-mel, Keras model,
   greedy decoding) for every utterance; the WER of both, and of the int8 model, is reported.
@@ -52,8 +54,8 @@ def _check(value: float, limit: float, ok: bool) -> dict[str, Any]:
 
 
 def verify(bundle_dir: str, model: tf.keras.Model, data_dir: str | None = None, *,
-           int8_path: str | None = None, num_utterances: int = 20, seed: int = 0
-           ) -> dict[str, Any]:
+           int8_path: str | None = None, int8_reference: tf.keras.Model | None = None,
+           num_utterances: int = 20, seed: int = 0) -> dict[str, Any]:
   """Runs the checks (see the module docstring); raises `ExportError` if one fails."""
   bundle = bundle_lib.Bundle(bundle_dir)
   tokenizer = features_lib.CharTokenizer()
@@ -88,6 +90,14 @@ def verify(bundle_dir: str, model: tf.keras.Model, data_dir: str | None = None, 
     got = [row[:n].tolist() for row, n in zip(out['token_ids'], out['token_count'])]
     mismatched = sum(a != b for a, b in zip(expected, got))
     checks['infer_token_mismatches'] = _check(mismatched, 0, mismatched == 0)
+  if int8_path and int8_reference is not None and model.name == 'conformer_ctc':
+    quantized = bundle_lib.Bundle(bundle_dir, os.path.basename(int8_path)).infer(
+        features, feature_length)['logits']
+    reference_logits, _ = int8_reference([keras_batch['features'],
+                                          keras_batch['feature_length']], training=False)
+    diff = float(np.max(np.abs(quantized - reference_logits.numpy())))
+    checks['int8_infer_logits_max_abs_diff'] = _check(diff, bundle_lib.LOGITS_ATOL,
+                                                      diff <= bundle_lib.LOGITS_ATOL)
   keras_loss = float(tf.reduce_mean(asr.per_example_loss(model, keras_batch, training=False)))
   loss = bundle.train(features, feature_length, label_ids, label_length)
   relative = abs(loss - keras_loss) / max(abs(keras_loss), 1e-6)

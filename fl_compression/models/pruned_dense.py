@@ -24,8 +24,9 @@ def _scatter_last(values: tf.Tensor, index: tf.Tensor, width: int) -> tf.Tensor:
   k = tf.shape(index)[0]
   inverse = tf.tensor_scatter_nd_update(tf.fill([width], k), tf.expand_dims(index, 1),
                                         tf.range(k))
-  zeros = tf.zeros(tf.concat([tf.shape(values)[:-1], [1]], 0), values.dtype)
-  padded = tf.concat([values, zeros], axis=-1)
+  # A zero column to gather for the removed positions; a pad, whose gradient is a slice (a
+  # concat's needs TensorFlow kernels in TFLite).
+  padded = tf.pad(values, [[0, 0]] * (values.shape.rank - 1) + [[0, 1]])
   return tf.gather(padded, inverse, axis=-1)
 
 

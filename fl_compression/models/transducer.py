@@ -68,12 +68,14 @@ class PredictionNetwork(tf.keras.layers.Layer):
   def step(self, state):
     """One prediction vector [B, P] for `state`, and the LSTM states after it."""
     context, lstm_states = state
-    x = self._embed_contexts(tf.expand_dims(context, 1))
+    x = tf.squeeze(self._embed_contexts(tf.expand_dims(context, 1)), 1)
     new_states = []
     for lstm, (h, c) in zip(self.lstms, lstm_states):
-      x, h, c = lstm(x, initial_state=[h, c])
+      # The cell itself for one step: the layer would run a loop over a length-1 sequence
+      # (tensor lists, which TFLite has no builtins for).
+      x, (h, c) = lstm.cell(x, [h, c])
       new_states.append([h, c])
-    return x[:, 0, :], new_states
+    return x, new_states
 
 
 class JointNetwork(tf.keras.layers.Layer):

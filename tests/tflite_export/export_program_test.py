@@ -7,12 +7,16 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+import numpy as np
 import tensorflow_federated as tff
+
+from fl_compression.compression import aqt
 
 from fl_compression.data import corpus
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
+from tflite_export import flatbuffer
 
 _CORPUS = corpus.CorpusConfig(num_train_speakers=1, num_test_speakers=1,
                               train_utterances_per_speaker=1, dev_utterances_per_speaker=1,
@@ -73,7 +77,24 @@ class ExportProgramTest(absltest.TestCase):
     self.assertLess(manifest['trainable_parameters'], manifest['parameters'] / 2)
     # A FedAQT model also gets its inference model with the 8-bit weights.
     self.assertIn('model_int8.tflite', manifest['files'])
-    self.assertEqual(manifest['int8_model']['weights'], 'FedAQT 8-bit codes')
+    self.assertTrue(checks['int8_infer_logits_max_abs_diff']['ok'])
+    self.assertIn("8-bit symmetric codes per output channel (the FedAQT clients' grid)",
+                  manifest['int8_model']['weights'])
+    # The stored codes are FedAQT's: each int8 tensor, dequantized, is a weight matrix of the
+    # model quantized by FedAQT's own quantizer (in TFLite's layout).
+    model, _ = checkpoint.load_keras_model(self.model_dir)
+    expected = []
+    for variable in model.trainable_variables:
+      if variable.shape.rank >= 2:
+        q = aqt.dequantize(aqt.quantize(variable, 8)).numpy()
+        expected += [q, np.moveaxis(q, -1, 0), q.reshape((1, 1) + q.shape[:1] + (-1,))]
+    with open(os.path.join(output_dir, 'model_int8.tflite'), 'rb') as f:
+      stored = flatbuffer.int8_weights(f.read())
+    self.assertGreaterEqual(len(stored), manifest['int8_model']['quantized_weight_matrices'])
+    for name, values in stored:
+      self.assertTrue(any(e.shape == values.shape and np.allclose(e, values, rtol=1e-6,
+                                                                  atol=1e-9)
+                          for e in expected), name)
 
   def test_bad_input_is_named_in_one_line(self):
     output_dir = os.path.join(self.tmp, 'never')
