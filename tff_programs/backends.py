@@ -9,6 +9,7 @@ module starts is stopped when its context closes and is killed by the kernel if 
 
 import asyncio
 import contextlib
+import gc
 import ctypes
 import os
 import signal
@@ -230,6 +231,9 @@ def disable_unmanaged_default_context() -> None:
   silently starting an unmanaged `worker_binary`.
   """
   tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
+  # Collected now, while the modules its finalizer uses still exist: at interpreter exit the
+  # replaced context's service manager would print an AttributeError from `__del__`.
+  gc.collect()
 
 
 @contextlib.contextmanager

@@ -14,13 +14,12 @@ exits.
 """
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 
 import tensorflow as tf
 
+from fl_compression.benchmarks import fresh_process
 from fl_compression.compression import aqt
 from fl_compression.compression import omc
 from tflite_export import signatures
@@ -89,16 +88,9 @@ def convert_saved_model(model_dir: str, output_path: str) -> dict:
 
 
 def convert_in_subprocess(model_dir: str, output_path: str, timeout: float = 3600) -> dict:
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-             TF_CPP_MIN_LOG_LEVEL='2')
-  request = json.dumps({'model_dir': model_dir, 'output_path': output_path})
-  result = subprocess.run([sys.executable, '-m', 'tflite_export.convert', request],
-                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
-  if result.returncode != 0:
-    raise RuntimeError(f'conversion of {model_dir} failed (exit {result.returncode}):\n'
-                       f'{result.stderr[-3000:]}')
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
+  return fresh_process.run_module(
+      'tflite_export.convert', {'model_dir': model_dir, 'output_path': output_path},
+      timeout=timeout, what=f'conversion of {model_dir}')
 
 if __name__ == '__main__':
   from fl_compression.models import asr  # pylint: disable=g-import-not-at-top,unused-import

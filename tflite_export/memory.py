@@ -15,10 +15,11 @@ second) and labels.
 
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
+
+from fl_compression.benchmarks import fresh_process
 
 FRAMES_PER_SECOND = 100
 SAMPLE_RATE = 16000
@@ -102,17 +103,8 @@ def measure(model_path: str, *, batch_size: int = 4, seconds: float = 4.0,
 
 def measure_in_subprocess(model_path: str, timeout: float = 1800, **kwargs) -> dict[str, Any]:
   """`measure` in a fresh Python process (same interpreter and import path)."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-             TF_CPP_MIN_LOG_LEVEL='2')
-  result = subprocess.run(
-      [sys.executable, '-m', 'tflite_export.memory', json.dumps(dict(model_path=model_path,
-                                                                     **kwargs))],
-      capture_output=True, text=True, env=env, timeout=timeout, check=False)
-  if result.returncode != 0:
-    raise RuntimeError(f'TFLite measurement of {model_path} failed (exit {result.returncode}):'
-                       f'\n{result.stderr[-3000:]}')
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
+  return fresh_process.run_module('tflite_export.memory', dict(model_path=model_path, **kwargs),
+                                  timeout=timeout, what=f'TFLite measurement of {model_path}')
 
 if __name__ == '__main__':
   request = json.loads(sys.argv[1])

@@ -21,12 +21,12 @@ are counted as held (`held_parameter_bytes`: packed kernels, other variables flo
 """
 
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from typing import Any
+
+from fl_compression.benchmarks import fresh_process
 
 # A training step of a client: plain SGD (no optimizer state), random features of the
 # requested duration (100 frames per second) and random labels.
@@ -136,16 +136,9 @@ def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seco
   """`measure` in a fresh Python process (same interpreter and import path)."""
   request = dict(model_config=model_config, batch_size=batch_size, seconds=seconds,
                  label_length=label_length, steps=steps, compression=compression)
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-             TF_CPP_MIN_LOG_LEVEL='2')
-  result = subprocess.run(
-      [sys.executable, '-m', 'fl_compression.benchmarks.client_step', json.dumps(request)],
-      capture_output=True, text=True, env=env, timeout=timeout, check=False)
-  if result.returncode != 0:
-    raise RuntimeError(f'client step measurement of {model_config["name"]} failed '
-                       f'(exit {result.returncode}):\n{result.stderr[-3000:]}')
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
+  return fresh_process.run_module('fl_compression.benchmarks.client_step', request,
+                                  timeout=timeout,
+                                  what=f'client step measurement of {model_config["name"]}')
 
 if __name__ == '__main__':
   print(json.dumps(measure(**json.loads(sys.argv[1]))), flush=True)
