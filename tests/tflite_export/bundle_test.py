@@ -13,13 +13,16 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from fl_compression.data import corpus
 from fl_compression.data import features as features_lib
 from fl_compression.data import librispeech
-from fl_compression.evaluation import error_rates
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
+from fl_compression.models import registry
+from fl_compression.models import transducer
+from fl_compression.pruning import reduce as reduce_lib
 from tests import tff_test_utils
 from tflite_export import bundle as bundle_lib
 from tflite_export import flatbuffer
@@ -194,8 +197,6 @@ class BadInputTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     config = asr.tiny_config(vocab_size=29)
     config['encoder'].update(num_blocks=1, model_dim=32, dropout=0.0)
-    from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
-    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
     model = registry.build_keras_model(config)
     cls.model_dir = os.path.join(cls.tmp, 'model')
     checkpoint.save_model(cls.model_dir, config, tff.learning.models.ModelWeights(
@@ -307,7 +308,6 @@ class BadInputTest(absltest.TestCase):
 
 
 def _save(directory, config, model):
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   checkpoint.save_model(directory, config, tff.learning.models.ModelWeights(
       [v.numpy() for v in model.trainable_variables],
       [v.numpy() for v in model.non_trainable_variables]))
@@ -341,7 +341,6 @@ class ReducedAndTransducerExportTest(absltest.TestCase):
     self.assertAlmostEqual(runner.train(**batch) / keras_loss, 1.0, delta=bundle_lib.LOSS_RTOL)
 
   def test_pruned_model_exports_smaller_and_computes_the_keras_model(self):
-    from fl_compression.pruning import reduce as reduce_lib  # pylint: disable=g-import-not-at-top
     dense_dir = tff_test_utils.repo_path('checkpoints/conformer_ctc_tiny')
     config = checkpoint.load_config(dense_dir)['model']
     reduced_config, reduced_weights = reduce_lib.prune_once(
@@ -374,8 +373,6 @@ class ReducedAndTransducerExportTest(absltest.TestCase):
       return f.read()
 
   def test_transducer_with_lstm_exports_with_builtin_inference(self):
-    from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
-    from fl_compression.models import transducer  # pylint: disable=g-import-not-at-top
     encoder = dict(asr.named_config('tiny')['encoder'], num_blocks=1, model_dim=32,
                    dropout=0.0)
     config = transducer.transducer_config(encoder, 29, embedding_dim=16, joint_dim=32,
