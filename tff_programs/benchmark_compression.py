@@ -14,7 +14,6 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import contextlib
 import sys
 import time
 
@@ -122,15 +121,11 @@ def run() -> None:
     return experiment_runs.federated_run(spec, task, initial_weights, _hparams(spec), sampler,
                                          state_dir, _TOTAL_ROUNDS.value)
 
-  if _REPORT_ONLY.value:
-    context = contextlib.nullcontext()
-  else:
-    context = backends.federated_context('local', log_dir=output_dir,
-                                         default_num_clients=_CLIENTS_PER_ROUND.value)
-  with context:
-    if not _REPORT_ONLY.value:
-      experiment_runs.run_pending(specs, store, run_one,
-                                  os.path.join(output_dir, 'program_states'))
+  if not _REPORT_ONLY.value:
+    experiment_runs.run_pending(
+        specs, store, run_one, os.path.join(output_dir, 'program_states'),
+        run_context=lambda: backends.federated_context(
+            'local', log_dir=output_dir, default_num_clients=_CLIENTS_PER_ROUND.value))
   if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
     _memory(_MEMORY_MODEL.value, store)
   settings_for_report = dict(

@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import contextlib
 import sys
 import time
 from typing import Any
@@ -199,18 +198,15 @@ def run() -> None:
 
   if _REPORT_ONLY.value:
     pending = []
-    context = contextlib.nullcontext()
   else:
-    context = backends.federated_context('local', log_dir=output_dir,
-                                         default_num_clients=_CLIENTS_PER_ROUND.value)
-  with context:
-    if not _REPORT_ONLY.value:
-      measurements_when_ready()
-    experiment_runs.run_pending(
-        pending, store,
-        lambda spec, state_dir: experiment_runs.federated_run(
-            spec, task, initial_weights, hparams, sampler, state_dir, _TOTAL_ROUNDS.value),
-        os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready)
+    measurements_when_ready()
+  experiment_runs.run_pending(
+      pending, store,
+      lambda spec, state_dir: experiment_runs.federated_run(
+          spec, task, initial_weights, hparams, sampler, state_dir, _TOTAL_ROUNDS.value),
+      os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready,
+      run_context=lambda: backends.federated_context(
+          'local', log_dir=output_dir, default_num_clients=_CLIENTS_PER_ROUND.value))
   missing = [s.key for s in specs if store.get(s.key) is None]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +
