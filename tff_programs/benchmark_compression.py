@@ -14,6 +14,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import dataclasses
 import sys
 import time
 
@@ -25,10 +26,8 @@ from fl_compression.benchmarks import compression_experiments as experiments
 from fl_compression.benchmarks import pruning_experiments as common
 from fl_compression.learning import algorithms
 from fl_compression.models import asr
-from tff_programs import backends
 from tff_programs import experiment_runs
 from tff_programs import flag_utils
-from tff_programs import program_logic
 from tff_programs import program_main
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/compression_experiments',
@@ -115,17 +114,17 @@ def run() -> None:
         f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
 
   def run_one(spec: common.RunSpec, state_dir: str):
-    seed = _SEED.value + spec.option_dict.get('sampler_seed', 0)
-    sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
-                                          _CLIENTS_PER_ROUND.value, seed)
-    return experiment_runs.federated_run(spec, task, initial_weights, _hparams(spec), sampler,
-                                         state_dir, _TOTAL_ROUNDS.value)
+    return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
+        key=spec.key, algorithm=spec.algorithm, options=spec.option_dict,
+        hparams=dataclasses.asdict(_hparams(spec)), initial_model_dir=_INITIAL_MODEL_DIR.value,
+        data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        sampler_seed=_SEED.value + spec.option_dict.get('sampler_seed', 0),
+        clients_per_round=_CLIENTS_PER_ROUND.value, total_rounds=_TOTAL_ROUNDS.value,
+        state_dir=state_dir, log_dir=output_dir))
 
   if not _REPORT_ONLY.value:
-    experiment_runs.run_pending(
-        specs, store, run_one, os.path.join(output_dir, 'program_states'),
-        run_context=lambda: backends.federated_context(
-            'local', log_dir=output_dir, default_num_clients=_CLIENTS_PER_ROUND.value))
+    experiment_runs.run_pending(specs, store, run_one,
+                                os.path.join(output_dir, 'program_states'))
   if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
     _memory(_MEMORY_MODEL.value, store)
   settings_for_report = dict(

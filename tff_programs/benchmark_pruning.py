@@ -16,6 +16,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import dataclasses
 import sys
 import time
 from typing import Any
@@ -32,10 +33,8 @@ from fl_compression.models import asr
 from fl_compression.models import registry
 from fl_compression.pruning import centralized
 from fl_compression.pruning import plan as plan_lib
-from tff_programs import backends
 from tff_programs import experiment_runs
 from tff_programs import flag_utils
-from tff_programs import program_logic
 from tff_programs import program_main
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/pruning_experiments', 'Report directory.')
@@ -164,8 +163,6 @@ def run() -> None:
   hparams = algorithms.Hyperparameters(client_optimizer='adam',
                                        client_learning_rate=_CLIENT_LEARNING_RATE.value,
                                        server_optimizer='sgd', server_learning_rate=1.0)
-  sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
-                                        _CLIENTS_PER_ROUND.value, _SEED.value)
   started = time.monotonic()
   if store.get('initial') is None:
     rates = task.transcription_eval(initial_weights, task.model_config)
@@ -202,11 +199,13 @@ def run() -> None:
     measurements_when_ready()
   experiment_runs.run_pending(
       pending, store,
-      lambda spec, state_dir: experiment_runs.federated_run(
-          spec, task, initial_weights, hparams, sampler, state_dir, _TOTAL_ROUNDS.value),
-      os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready,
-      run_context=lambda: backends.federated_context(
-          'local', log_dir=output_dir, default_num_clients=_CLIENTS_PER_ROUND.value))
+      lambda spec, state_dir: experiment_runs.run_in_subprocess(experiment_runs.RunJob(
+          key=spec.key, algorithm=spec.algorithm, options=spec.option_dict,
+          hparams=dataclasses.asdict(hparams), initial_model_dir=_INITIAL_MODEL_DIR.value,
+          data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+          sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
+          total_rounds=_TOTAL_ROUNDS.value, state_dir=state_dir, log_dir=output_dir)),
+      os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready)
   missing = [s.key for s in specs if store.get(s.key) is None]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +

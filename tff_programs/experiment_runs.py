@@ -2,22 +2,24 @@
 run from that model with its results collected, and the resumable loop over pending runs."""
 
 import asyncio
-import contextlib
-import gc
+import dataclasses
+import json
 import os
 import shutil
+import sys
 import time
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression import tasks
+from fl_compression.benchmarks import fresh_process
 from fl_compression.benchmarks import pruning_experiments as experiments
 from fl_compression.learning import algorithms
 from fl_compression.models import checkpoint
 from fl_compression.pruning import plan as plan_lib
+from tff_programs import backends
 from tff_programs import flag_utils
 from tff_programs import program_logic
 
@@ -121,21 +123,12 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
 
 def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultStore,
                 run_one: Callable[[experiments.RunSpec, str], dict[str, Any]],
-                states_dir: str, after_each: Callable[[], None] = lambda: None,
-                run_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
-  """Runs the specs without a stored result, storing each as it finishes.
-
-  Each run executes inside its own `run_context()` (a fresh local TFF worker), and the Keras
-  and TF state it built is released after it: one worker and one process serving every run
-  grew to about 18 GB over 15 runs (compiled computations kept by both).
-  """
+                states_dir: str, after_each: Callable[[], None] = lambda: None) -> None:
+  """Runs the specs without a stored result, storing each as it finishes."""
   pending = [s for s in specs if store.get(s.key) is None]
   for i, spec in enumerate(pending):
     state_dir = os.path.join(states_dir, spec.key.replace('/', '_'))
-    with run_context():
-      result = run_one(spec, state_dir)
-    tf.keras.backend.clear_session()
-    gc.collect()
+    result = run_one(spec, state_dir)
     store.put(spec.key, result)
     shutil.rmtree(state_dir, ignore_errors=True)
     rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
@@ -144,3 +137,49 @@ def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultS
           f'| round {result["mean_round_seconds"] or 0:5.1f} s | '
           f'{result["wall_seconds"]:5.0f} s', flush=True)
     after_each()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunJob:
+  """Everything one federated run needs, as JSON: what a child process runs."""
+
+  key: str
+  algorithm: str
+  options: dict[str, Any]
+  hparams: dict[str, Any]
+  initial_model_dir: str
+  data_dir: str
+  batch_size: int
+  seed: int  # Data augmentation and the task.
+  sampler_seed: int
+  clients_per_round: int
+  total_rounds: int
+  state_dir: str
+  log_dir: str
+
+
+def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
+  """`federated_run` of `job` in a fresh process with its own local TFF worker.
+
+  A process and a worker that serve run after run keep every computation they traced (they
+  grew to about 18 GB over 15 runs); a child per run returns all of it when it exits.
+  """
+  return fresh_process.run_module('tff_programs.experiment_runs', dataclasses.asdict(job),
+                                  timeout=timeout, what=f'federated run {job.key}')
+
+
+def _run_job(job: RunJob) -> dict[str, Any]:
+  backends.disable_unmanaged_default_context()
+  task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
+                                           job.seed)
+  sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
+                                        job.clients_per_round, job.sampler_seed)
+  spec = experiments.RunSpec(job.key, job.algorithm, tuple(sorted(job.options.items())))
+  with backends.federated_context('local', log_dir=job.log_dir,
+                                  default_num_clients=job.clients_per_round):
+    return federated_run(spec, task, initial_weights, algorithms.Hyperparameters(**job.hparams),
+                         sampler, job.state_dir, job.total_rounds)
+
+
+if __name__ == '__main__':
+  print(json.dumps(_run_job(RunJob(**json.loads(sys.argv[1]))), default=float), flush=True)
