@@ -44,8 +44,7 @@ class OmcCodec:
                                          tuple(shape)), self.fmt)
 
   def roundtrip(self, x: tf.Tensor) -> tf.Tensor:
-    codes = ff.encode(x, self.fmt)
-    values = ff.decode(codes, self.fmt)
+    values = ff.quantize(x, self.fmt)
     if not self.transform:
       return values
     scale, offset = omc.fit_transform(x, values)

@@ -26,6 +26,17 @@ class OmcTest(absltest.TestCase):
     self.assertAlmostEqual(float(scale), ref_scale, places=5)
     self.assertAlmostEqual(float(offset), ref_offset, places=7)
 
+  def test_transform_of_a_large_matrix_keeps_float64_accuracy(self):
+    rng = np.random.default_rng(1)
+    w = (0.5 * rng.standard_normal((2048, 2048)) + 0.011).astype(np.float32)
+    for name in ('S1E4M3', 'S1E5M10'):
+      quantized = ff.quantize(tf.constant(w), ff.parse(name)).numpy()
+      scale, offset = omc.fit_transform(w, quantized)
+      ref_scale, ref_offset = np.polyfit(quantized.ravel().astype(np.float64),
+                                         w.ravel().astype(np.float64), 1)
+      self.assertAlmostEqual(float(scale), ref_scale, places=6, msg=name)
+      self.assertAlmostEqual(float(offset), ref_offset, places=8, msg=name)
+
   def test_compressed_storage_is_real_and_the_transform_lowers_the_error(self):
     for name in ('S1E4M3', 'S1E4M6', 'S1E5M10'):
       fmt = ff.parse(name)
