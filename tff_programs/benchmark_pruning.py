@@ -193,24 +193,28 @@ def run() -> None:
       if _MEMORY_MODEL.value and store.get('memory') is None:
         store.put('memory', _memory(_MEMORY_MODEL.value))
 
+  def run_one(spec: experiments.RunSpec, state_dir: str) -> dict[str, Any]:
+    rounds, options = experiments.run_rounds(spec, total)
+    return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
+        key=spec.key, algorithm=spec.algorithm, options=options,
+        hparams=dataclasses.asdict(hparams), initial_model_dir=_INITIAL_MODEL_DIR.value,
+        data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
+        total_rounds=rounds, state_dir=state_dir, log_dir=output_dir))
+
   if _REPORT_ONLY.value:
     pending = []
   else:
     measurements_when_ready()
   experiment_runs.run_pending(
       pending, store,
-      lambda spec, state_dir: experiment_runs.run_in_subprocess(experiment_runs.RunJob(
-          key=spec.key, algorithm=spec.algorithm, options=spec.option_dict,
-          hparams=dataclasses.asdict(hparams), initial_model_dir=_INITIAL_MODEL_DIR.value,
-          data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-          sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
-          total_rounds=_TOTAL_ROUNDS.value, state_dir=state_dir, log_dir=output_dir)),
-      os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready)
+      run_one, os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready)
   missing = [s.key for s in specs if store.get(s.key) is None]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +
                                  [a for a in sys.argv[1:] if not a.startswith('--report_only')]),
-      machine=f'{os.cpu_count()} CPU cores', missing_runs=missing)
+      machine=f'{os.cpu_count()} CPU cores', missing_runs=missing,
+      recovery_phases=experiments_phase_defaults(experiments.RECOVERY_ROUNDS))
   results = store.data['results']
   figures = experiments.plot(results, settings_for_report, output_dir)
   report = experiments.render_report(results, settings_for_report, figures)

@@ -3,7 +3,8 @@
 The runs (`plan_runs`) reproduce the shape of the Federated Pruning paper's experiments on one
 pretrained model: WER against sparsity per pattern, importance methods, unified against
 adaptive sparsity, with and without mask refinement, and anchors (dense FedAvg, federated
-dropout, tfmot's centralized magnitude pruning), plus costs against FedAvg. `ResultStore`
+dropout, tfmot's centralized magnitude pruning), plus costs against FedAvg, and recovery: 30%
+column pruning and dense FedAvg over a longer budget, with the constant and the step schedule. `ResultStore`
 keeps each finished run in a JSON file, so an interrupted benchmark resumes where it stopped;
 `render_report` and `plot` turn the results into Markdown and PNG figures.
 """
@@ -15,12 +16,16 @@ from typing import Any, Optional, Sequence
 
 from fl_compression.data import corpus
 
-EXPERIMENTS = ('patterns', 'importance', 'adaptive', 'refinement', 'anchors', 'costs')
+EXPERIMENTS = ('patterns', 'importance', 'adaptive', 'refinement', 'anchors', 'costs',
+               'recovery')
 PATTERNS = ('row', 'column', 'half_row', 'half_column')
 IMPORTANCE_METHODS = ('magnitude', 'gradient', 'weight_gradient')
 ADAPTIVE_SPARSITY = 0.5
 REFINEMENT_SPARSITY = 0.4
 COST_SPARSITY = 0.5
+RECOVERY_SPARSITY = 0.3
+RECOVERY_ROUNDS = 18  # Three times the sweeps' budget: phases of 6 rounds each.
+RECOVERY_SCHEDULES = ('constant', 'step')
 DENSE = 'fedavg'
 SPLITS = {'test': corpus.TEST_SPLIT, 'dev': corpus.DEV_SPLIT}
 
@@ -48,6 +53,20 @@ def fd_key(pattern: str, sparsity: float) -> str:
 
 def tfmot_key(sparsity: float) -> str:
   return f'tfmot/{sparsity:g}'
+
+
+def recovery_key(schedule: Optional[str]) -> str:
+  """The recovery runs: dense FedAvg (`schedule=None`) and 30% column pruning, over
+  `RECOVERY_ROUNDS` rounds. Their option `rounds` is read by the program, not the algorithm."""
+  if schedule is None:
+    return f'recovery/{DENSE}'
+  return f'recovery/{fp_key("column", "magnitude", RECOVERY_SPARSITY)}/{schedule}'
+
+
+def run_rounds(spec: 'RunSpec', default: int) -> tuple[int, dict[str, Any]]:
+  """The rounds a run trains (its `rounds` option, else `default`) and its algorithm options."""
+  options = spec.option_dict
+  return options.pop('rounds', default), options
 
 
 def no_refine_rounds(total_rounds: int) -> dict[str, int]:
@@ -86,6 +105,11 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
     fp('column', 'magnitude', REFINEMENT_SPARSITY)
     fp('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement',
        **no_refine_rounds(total_rounds))
+  if 'recovery' in experiments:
+    add(recovery_key(None), 'fedavg', rounds=RECOVERY_ROUNDS)
+    for schedule in RECOVERY_SCHEDULES:
+      add(recovery_key(schedule), 'fp', pattern='column', importance='magnitude',
+          sparsity=RECOVERY_SPARSITY, schedule=schedule, rounds=RECOVERY_ROUNDS)
   # The sweeps coarse to fine (every other sparsity first): an interrupted benchmark still
   # has every curve's shape.
   for pass_sparsities in (sparsities[::2], sparsities[1::2]):
@@ -169,6 +193,15 @@ def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tu
     rows.append(('30% column (magnitude): test WER within 10% relative of dense',
                  f'{pct(at30)} vs {pct(dense)} ({100 * (at30 / dense - 1):+.1f}% relative)',
                  check(at30 <= 1.1 * dense)))
+  long_dense = wer(results, recovery_key(None))
+  for schedule in RECOVERY_SCHEDULES:
+    long_pruned = wer(results, recovery_key(schedule))
+    if long_dense is not None and long_pruned is not None:
+      rows.append((f'30% column (magnitude), {RECOVERY_ROUNDS} rounds, {schedule} schedule: '
+                   f'test WER within 10% relative of dense over {RECOVERY_ROUNDS} rounds',
+                   f'{pct(long_pruned)} vs {pct(long_dense)} '
+                   f'({100 * (long_pruned / long_dense - 1):+.1f}% relative)',
+                   check(long_pruned <= 1.1 * long_dense)))
   unified = wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY))
   adaptive = wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))
   if unified is not None and adaptive is not None:
@@ -319,6 +352,30 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
                              ('step time s (median)', 'step_seconds', lambda v: f'{v:.2f}')):
       lines.append(f'| {label} | {fmt(dense_m[name])} | {fmt(pruned_m[name])} | '
                    f'{ratio(pruned_m[name], dense_m[name])} |')
+
+  recovery = [(label, key, results.get(key)) for label, key in
+              [('dense FedAvg', recovery_key(None))] +
+              [(f'{RECOVERY_SPARSITY:.0%} column, {schedule} schedule', recovery_key(schedule))
+               for schedule in RECOVERY_SCHEDULES]]
+  if any(run for _, _, run in recovery):
+    phases = settings['recovery_phases']
+    lines += ['', f'## 6. Recovery over a longer budget: {RECOVERY_SPARSITY:.0%} column '
+              f'pruning in {RECOVERY_ROUNDS} rounds', '',
+              f'The same clients per round, data and optimizers as above, {RECOVERY_ROUNDS} '
+              f'rounds instead of {settings["total_rounds"]}: pruning rounds 1..'
+              f'{phases["refine_start"] - 1}, refining {phases["refine_start"]}..'
+              f'{phases["finetune_start"] - 1}, fine-tuning {phases["finetune_start"]}..'
+              f'{RECOVERY_ROUNDS}. The step schedule raises the sparsity in 4 equal steps over '
+              'the pruning rounds; the constant one prunes to the target in round 1.', '',
+              '| run | test WER | dev WER | relative to dense (test) | client parameters |',
+              '|---|---|---|---|---|']
+    long_dense = wer(results, recovery_key(None))
+    for label, key, run in recovery:
+      if run:
+        relative = (f'{100 * (wer(results, key) / long_dense - 1):+.1f}%'
+                    if long_dense and key != recovery_key(None) else '')
+        lines.append(f'| {label} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} '
+                     f'| {relative} | {run["model_parameters"]:,} |')
 
   lines += ['', '## All runs', '',
             '| run | test WER | dev WER | test CER | model parameters | build s | '

@@ -30,14 +30,30 @@ class RunPlanTest(absltest.TestCase):
     self.assertLen(set(keys), len(keys))
     self.assertEqual(keys[0], experiments.DENSE)
     # 4 patterns x 3 + 2 more importance methods x 3 + adaptive 0.5 + 0.4 and its variant
-    # + dropout x 3 (0.5 column magnitude is shared with costs and the unified arm).
-    self.assertLen(specs, 1 + 12 + 6 + 1 + 2 + 3)
+    # + dropout x 3 (0.5 column magnitude is shared with costs and the unified arm)
+    # + recovery: dense and two schedules over the longer budget.
+    self.assertLen(specs, 1 + 12 + 6 + 1 + 2 + 3 + 3)
     by_key = {s.key: s for s in specs}
     no_refine = by_key[experiments.fp_key('column', 'magnitude', 0.4, 'no_refinement')]
     self.assertEqual(no_refine.option_dict['refine_start'], no_refine.option_dict['finetune_start'])
     self.assertTrue(by_key[experiments.fp_key('column', 'magnitude', 0.5, 'adaptive')]
                     .option_dict['adaptive'])
     self.assertEqual(by_key[experiments.fd_key('column', 0.3)].algorithm, 'fd')
+
+  def test_recovery_runs_train_longer_with_each_schedule(self):
+    specs = {s.key: s for s in experiments.plan_runs(['recovery'], SPARSITIES, 6)}
+    dense = specs[experiments.recovery_key(None)]
+    step = specs[experiments.recovery_key('step')]
+    self.assertEqual(dense.algorithm, 'fedavg')
+    self.assertEqual(experiments.run_rounds(dense, 6), (experiments.RECOVERY_ROUNDS, {}))
+    rounds, options = experiments.run_rounds(step, 6)
+    self.assertEqual(rounds, experiments.RECOVERY_ROUNDS)
+    self.assertEqual(options, {'pattern': 'column', 'importance': 'magnitude',
+                               'sparsity': 0.3, 'schedule': 'step'})
+    self.assertEqual(specs[experiments.recovery_key('constant')].option_dict['schedule'],
+                     'constant')
+    # A run without the option trains the sweeps' rounds.
+    self.assertEqual(experiments.run_rounds(specs[experiments.DENSE], 6), (6, {}))
 
   def test_a_subset_plans_only_its_runs(self):
     keys = [s.key for s in experiments.plan_runs(['refinement'], SPARSITIES, 6)]
@@ -88,10 +104,15 @@ class ReportTest(absltest.TestCase):
     results['costs'] = {'fedavg': {'client_bytes_down': 100, 'client_bytes_up': 100},
                         'pruned': {'client_bytes_down': 60, 'client_bytes_up': 40},
                         'ratios': {'client_bytes': 0.5, 'round_seconds': 0.7}}
+    results[experiments.recovery_key(None)] = {'error_rates': _rates(0.09),
+                                               'model_parameters': 100}
+    results[experiments.recovery_key('step')] = {'error_rates': _rates(0.099),
+                                                 'model_parameters': 80}
     return results
 
   def test_report_tables_and_targets(self):
-    settings = dict(_settings(), command='bazel run x', machine='2 CPU cores')
+    settings = dict(_settings(), command='bazel run x', machine='2 CPU cores',
+                    recovery_phases={'refine_start': 7, 'finetune_start': 13})
     report = experiments.render_report(self._results(), settings, ['wer_vs_sparsity.png'])
     self.assertRegex(report, r'\| column \| 12\.00% \| 14\.00% \| 16\.00% \|')
     self.assertRegex(report, r'\| row \| 11\.00% \| 13\.00% \| 15\.00% \|')
@@ -102,6 +123,13 @@ class ReportTest(absltest.TestCase):
     self.assertRegex(report, r'client bytes per round \(down \+ up\) at most 0\.45x FedAvg\'s '
                              r'\| 0\.50x \| \*\*missed\*\*')
     self.assertRegex(report, r'round time at most 0\.8x FedAvg\'s \| 0\.70x \| met')
+    # Over the longer budget 9.90% against 9.00% is exactly 10% worse: met; the constant
+    # schedule's run is missing, so it has no row.
+    self.assertRegex(report, r'18 rounds, step schedule: test WER within 10% relative of dense '
+                             r'over 18 rounds \| 9\.90% vs 9\.00% \(\+10\.0% relative\) \| met')
+    self.assertNotIn('constant schedule: test WER', report)
+    self.assertIn('pruning rounds 1..6, refining 7..12, fine-tuning 13..18', report)
+    self.assertRegex(report, r'\| 30% column, step schedule \| 9\.90% \| 5\.00% \| \+10\.0% \| 80 \|')
     self.assertIn('tfmot prune_low_magnitude, centralized', report)
     self.assertIn('0.3: 40 steps, 30.0% of prunable weights zero', report)
     self.assertIn('![wer_vs_sparsity.png](wer_vs_sparsity.png)', report)
