@@ -16,6 +16,7 @@ from fl_compression.data import corpus
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
+from tflite_export import bundle
 from tflite_export import flatbuffer
 
 _CORPUS = corpus.CorpusConfig(num_train_speakers=1, num_test_speakers=1,
@@ -46,7 +47,7 @@ class ExportProgramTest(absltest.TestCase):
     checkpoint.save_model(cls.model_dir, config, tff.learning.models.ModelWeights(
         [v.numpy() for v in model.trainable_variables],
         [v.numpy() for v in model.non_trainable_variables]),
-        {'algorithm': 'fedaqt', 'algorithm_flags': {'aqt_bits': 8}})
+        {'algorithm': 'fedaqt', 'algorithm_flags': {'aqt_bits': 5}})
     cls.env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 
   def _run(self, *flags):
@@ -75,10 +76,11 @@ class ExportProgramTest(absltest.TestCase):
     self.assertTrue(trainable)
     self.assertTrue(all(n.startswith(('encoder/block_01/', 'ctc_head/')) for n in trainable))
     self.assertLess(manifest['trainable_parameters'], manifest['parameters'] / 2)
-    # A FedAQT model also gets its inference model with the 8-bit weights.
+    # A FedAQT model also gets its inference model with the run's 5-bit weights (held in
+    # int8 tensors).
     self.assertIn('model_int8.tflite', manifest['files'])
     self.assertTrue(checks['int8_infer_logits_max_abs_diff']['ok'])
-    self.assertIn("8-bit symmetric codes per output channel (the FedAQT clients' grid)",
+    self.assertIn("5-bit symmetric codes per output channel (the FedAQT clients' grid)",
                   manifest['int8_model']['weights'])
     # The stored codes are FedAQT's: each int8 tensor, dequantized, is a weight matrix of the
     # model quantized by FedAQT's own quantizer (in TFLite's layout).
@@ -86,7 +88,7 @@ class ExportProgramTest(absltest.TestCase):
     expected = []
     for variable in model.trainable_variables:
       if variable.shape.rank >= 2:
-        q = aqt.dequantize(aqt.quantize(variable, 8)).numpy()
+        q = aqt.dequantize(aqt.quantize(variable, 5)).numpy()
         expected += [q, np.moveaxis(q, -1, 0), q.reshape((1, 1) + q.shape[:1] + (-1,))]
     with open(os.path.join(output_dir, 'model_int8.tflite'), 'rb') as f:
       stored = flatbuffer.int8_weights(f.read())
@@ -95,6 +97,14 @@ class ExportProgramTest(absltest.TestCase):
       self.assertTrue(any(e.shape == values.shape and np.allclose(e, values, rtol=1e-6,
                                                                   atol=1e-9)
                           for e in expected), name)
+
+  def test_fedaqt_bits_come_from_the_runs_flags(self):
+    self.assertEqual(bundle.aqt_bits({'algorithm': 'fedaqt', 'algorithm_flags': {}}), 8)
+    self.assertEqual(bundle.aqt_bits({'algorithm': 'fp', 'algorithm_flags': {
+        'fp_compress': 'fedaqt', 'aqt_bits': 4}}), 4)
+    self.assertIsNone(bundle.aqt_bits({'algorithm': 'fp', 'algorithm_flags': {
+        'fp_compress': 'omc', 'aqt_bits': 4}}))
+    self.assertIsNone(bundle.aqt_bits({'algorithm': 'fedavg'}))
 
   def test_bad_input_is_named_in_one_line(self):
     output_dir = os.path.join(self.tmp, 'never')
