@@ -110,12 +110,15 @@ flags.DEFINE_string('omc_scope', 'weights', 'omc: weights (weight matrices only)
 flags.DEFINE_integer('aqt_bits', 8, 'fedaqt: bits of the client model\'s integers, 4 to 8.')
 flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weights requantized '
                     'after each) or fedsgd (the client returns its gradient).')
+flags.DEFINE_string('aqt_rounding', 'nearest', 'fedaqt: how clients requantize after each '
+                    'local step: nearest, or stochastic (keeps steps smaller than half a '
+                    'quantum in expectation).')
 flags.DEFINE_bool('aqt_activations', True, 'fedaqt: also quantize the inputs of the Conformer\'s '
                   'dense layers (per tensor, aqt_bits).')
 # Flags of the compression that --fp_compress stacks on pruning (and of the algorithm alone).
 _COMPRESSION_FLAGS = {
     'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope'),
-    'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations'),
+    'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations', 'aqt_rounding'),
 }
 _ALGORITHM_FLAGS = {
     'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FP_FLAGS,

@@ -6,7 +6,8 @@ Every run starts from the same pretrained dense model, like the pruning experime
 - OMC: test WER against the float format (19, 16, 13, 11 and 8 bits, every client compressing
   every weight matrix), and at 11 bits: partial variable quantization (90% of the matrices per
   client), no per-variable transform, and all variables (vectors too).
-- FedAQT: 8, 6 and 4 bits, FedAvg and FedSGD variants.
+- FedAQT: 8, 6 and 4 bits, FedAvg and FedSGD variants; at 8 bits also the FedAvg variant
+  with stochastic requantization on the clients.
 - Noise: FedAvg and OMC 16-bit again with another client-sampling seed.
 - Costs against FedAvg from the same runs: bytes down and up per client, parameter bytes a
   client holds, steady-state round time.
@@ -32,8 +33,8 @@ def omc_key(fmt: str, variant: str = '', seed: int = 0) -> str:
   return f'omc/{fmt}' + (f'/{variant}' if variant else '') + (f'/seed{seed}' if seed else '')
 
 
-def aqt_key(bits: int, variant: str) -> str:
-  return f'fedaqt/{bits}/{variant}'
+def aqt_key(bits: int, variant: str, rounding: str = 'nearest') -> str:
+  return f'fedaqt/{bits}/{variant}' + ('' if rounding == 'nearest' else f'/{rounding}')
 
 
 def pruned_key(compressed: bool) -> str:
@@ -64,6 +65,8 @@ def plan_runs(experiments: Sequence[str]) -> list[common.RunSpec]:
         add(omc_key(fmt), 'omc', format=fmt)
   if 'aqt' in experiments:
     add(aqt_key(8, 'fedavg'), 'fedaqt', bits=8, variant='fedavg')
+    add(aqt_key(8, 'fedavg', 'stochastic'), 'fedaqt', bits=8, variant='fedavg',
+        rounding='stochastic')
   if 'variants' in experiments:
     add(omc_key('S1E4M6', 'partial'), 'omc', format='S1E4M6', fraction=PARTIAL_FRACTION)
     add(omc_key('S1E4M6', 'no_transform'), 'omc', format='S1E4M6', transform=False)
@@ -142,11 +145,13 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if ratios.get(name) is not None:
       rows.append((f'OMC 11-bit: {label} at most {limit}x FedAvg\'s', f'{ratios[name]:.3f}x',
                    common.check(ratios[name] <= limit)))
-  aqt8 = common.wer(results, aqt_key(8, 'fedavg'))
-  if aqt8 is not None and dense is not None:
-    rows.append(('FedAQT 8-bit: WER within 10% relative of float32',
-                 f'{common.pct(aqt8)} vs {common.pct(dense)} '
-                 f'({100 * (aqt8 / dense - 1):+.1f}% relative)', common.check(aqt8 <= 1.1 * dense)))
+  for rounding in ('nearest', 'stochastic'):
+    aqt8 = common.wer(results, aqt_key(8, 'fedavg', rounding))
+    if aqt8 is not None and dense is not None:
+      rows.append((f'FedAQT 8-bit ({rounding} requantization): WER within 10% relative of '
+                   'float32', f'{common.pct(aqt8)} vs {common.pct(dense)} '
+                   f'({100 * (aqt8 / dense - 1):+.1f}% relative)',
+                   common.check(aqt8 <= 1.1 * dense)))
   down = cost_ratios(results, aqt_key(8, 'fedavg')).get('client_bytes_down')
   if down is not None:
     rows.append(('FedAQT 8-bit: downlink bytes at most 0.30x', f'{down:.3f}x',
@@ -256,7 +261,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
         ('no per-variable transform', omc_key('S1E4M6', 'no_transform'), 11),
         ('all variables (vectors too)', omc_key('S1E4M6', 'all_variables'), 11)]),
       ('FedAQT', [(f'{variant}', aqt_key(bits, variant), bits)
-                  for bits in AQT_BITS for variant in ('fedavg', 'fedsgd')]),
+                  for bits in AQT_BITS for variant in ('fedavg', 'fedsgd')] +
+       [('fedavg, stochastic requantization', aqt_key(8, 'fedavg', 'stochastic'), 8)]),
       (f'Stacked: federated pruning ({STACKED_SPARSITY:.0%} column, weight magnitude) with OMC '
        f'{STACKED_FORMAT}',
        [('pruning alone', pruned_key(False), 32),

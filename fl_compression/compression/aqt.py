@@ -7,6 +7,10 @@ Pure TF functions (the FedAQT process wraps them):
   `[-(2^(bits-1) - 1), 2^(bits-1) - 1]` (narrow range, zero exact), 4 to 8 bits. This is the
   grid of TF's `fake_quant_with_min_max_vars_per_channel(min=-max|w|, max=max|w|,
   narrow_range=True)`, which the tests use as the reference.
+- Stochastic rounding (`quantize(..., seed=...)`) for the client's requantization after each
+  local step: a step smaller than half a quantum (2e-4 Adam steps against 8-bit quanta of
+  about 2e-3) always rounds back to the same code, so round-to-nearest freezes the weight
+  matrices; rounding up with probability equal to the fraction keeps the step in expectation.
 - `fake_quant(x, bits)`: dequantize(quantize(x)) in the forward pass, identity gradient
   (straight-through), for weights and for activations (per tensor, dynamic range).
 - `pack`: the integer codes offset to unsigned and packed `bits` wide, so a 4-bit model is
@@ -14,6 +18,7 @@ Pure TF functions (the FedAQT process wraps them):
 """
 
 import dataclasses
+from typing import Optional
 
 import tensorflow as tf
 
@@ -50,15 +55,25 @@ def _max_abs(w: tf.Tensor, per_channel: bool) -> tf.Tensor:
   return tf.reduce_max(tf.abs(w))
 
 
-def quantize(w: tf.Tensor, bits: int, per_channel: bool = True) -> Quantized:
-  """Symmetric quantization; per last-axis channel for rank >= 2 when `per_channel`."""
+def quantize(w: tf.Tensor, bits: int, per_channel: bool = True,
+             seed: Optional[tf.Tensor] = None) -> Quantized:
+  """Symmetric quantization; per last-axis channel for rank >= 2 when `per_channel`.
+
+  Rounds to nearest, or stochastically when a `seed` ([2] int, for a stateless draw) is
+  given: `floor(w / scale + u)` with `u ~ U[0, 1)`, which is `w / scale` in expectation.
+  """
   _check_bits(bits)
   w = tf.convert_to_tensor(w, tf.float32)
   per_channel = per_channel and w.shape.rank >= 2
   top = levels(bits)
   max_abs = _max_abs(w, per_channel)
   scales = tf.where(max_abs > 0, max_abs / top, tf.ones_like(max_abs))
-  codes = tf.clip_by_value(tf.round(w / scales), -top, top)
+  steps = w / scales
+  if seed is None:
+    rounded = tf.round(steps)
+  else:
+    rounded = tf.floor(steps + tf.random.stateless_uniform(tf.shape(w), seed))
+  codes = tf.clip_by_value(rounded, -top, top)
   return Quantized(tf.cast(codes, tf.int8), scales, bits)
 
 

@@ -3,7 +3,8 @@
 A codec turns a float32 tensor into an `OrderedDict` of tensors (its compressed form: what a
 client holds between steps and what crosses the network) and back. `roundtrip(x)` is
 `decode(encode(x))` without the bit packing (packing is exact), for the per-step
-recompression inside client training.
+recompression inside client training; `requantize(x, seed)` is what a client runs after each
+local step (FedAQT may round stochastically there).
 
 - `OmcCodec`: an `S1EeMm` floating-point format, bit-packed, with the least-squares
   per-variable transform `V' = s * V + b` (`omc.py`).
@@ -22,6 +23,7 @@ from fl_compression.compression import float_format as ff
 from fl_compression.compression import omc
 
 Encoded = collections.OrderedDict
+ROUNDINGS = ('nearest', 'stochastic')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,12 @@ class OmcCodec:
     return omc.decompress(omc.Compressed(encoded['words'], encoded['scale'], encoded['offset'],
                                          tuple(shape)), self.fmt)
 
+  def requantize(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A client's recompression after a local step: `roundtrip` (the formats round to
+    nearest even; `seed` is unused)."""
+    del seed
+    return self.roundtrip(x)
+
   def roundtrip(self, x: tf.Tensor) -> tf.Tensor:
     values = ff.quantize(x, self.fmt)
     if not self.transform:
@@ -59,11 +67,16 @@ class AqtCodec:
   """Symmetric per-channel `bits`-bit integers (per tensor for vectors), float32 scales."""
 
   bits: int = 8
+  # How a client requantizes after a local step: 'nearest' or 'stochastic' (`aqt.quantize`).
+  # The server's broadcast always rounds to nearest.
+  rounding: str = 'nearest'
 
   def __post_init__(self):
     if not aqt.MIN_BITS <= self.bits <= aqt.MAX_BITS:
       raise ValueError(f'{self.bits}-bit quantization is outside the supported '
                        f'{aqt.MIN_BITS}..{aqt.MAX_BITS}')
+    if self.rounding not in ROUNDINGS:
+      raise ValueError(f'rounding {self.rounding!r} is unknown; known: {", ".join(ROUNDINGS)}')
 
   @property
   def name(self) -> str:
@@ -78,6 +91,12 @@ class AqtCodec:
 
   def roundtrip(self, x: tf.Tensor) -> tf.Tensor:
     return aqt.dequantize(aqt.quantize(x, self.bits))
+
+  def requantize(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A client's requantization after a local step, stochastic with `seed` if configured."""
+    if self.rounding == 'nearest':
+      return self.roundtrip(x)
+    return aqt.dequantize(aqt.quantize(x, self.bits, seed=seed))
 
   def nbytes(self, shape: Sequence[int]) -> int:
     channels = int(shape[-1]) if len(shape) >= 2 else 1

@@ -7,7 +7,9 @@ Both are FedAvg with a codec (`codecs.py`) between the float server model and th
   and the round number; its state counts the rounds.
 - **Client work**: the client decodes the broadcast, trains, and holds every *selected*
   variable compressed between steps: after each optimizer step the variable is recompressed
-  (`codec.roundtrip`), so the weights it computes with are always values of the format.
+  (`codec.requantize`), so the weights it computes with are always values of the format
+  (FedAQT can round stochastically there, `--aqt_rounding`, so that steps smaller than half a
+  quantum are kept in expectation instead of always rounding back).
   Gradients are float32 (for FedAQT: the straight-through gradient with respect to the
   quantized weights; its clients also fake-quantize the inputs of the Conformer's dense
   layers per tensor, `aqt.QuantizedInput`). With `fraction < 1` (OMC's partial variable quantization) a client
@@ -99,8 +101,12 @@ def omc_config(options: dict) -> CompressionConfig:
 def aqt_config(options: dict) -> CompressionConfig:
   """FedAQT settings from `--aqt_*` flag values named without the prefix."""
   bits = int(options.get('bits', 8))
+  rounding = options.get('rounding', 'nearest')
+  if rounding not in codecs.ROUNDINGS:
+    raise ConfigError(f'--aqt_rounding={rounding!r} is unknown; known: '
+                      f'{", ".join(codecs.ROUNDINGS)}')
   try:
-    codec = codecs.AqtCodec(bits)
+    codec = codecs.AqtCodec(bits, rounding)
   except ValueError as e:
     raise ConfigError(f'--aqt_bits={bits}: {e}') from None
   return CompressionConfig(codec, scope='weights', fraction=1.0, upload='float',
@@ -215,15 +221,21 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
     for v, x in zip(model.non_trainable_variables, broadcast['non_trainable']):
       v.assign(x)
     # Which covered variables this client holds compressed this round.
+    client_fingerprint = fingerprint(dataset)
     chosen = omc.select_compressed(len(covered_index), config.fraction,
-                                   tf.stack([broadcast['round'], fingerprint(dataset)]))
+                                   tf.stack([broadcast['round'], client_fingerprint]))
     selected = [tf.constant(False)] * len(shapes)
     for j, i in enumerate(covered_index):
       selected[i] = chosen[j]
     trainable = model.trainable_variables
 
-    def recompress(values):
-      return [tf.cond(selected[i], lambda x=x: codec.roundtrip(x), lambda x=x: x)
+    def recompress(values, examples_so_far):
+      # A distinct stateless seed per (round, client, step, variable) for stochastic rounding.
+      def seed(i):
+        return tf.stack([tf.cast(broadcast['round'], tf.int64) * 1_000_003 + i,
+                         tf.cast(client_fingerprint, tf.int64) * 1_000_003 + examples_so_far])
+      return [tf.cond(selected[i], lambda x=x, i=i: codec.requantize(x, seed(i)),
+                      lambda x=x: x)
               if covered[i] else x for i, x in enumerate(values)]
 
     # The received values are format values already; the unselected ones train in float32.
@@ -233,7 +245,7 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, trainable)
       opt_state, updated = optimizer.next(opt_state, tuple(trainable), tuple(grads))
-      for v, x in zip(trainable, recompress(updated)):
+      for v, x in zip(trainable, recompress(updated, num_examples)):
         v.assign(x)
       return num_examples + tf.cast(output.num_examples, tf.int64), opt_state
 

@@ -37,9 +37,9 @@ class CompressionExperimentsTest(absltest.TestCase):
     keys = [s.key for s in specs]
     self.assertLen(set(keys), len(keys))
     self.assertEqual(keys[0], experiments.DENSE)
-    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + pruning
-    # alone and stacked with OMC + dense.
-    self.assertLen(specs, 1 + 5 + 3 + 2 + 6 + 2)
+    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + 8-bit
+    # stochastic requantization + pruning alone and stacked with OMC + dense.
+    self.assertLen(specs, 1 + 5 + 3 + 2 + 6 + 1 + 2)
     by_key = {s.key: s for s in specs}
     self.assertEqual(by_key[experiments.omc_key('S1E4M6', 'partial')].option_dict['fraction'],
                      experiments.PARTIAL_FRACTION)
@@ -52,8 +52,11 @@ class CompressionExperimentsTest(absltest.TestCase):
                              'format': 'S1E4M6'}))
     self.assertEqual(by_key[experiments.pruned_key(False)].option_dict,
                      {'sparsity': 0.3, 'pattern': 'column'})
-    self.assertEqual([s.key for s in experiments.plan_runs(['aqt'])][:2],
-                     [experiments.DENSE, experiments.aqt_key(8, 'fedavg')])
+    self.assertEqual([s.key for s in experiments.plan_runs(['aqt'])][:3],
+                     [experiments.DENSE, experiments.aqt_key(8, 'fedavg'),
+                      'fedaqt/8/fedavg/stochastic'])
+    self.assertEqual(by_key['fedaqt/8/fedavg/stochastic'].option_dict,
+                     {'bits': 8, 'variant': 'fedavg', 'rounding': 'stochastic'})
     with self.assertRaisesRegex(ValueError, 'unknown sparsity'):
       experiments.plan_runs(['sparsity'])
 
@@ -71,7 +74,8 @@ class CompressionExperimentsTest(absltest.TestCase):
                      ('0.360x', '**missed**'))
     self.assertEqual(checks['OMC 11-bit: round time at most 1.15x FedAvg\'s'], ('1.100x', 'met'))
     self.assertEqual(checks['FedAQT 8-bit: downlink bytes at most 0.30x'], ('0.280x', 'met'))
-    self.assertEqual(checks['FedAQT 8-bit: WER within 10% relative of float32'][1], 'met')
+    self.assertEqual(checks['FedAQT 8-bit (nearest requantization): WER within 10% relative of '
+                            'float32'][1], 'met')
 
   def test_report_has_tables_missing_runs_and_figure(self):
     settings = {'initial_model_dir': 'ckpt', 'total_rounds': 6, 'clients_per_round': 4,

@@ -30,6 +30,33 @@ class AqtTest(parameterized.TestCase):
     np.testing.assert_allclose(np.abs(aqt.dequantize(q).numpy()).max(axis=0), max_abs,
                                rtol=1e-6)
 
+  def test_stochastic_rounding_is_on_the_grid_unbiased_and_reproducible(self):
+    rng = np.random.default_rng(3)
+    w = tf.constant(rng.normal(0, 0.05, (64, 32)).astype(np.float32))
+    nearest = aqt.quantize(w, 8)
+    steps = (w / nearest.scales).numpy()
+    draws = np.stack([aqt.quantize(w, 8, seed=tf.constant([7, i])).codes.numpy()
+                      for i in range(400)]).astype(np.float64)
+    # Same scales as rounding to nearest; each code is the floor or the ceiling of the step.
+    np.testing.assert_array_equal(aqt.quantize(w, 8, seed=tf.constant([7, 0])).scales,
+                                  nearest.scales)
+    self.assertTrue(np.all((draws == np.floor(steps)) | (draws == np.ceil(steps))))
+    # Unbiased: the mean code is the step (400 draws of a Bernoulli: std <= 0.025).
+    np.testing.assert_allclose(draws.mean(axis=0), steps, atol=0.13)
+    self.assertLess(abs(float(np.mean(draws.mean(axis=0) - steps))), 0.01)
+    # A step of a fifth of a quantum (on every weight but each channel's largest, so the
+    # scales stay) is dropped by rounding to nearest and kept in expectation stochastically.
+    base = aqt.dequantize(nearest).numpy()
+    quantum = nearest.scales.numpy()
+    step = 0.2 * quantum * (np.abs(base) < np.abs(base).max(axis=0) - quantum / 2)
+    moved = tf.constant(base + step)
+    np.testing.assert_array_equal(aqt.dequantize(aqt.quantize(moved, 8)).numpy(), base)
+    kept = np.mean([aqt.dequantize(aqt.quantize(moved, 8, seed=tf.constant([1, i]))).numpy()
+                    - base for i in range(200)], axis=0)
+    self.assertAlmostEqual(float(kept.sum() / step.sum()), 1.0, delta=0.03)
+    np.testing.assert_array_equal(aqt.quantize(w, 8, seed=tf.constant([5, 5])).codes,
+                                  aqt.quantize(w, 8, seed=tf.constant([5, 5])).codes)
+
   def test_per_channel_beats_per_tensor_on_uneven_channels(self):
     per_channel = np.mean((aqt.dequantize(aqt.quantize(self.w, 8)).numpy() - self.w) ** 2)
     per_tensor = np.mean((aqt.dequantize(aqt.quantize(self.w, 8, per_channel=False)).numpy()
