@@ -107,6 +107,9 @@ flags.DEFINE_float('omc_fraction', 1.0, 'omc: fraction of the weight matrices ea
                    'compressed (partial variable quantization), in [0, 1].')
 flags.DEFINE_bool('omc_transform', True, 'omc: per-variable transform s * V + b.')
 flags.DEFINE_string('omc_scope', 'weights', 'omc: weights (weight matrices only) or all.')
+flags.DEFINE_string('omc_rounding', 'nearest', 'omc: how clients recompress after each local '
+                    'step: nearest (even), or stochastic (keeps steps smaller than half a '
+                    'quantum in expectation).')
 flags.DEFINE_integer('aqt_bits', 8, 'fedaqt: bits of the client model\'s integers, 4 to 8.')
 flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weights requantized '
                     'after each) or fedsgd (the client returns its gradient).')
@@ -117,7 +120,7 @@ flags.DEFINE_bool('aqt_activations', True, 'fedaqt: also quantize the inputs of 
                   'dense layers (per tensor, aqt_bits).')
 # Flags of the compression that --fp_compress stacks on pruning (and of the algorithm alone).
 _COMPRESSION_FLAGS = {
-    'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope'),
+    'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope', 'omc_rounding'),
     'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations', 'aqt_rounding'),
 }
 _ALGORITHM_FLAGS = {

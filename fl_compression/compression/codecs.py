@@ -32,6 +32,12 @@ class OmcCodec:
 
   fmt: ff.FloatFormat
   transform: bool = True
+  # How a client requantizes after a local step: 'nearest' (even) or 'stochastic'
+  # (`ff.quantize_stochastic`). The server's broadcast always rounds to nearest even.
+  rounding: str = 'nearest'
+
+  def __post_init__(self):
+    _check_rounding(self.rounding)
 
   @property
   def name(self) -> str:
@@ -46,13 +52,15 @@ class OmcCodec:
                                          tuple(shape)), self.fmt)
 
   def requantize(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """A client's recompression after a local step: `roundtrip` (the formats round to
-    nearest even; `seed` is unused)."""
-    del seed
-    return self.roundtrip(x)
+    """A client's recompression after a local step, stochastic with `seed` if configured."""
+    if self.rounding == 'nearest':
+      return self.roundtrip(x)
+    return self._transformed(x, ff.quantize_stochastic(x, self.fmt, seed))
 
   def roundtrip(self, x: tf.Tensor) -> tf.Tensor:
-    values = ff.quantize(x, self.fmt)
+    return self._transformed(x, ff.quantize(x, self.fmt))
+
+  def _transformed(self, x: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     if not self.transform:
       return values
     scale, offset = omc.fit_transform(x, values)
@@ -75,8 +83,7 @@ class AqtCodec:
     if not aqt.MIN_BITS <= self.bits <= aqt.MAX_BITS:
       raise ValueError(f'{self.bits}-bit quantization is outside the supported '
                        f'{aqt.MIN_BITS}..{aqt.MAX_BITS}')
-    if self.rounding not in ROUNDINGS:
-      raise ValueError(f'rounding {self.rounding!r} is unknown; known: {", ".join(ROUNDINGS)}')
+    _check_rounding(self.rounding)
 
   @property
   def name(self) -> str:
@@ -101,6 +108,11 @@ class AqtCodec:
   def nbytes(self, shape: Sequence[int]) -> int:
     channels = int(shape[-1]) if len(shape) >= 2 else 1
     return ff.packed_words(_size(shape), self.bits) * 4 + channels * 4
+
+
+def _check_rounding(rounding: str) -> None:
+  if rounding not in ROUNDINGS:
+    raise ValueError(f'rounding {rounding!r} is unknown; known: {", ".join(ROUNDINGS)}')
 
 
 def _size(shape: Sequence[int]) -> int:

@@ -131,6 +131,43 @@ def decode(code: tf.Tensor, fmt: FloatFormat) -> tf.Tensor:
   return tf.where(tf.equal(sign, 1), -magnitude, magnitude)
 
 
+def quantize_stochastic(x: tf.Tensor, fmt: FloatFormat, seed: tf.Tensor) -> tf.Tensor:
+  """float32 -> one of the two `fmt` values around `x`, the upper with probability equal
+  to `x`'s fraction of the way there, so the result is `x` in expectation (saturating at
+  +-max; NaN kept). `seed` ([2] int) makes the draw stateless and reproducible.
+
+  For a client's requantization after a local step: a step smaller than half a quantum
+  rounds back to the same value under round-to-nearest, so a format that is coarse relative
+  to the step freezes its weights; stochastic rounding keeps the step in expectation.
+  Random low bits are added to the float32 bit pattern below the format's last mantissa bit
+  and then cut off (integer ops only, so float32 subnormals are not flushed); below the
+  format's smallest normal (for fewer than 8 exponent bits) the quantum is fixed and the draw
+  is `floor(|x| / q + u) * q`.
+  """
+  x = tf.convert_to_tensor(x, tf.float32)
+  bits = tf.bitcast(x, tf.int32)
+  sign = tf.bitwise.bitwise_and(bits, np.int32(-2 ** 31))
+  magnitude_bits = tf.bitwise.bitwise_and(bits, 0x7FFFFFFF)
+  shift = 23 - fmt.mantissa_bits
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  rounded_bits = magnitude_bits
+  if shift:
+    noise = tf.random.stateless_uniform(tf.shape(x), seeds[0], minval=0, maxval=2 ** shift,
+                                        dtype=tf.int32)
+    rounded_bits = tf.bitwise.bitwise_and(magnitude_bits + noise, np.int32(~(2 ** shift - 1)))
+  max_bits = np.float32(fmt.max_value).view(np.int32)
+  rounded_bits = tf.minimum(rounded_bits, max_bits)
+  if fmt.exponent_bits < 8:
+    magnitude = tf.bitcast(magnitude_bits, tf.float32)
+    quantum = 2.0 ** (fmt.min_normal_exponent - fmt.mantissa_bits)
+    uniform = tf.random.stateless_uniform(tf.shape(x), seeds[1])
+    subnormal = tf.floor(magnitude * np.float32(1.0 / quantum) + uniform) * np.float32(quantum)
+    rounded_bits = tf.where(magnitude < np.float32(2.0 ** fmt.min_normal_exponent),
+                            tf.bitcast(subnormal, tf.int32), rounded_bits)
+  signed = tf.bitcast(tf.bitwise.bitwise_or(rounded_bits, sign), tf.float32)
+  return tf.where(tf.math.is_nan(x), x, signed)
+
+
 def quantize(x: tf.Tensor, fmt: FloatFormat) -> tf.Tensor:
   """float32 -> the nearest `fmt` value, as float32: `decode(encode(x))`, in a third of the ops.
 

@@ -8,8 +8,8 @@ Both are FedAvg with a codec (`codecs.py`) between the float server model and th
 - **Client work**: the client decodes the broadcast, trains, and holds every *selected*
   variable compressed between steps: after each optimizer step the variable is recompressed
   (`codec.requantize`), so the weights it computes with are always values of the format
-  (FedAQT can round stochastically there, `--aqt_rounding`, so that steps smaller than half a
-  quantum are kept in expectation instead of always rounding back).
+  (or stochastically, `--omc_rounding`/`--aqt_rounding=stochastic`, so that steps smaller
+  than half a quantum are kept in expectation instead of always rounding back).
   Gradients are float32 (for FedAQT: the straight-through gradient with respect to the
   quantized weights; its clients also fake-quantize the inputs of the Conformer's dense
   layers per tensor, `aqt.QuantizedInput`). With `fraction < 1` (OMC's partial variable quantization) a client
@@ -93,7 +93,11 @@ def omc_config(options: dict) -> CompressionConfig:
     fmt = ff.parse(options.get('format', 'S1E4M6'))
   except ValueError as e:
     raise ConfigError(f'--omc_format={options.get("format")!r}: {e}') from None
-  return CompressionConfig(codecs.OmcCodec(fmt, bool(options.get('transform', True))),
+  rounding = options.get('rounding', 'nearest')
+  if rounding not in codecs.ROUNDINGS:
+    raise ConfigError(f'--omc_rounding={rounding!r} is unknown; known: '
+                      f'{", ".join(codecs.ROUNDINGS)}')
+  return CompressionConfig(codecs.OmcCodec(fmt, bool(options.get('transform', True)), rounding),
                            scope=options.get('scope', 'weights'),
                            fraction=float(options.get('fraction', 1.0)), upload='compressed')
 

@@ -88,6 +88,44 @@ class FormatTest(parameterized.TestCase):
         np.isnan(fast) & np.isnan(via_codes))
     self.assertTrue(np.all(same), values[~same][:5])
 
+  @parameterized.parameters('S1E4M3', 'S1E4M6', 'S1E5M10', 'S1E8M7', 'S1E3M9')
+  def test_stochastic_rounding_picks_a_neighbour_without_bias(self, name):
+    fmt = ff.parse(name)
+    low = -130 if fmt.exponent_bits == 8 else fmt.min_normal_exponent - fmt.mantissa_bits - 2
+    values = _values(5, low, fmt.max_exponent + 1, count=500)
+    nearest = _reference(values, fmt).astype(np.float64)
+    # The neighbours: nearest and the format value on the other side of x (float64).
+    x = values.astype(np.float64)
+    a = np.abs(x)
+    _, exponent = np.frexp(np.maximum(a, 1e-300))
+    quantum = 2.0 ** (np.maximum(exponent - 1, fmt.min_normal_exponent) - fmt.mantissa_bits)
+    lower = np.sign(x) * np.minimum(np.floor(a / quantum) * quantum, fmt.max_value)
+    upper = np.sign(x) * np.minimum(np.ceil(a / quantum) * quantum, fmt.max_value)
+    draws = np.stack([ff.quantize_stochastic(tf.constant(values), fmt, tf.constant([3, i]))
+                      .numpy() for i in range(300)]).astype(np.float64)
+    on_grid = (draws == lower) | (draws == upper)
+    self.assertTrue(np.all(on_grid), values[~np.all(on_grid, axis=0)][:5])
+    # Unbiased inside the range: the mean draw is x (300 draws; 6 sigma of a Bernoulli).
+    inside = (a <= fmt.max_value) & (upper != lower)
+    width = np.abs(upper - lower)[inside]
+    error = (draws.mean(axis=0)[inside] - x[inside]) / width
+    self.assertLess(np.max(np.abs(error)), 6 * 0.5 / np.sqrt(300))
+    self.assertLess(abs(float(np.mean(error))), 0.01)
+    # Values already on the grid stay; the same seed draws the same.
+    np.testing.assert_array_equal(
+        ff.quantize_stochastic(tf.constant(nearest.astype(np.float32)), fmt, tf.constant([1, 2])),
+        nearest.astype(np.float32))
+    np.testing.assert_array_equal(ff.quantize_stochastic(tf.constant(values), fmt, [9, 9]),
+                                  ff.quantize_stochastic(tf.constant(values), fmt, [9, 9]))
+
+  def test_stochastic_rounding_saturates_and_keeps_nan(self):
+    fmt = ff.parse('S1E4M6')
+    x = tf.constant([1e6, -1e6, np.inf, -np.inf, np.nan], tf.float32)
+    got = ff.quantize_stochastic(x, fmt, tf.constant([0, 1])).numpy()
+    np.testing.assert_array_equal(got[:4], [fmt.max_value, -fmt.max_value, fmt.max_value,
+                                            -fmt.max_value])
+    self.assertTrue(np.isnan(got[4]))
+
   def test_overflow_saturates_and_nan_stays(self):
     fmt = ff.parse('S1E4M6')
     x = tf.constant([1e6, -1e6, np.inf, -np.inf, np.nan, 255.0, 253.0], tf.float32)

@@ -165,32 +165,47 @@ class CompressedProcessTest(absltest.TestCase):
     self.assertEqual(metrics['communication']['client_bytes_up'],
                      sum(w.nbytes for w in weights.trainable) + 4)
 
+  def _moved_by_small_steps(self, make_config):
+    """Per rounding: how many covered weights one round of SGD at 1e-4 changes, and the
+    server weights after it."""
+    weights = _initial_weights()
+    covered = _covered(weights)
+    moved, servers = {}, {}
+    for rounding in ('nearest', 'stochastic'):
+      server, _ = _run_round(_build(make_config(rounding), client_lr=1e-4), weights,
+                             [_client_data(5)])
+      moved[rounding] = sum(int(np.count_nonzero(new - old)) for new, old, c in
+                            zip(server.trainable, weights.trainable, covered) if c)
+      servers[rounding] = server
+    return weights, moved, servers
+
   def test_fedaqt_stochastic_requantization_keeps_steps_below_half_a_quantum(self):
     # Client SGD at 1e-4 moves weights by far less than half an 8-bit quantum per step: rounded
     # to nearest they fall back on the same codes (the matrices do not train), rounded
     # stochastically some codes move, and the client's weights stay on the grid.
-    weights = _initial_weights()
-    covered = _covered(weights)
-    moved = {}
-    for rounding in ('nearest', 'stochastic'):
-      config = process.aqt_config({'bits': 8, 'variant': 'fedavg', 'activations': False,
-                                   'rounding': rounding})
-      server, _ = _run_round(_build(config, client_lr=1e-4), weights, [_client_data(5)])
-      deltas = [new - old for new, old, c in zip(server.trainable, weights.trainable, covered)
-                if c]
-      moved[rounding] = sum(int(np.count_nonzero(d)) for d in deltas)
-      if rounding == 'stochastic':
-        codec = codecs.AqtCodec(8)
-        for old, delta in zip([w for w, c in zip(weights.trainable, covered) if c], deltas):
-          trained = (delta.astype(np.float64) + codec.roundtrip(tf.constant(old)).numpy()
-                     ).reshape(-1, old.shape[-1])
-          scale = np.abs(trained).max(axis=0) / 127.0
-          steps = trained / np.where(scale > 0, scale, 1.0)
-          np.testing.assert_allclose(steps, np.round(steps), atol=2e-3)
+    weights, moved, servers = self._moved_by_small_steps(lambda rounding: process.aqt_config(
+        {'bits': 8, 'variant': 'fedavg', 'activations': False, 'rounding': rounding}))
     self.assertEqual(moved['nearest'], 0)
     self.assertGreater(moved['stochastic'], 100)
+    codec = codecs.AqtCodec(8)
+    for old, new in zip(weights.trainable, servers['stochastic'].trainable):
+      if old.ndim < 2:
+        continue
+      trained = (new.astype(np.float64) - old + codec.roundtrip(tf.constant(old)).numpy()
+                 ).reshape(-1, old.shape[-1])
+      scale = np.abs(trained).max(axis=0) / 127.0
+      steps = trained / np.where(scale > 0, scale, 1.0)
+      np.testing.assert_allclose(steps, np.round(steps), atol=2e-3)
     with self.assertRaisesRegex(process.ConfigError, '--aqt_rounding=.up.'):
       process.aqt_config({'rounding': 'up'})
+
+  def test_omc_stochastic_recompression_keeps_steps_below_half_a_quantum(self):
+    _, moved, _ = self._moved_by_small_steps(lambda rounding: process.omc_config(
+        {'format': 'S1E4M3', 'transform': False, 'rounding': rounding}))
+    self.assertEqual(moved['nearest'], 0)
+    self.assertGreater(moved['stochastic'], 100)
+    with self.assertRaisesRegex(process.ConfigError, '--omc_rounding=.up.'):
+      process.omc_config({'rounding': 'up'})
 
   def _eager_mean_gradient(self, weights, data, activation_bits):
     """Independent reference: the example-weighted mean gradient, computed eagerly, of the Keras
