@@ -6,8 +6,10 @@ Every run starts from the same pretrained dense model, like the pruning experime
 - OMC: test WER against the float format (19, 16, 13, 11 and 8 bits, every client compressing
   every weight matrix), and at 11 bits: partial variable quantization (90% of the matrices per
   client), no per-variable transform, and all variables (vectors too).
-- FedAQT: 8, 6 and 4 bits, FedAvg and FedSGD variants; at 8 bits also the FedAvg variant
-  with stochastic requantization on the clients.
+- FedAQT: 8, 6 and 4 bits, FedAvg and FedSGD variants.
+- Rounding: the clients' recompression after each local step rounded stochastically instead
+  of to nearest, for OMC at 11 and 8 bits and FedAQT at 8 bits (a step smaller than half a
+  quantum always rounds back under round-to-nearest).
 - Noise: FedAvg and OMC 16-bit again with another client-sampling seed.
 - Costs against FedAvg from the same runs: bytes down and up per client, parameter bytes a
   client holds, steady-state round time.
@@ -18,7 +20,8 @@ from typing import Any, Optional, Sequence
 
 from fl_compression.benchmarks import pruning_experiments as common
 
-EXPERIMENTS = ('formats', 'variants', 'aqt', 'stacked', 'noise')
+EXPERIMENTS = ('formats', 'variants', 'aqt', 'stacked', 'noise', 'rounding')
+ROUNDING_FORMATS = (('S1E4M6', 11), ('S1E4M3', 8))
 FORMATS = (('S1E8M10', 19), ('S1E5M10', 16), ('S1E5M7', 13), ('S1E4M6', 11), ('S1E4M3', 8))
 AQT_BITS = (8, 6, 4)
 PARTIAL_FRACTION = 0.9
@@ -65,8 +68,11 @@ def plan_runs(experiments: Sequence[str]) -> list[common.RunSpec]:
         add(omc_key(fmt), 'omc', format=fmt)
   if 'aqt' in experiments:
     add(aqt_key(8, 'fedavg'), 'fedaqt', bits=8, variant='fedavg')
+  if 'rounding' in experiments:
     add(aqt_key(8, 'fedavg', 'stochastic'), 'fedaqt', bits=8, variant='fedavg',
         rounding='stochastic')
+    for fmt, _ in ROUNDING_FORMATS:
+      add(omc_key(fmt, 'stochastic'), 'omc', format=fmt, rounding='stochastic')
   if 'variants' in experiments:
     add(omc_key('S1E4M6', 'partial'), 'omc', format='S1E4M6', fraction=PARTIAL_FRACTION)
     add(omc_key('S1E4M6', 'no_transform'), 'omc', format='S1E4M6', transform=False)
@@ -261,8 +267,13 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
         ('no per-variable transform', omc_key('S1E4M6', 'no_transform'), 11),
         ('all variables (vectors too)', omc_key('S1E4M6', 'all_variables'), 11)]),
       ('FedAQT', [(f'{variant}', aqt_key(bits, variant), bits)
-                  for bits in AQT_BITS for variant in ('fedavg', 'fedsgd')] +
-       [('fedavg, stochastic requantization', aqt_key(8, 'fedavg', 'stochastic'), 8)]),
+                  for bits in AQT_BITS for variant in ('fedavg', 'fedsgd')]),
+      ('Rounding of the clients\' recompression after each local step',
+       [row for (fmt, bits) in ROUNDING_FORMATS for row in (
+           (f'OMC {fmt}, nearest even', omc_key(fmt), bits),
+           (f'OMC {fmt}, stochastic', omc_key(fmt, 'stochastic'), bits))] +
+       [('FedAQT int8 (FedAvg), nearest', aqt_key(8, 'fedavg'), 8),
+        ('FedAQT int8 (FedAvg), stochastic', aqt_key(8, 'fedavg', 'stochastic'), 8)]),
       (f'Stacked: federated pruning ({STACKED_SPARSITY:.0%} column, weight magnitude) with OMC '
        f'{STACKED_FORMAT}',
        [('pruning alone', pruned_key(False), 32),

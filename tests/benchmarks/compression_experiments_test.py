@@ -37,9 +37,9 @@ class CompressionExperimentsTest(absltest.TestCase):
     keys = [s.key for s in specs]
     self.assertLen(set(keys), len(keys))
     self.assertEqual(keys[0], experiments.DENSE)
-    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + 8-bit
-    # stochastic requantization + pruning alone and stacked with OMC + dense.
-    self.assertLen(specs, 1 + 5 + 3 + 2 + 6 + 1 + 2)
+    # 5 formats + 3 variants at 11 bits + 2 noise runs + 3 bit widths x 2 variants + pruning
+    # alone and stacked with OMC + stochastic rounding (OMC 11 and 8 bits, FedAQT 8) + dense.
+    self.assertLen(specs, 1 + 5 + 3 + 2 + 6 + 2 + 3)
     by_key = {s.key: s for s in specs}
     self.assertEqual(by_key[experiments.omc_key('S1E4M6', 'partial')].option_dict['fraction'],
                      experiments.PARTIAL_FRACTION)
@@ -52,11 +52,12 @@ class CompressionExperimentsTest(absltest.TestCase):
                              'format': 'S1E4M6'}))
     self.assertEqual(by_key[experiments.pruned_key(False)].option_dict,
                      {'sparsity': 0.3, 'pattern': 'column'})
-    self.assertEqual([s.key for s in experiments.plan_runs(['aqt'])][:3],
-                     [experiments.DENSE, experiments.aqt_key(8, 'fedavg'),
-                      'fedaqt/8/fedavg/stochastic'])
+    self.assertEqual([s.key for s in experiments.plan_runs(['aqt'])][:2],
+                     [experiments.DENSE, experiments.aqt_key(8, 'fedavg')])
     self.assertEqual(by_key['fedaqt/8/fedavg/stochastic'].option_dict,
                      {'bits': 8, 'variant': 'fedavg', 'rounding': 'stochastic'})
+    self.assertEqual(by_key['omc/S1E4M3/stochastic'].option_dict,
+                     {'format': 'S1E4M3', 'rounding': 'stochastic'})
     with self.assertRaisesRegex(ValueError, 'unknown sparsity'):
       experiments.plan_runs(['sparsity'])
 
