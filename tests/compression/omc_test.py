@@ -4,6 +4,7 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
 
+from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import omc
 
@@ -56,6 +57,27 @@ class OmcTest(absltest.TestCase):
     plain = np.mean((omc.decompress(omc.compress(large, fmt, False), fmt).numpy() - large) ** 2)
     fitted = np.mean((omc.decompress(omc.compress(large, fmt), fmt).numpy() - large) ** 2)
     self.assertLess(fitted, 0.5 * plain)
+
+  def test_small_steps_survive_stochastic_requantization_only(self):
+    # Twenty SGD-like steps of a tenth of a quantum each: rounded to nearest every step falls
+    # back on the same value; rounded stochastically the weights travel two quanta on average.
+    for codec, quantum_of in (
+        (codecs.OmcCodec(ff.parse('S1E4M3'), transform=False, rounding='stochastic'),
+         lambda w: 2.0 ** (np.floor(np.log2(np.abs(w))) - 3)),
+        (codecs.AqtCodec(8, rounding='stochastic'),
+         lambda w: np.abs(w).max(axis=0) / 127.0 + 0 * w)):
+      start = codec.roundtrip(tf.constant(self.w)).numpy()
+      quantum = quantum_of(start)
+      # Keep each channel's largest weight (and so FedAQT's scales) where it is.
+      step = -0.1 * quantum * (np.abs(start) < np.abs(start).max(axis=0) - quantum)
+      nearest, stochastic = start, start
+      for i in range(20):
+        nearest = codec.roundtrip(tf.constant(nearest + step)).numpy()
+        stochastic = codec.requantize(tf.constant(stochastic + step),
+                                      tf.constant([i, 1], tf.int64)).numpy()
+      np.testing.assert_array_equal(nearest, start)
+      travelled = (stochastic - start)[step != 0] / quantum[step != 0]
+      self.assertAlmostEqual(float(np.mean(travelled)), -2.0, delta=0.15, msg=codec.name)
 
   def test_constant_variable_keeps_identity_transform(self):
     scale, offset = omc.fit_transform(np.full((4, 4), 0.5, np.float32),
