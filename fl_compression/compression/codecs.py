@@ -4,7 +4,7 @@ A codec turns a float32 tensor into an `OrderedDict` of tensors (its compressed 
 client holds between steps and what crosses the network) and back. `roundtrip(x)` is
 `decode(encode(x))` without the bit packing (packing is exact), for the per-step
 recompression inside client training; `requantize(x, seed)` is what a client runs after each
-local step (FedAQT may round stochastically there).
+local step (rounding to nearest, or stochastically when the codec says so).
 
 - `OmcCodec`: an `S1EeMm` floating-point format, bit-packed, with the least-squares
   per-variable transform `V' = s * V + b` (`omc.py`).

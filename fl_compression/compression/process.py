@@ -87,16 +87,21 @@ class CompressionConfig:
     return self.scope == 'all' or omc.is_weight_matrix(shape)
 
 
+def _rounding(options: dict, flag: str) -> str:
+  """The clients' requantization rounding from `options` (errors name `--flag`)."""
+  rounding = options.get('rounding', 'nearest')
+  if rounding not in codecs.ROUNDINGS:
+    raise ConfigError(f'--{flag}={rounding!r} is unknown; known: {", ".join(codecs.ROUNDINGS)}')
+  return rounding
+
+
 def omc_config(options: dict) -> CompressionConfig:
   """OMC settings from `--omc_*` flag values named without the prefix."""
   try:
     fmt = ff.parse(options.get('format', 'S1E4M6'))
   except ValueError as e:
     raise ConfigError(f'--omc_format={options.get("format")!r}: {e}') from None
-  rounding = options.get('rounding', 'nearest')
-  if rounding not in codecs.ROUNDINGS:
-    raise ConfigError(f'--omc_rounding={rounding!r} is unknown; known: '
-                      f'{", ".join(codecs.ROUNDINGS)}')
+  rounding = _rounding(options, 'omc_rounding')
   return CompressionConfig(codecs.OmcCodec(fmt, bool(options.get('transform', True)), rounding),
                            scope=options.get('scope', 'weights'),
                            fraction=float(options.get('fraction', 1.0)), upload='compressed')
@@ -105,10 +110,7 @@ def omc_config(options: dict) -> CompressionConfig:
 def aqt_config(options: dict) -> CompressionConfig:
   """FedAQT settings from `--aqt_*` flag values named without the prefix."""
   bits = int(options.get('bits', 8))
-  rounding = options.get('rounding', 'nearest')
-  if rounding not in codecs.ROUNDINGS:
-    raise ConfigError(f'--aqt_rounding={rounding!r} is unknown; known: '
-                      f'{", ".join(codecs.ROUNDINGS)}')
+  rounding = _rounding(options, 'aqt_rounding')
   try:
     codec = codecs.AqtCodec(bits, rounding)
   except ValueError as e:
