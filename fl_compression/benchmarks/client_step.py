@@ -12,6 +12,15 @@ resets the high-water mark (`/proc/self/clear_refs`) and also reports the peak o
 steady-state steps alone (`step_peak_rss_bytes`), the memory a device running an
 ahead-of-time compiled step needs.
 
+The process RSS also holds the TF runtime and the step's graph and executor state. The
+tensors a step needs are measured apart from them: `step_tensor_bytes` is the peak of TF's CPU
+allocator during the steady-state steps above what it held before them
+(`tf.config.experimental.get_memory_info`): activations kept for the backward pass, gradients
+and temporaries. `tensor_peak_bytes` adds the parameters held (`held_parameter_bytes`, exact
+sizes): the memory of a compiled step on a device (weights plus its arena). The allocator's
+absolute count is not used, because variables created eagerly are not all in it; everything a
+step allocates runs in the step's graph and is.
+
 `compression` measures the decompress-on-use step of OMC or FedAQT
 (`fl_compression.compression.on_the_fly`): {'codec': 'omc', 'format': 'S1E4M6'} or
 {'codec': 'aqt', 'bits': 8} (FedAQT also quantizes the dense layers' inputs). Its parameters
@@ -20,6 +29,7 @@ are counted as held (`held_parameter_bytes`: packed kernels, other variables flo
   python -m fl_compression.benchmarks.client_step --config_json='{"name": ...}'
 """
 
+import ctypes
 import json
 import resource
 import sys
@@ -52,6 +62,14 @@ def reset_peak_rss() -> bool:
       f.write('5')
     return True
   except OSError:
+    return False
+
+
+def trim_heap() -> bool:
+  """Returns the C heap's free memory to the OS (`malloc_trim`); False without glibc."""
+  try:
+    return bool(ctypes.CDLL('libc.so.6').malloc_trim(0))
+  except (OSError, AttributeError):
     return False
 
 
@@ -111,13 +129,18 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
   first_loss = float(step(batch))
   first_step = time.perf_counter() - started
   peak_with_trace = peak_rss_bytes()
+  trim_heap()
+  rss_rest = process.memory_info().rss
   reset = reset_peak_rss()
+  tf.config.experimental.reset_memory_stats('CPU:0')
+  tensors_rest = tf.config.experimental.get_memory_info('CPU:0')['current']  # See above.
   times = []
   for _ in range(steps):
     started = time.perf_counter()
     step(batch).numpy()
     times.append(time.perf_counter() - started)
   steady_peak = peak_rss_bytes()
+  tensors_peak = tf.config.experimental.get_memory_info('CPU:0')['peak']
   peak = max(peak_with_trace, steady_peak)
   return {'model': model_config['name'], 'compression': compression,
           'parameters': on_the_fly.parameter_count(model),
@@ -127,7 +150,9 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
           'step_seconds': sorted(times)[len(times) // 2], 'all_step_seconds': times,
           'first_loss': first_loss, 'rss_start_bytes': rss_start, 'rss_built_bytes': rss_built,
           'peak_rss_bytes': peak, 'step_working_bytes': peak - rss_built,
-          'step_peak_rss_bytes': steady_peak if reset else None}
+          'step_peak_rss_bytes': steady_peak if reset else None, 'rss_rest_bytes': rss_rest,
+          'step_tensor_bytes': tensors_peak - tensors_rest,
+          'tensor_peak_bytes': int(held_bytes) + tensors_peak - tensors_rest}
 
 
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,

@@ -20,6 +20,7 @@ ceil(N / 32) * bits words, i.e. `bits` bits per value plus at most 31 values of 
 
 import dataclasses
 import re
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -215,11 +216,27 @@ def _layout(bits: int):
   return word, offset, (np.int64(1) << spill) - 1
 
 
+# Byte-aligned widths on a little-endian host: the layout below is the codes' own bytes, so
+# packing is a cast and a bitcast (no 64-bit temporaries; the decompress-on-use step unpacks
+# every kernel twice per step).
+_BYTE_ALIGNED = {8: tf.uint8, 16: tf.uint16, 32: tf.uint32} if sys.byteorder == 'little' else {}
+
+
 def pack(codes: tf.Tensor, bits: int) -> tf.Tensor:
   """uint32 codes (any shape, `bits` wide) -> 1-D uint32 words holding them densely: code i of
   each group of 32 occupies bits [i * bits, (i + 1) * bits) of the group's words, least
   significant first. Vectorized (a dozen ops whatever `bits` is): the fields are disjoint, so
   a word is the sum of the shifted codes that land in it."""
+  if bits in _BYTE_ALIGNED:
+    narrow = _BYTE_ALIGNED[bits]
+    flat = tf.cast(tf.reshape(codes, [-1]), narrow)
+    flat = tf.pad(flat, [[0, (-tf.size(flat)) % 32]])
+    return tf.reshape(tf.bitcast(tf.reshape(flat, [-1, 32 // bits]), tf.uint32), [-1])
+  return _pack_fields(codes, bits)
+
+
+def _pack_fields(codes: tf.Tensor, bits: int) -> tf.Tensor:
+  """`pack` for any width, by shifting each code into its words."""
   word, offset, _ = _layout(bits)
   flat = tf.cast(tf.reshape(codes, [-1]), tf.int64)
   size = tf.size(flat)
@@ -234,6 +251,15 @@ def pack(codes: tf.Tensor, bits: int) -> tf.Tensor:
 
 def unpack(words: tf.Tensor, bits: int, shape) -> tf.Tensor:
   """The inverse of `pack`: uint32 codes of `shape`."""
+  size = int(np.prod(shape)) if not isinstance(shape, tf.Tensor) else tf.reduce_prod(shape)
+  if bits in _BYTE_ALIGNED:
+    narrow = tf.reshape(tf.bitcast(words, _BYTE_ALIGNED[bits]), [-1])
+    return tf.reshape(tf.cast(narrow[:size], tf.uint32), shape)
+  return _unpack_fields(words, bits, shape)
+
+
+def _unpack_fields(words: tf.Tensor, bits: int, shape) -> tf.Tensor:
+  """`unpack` for any width, by gathering each code's words and shifting."""
   word, offset, high_mask = _layout(bits)
   groups = tf.pad(tf.cast(tf.reshape(words, [-1, bits]), tf.int64), [[0, 0], [0, 1]])
   low = tf.bitwise.right_shift(tf.gather(groups, word, axis=1), offset)

@@ -172,8 +172,8 @@ def parameter_count(model: tf.keras.Model) -> int:
 
 def sgd_step(model: tf.keras.Model, loss_fn: Callable[[tf.keras.Model, dict], tf.Tensor],
              learning_rate: float) -> Callable[[dict], tf.Tensor]:
-  """A `tf.function` running one SGD step of `loss_fn` on a batch: the compressed layers
-  update themselves in the backward pass, the float variables through Keras' SGD."""
+  """A `tf.function` running one plain SGD step of `loss_fn` on a batch: the compressed
+  layers update themselves in the backward pass, the float variables after it."""
   layers = compressed_layers(model)
   for layer in layers:
     if layer.learning_rate != learning_rate:
@@ -182,14 +182,24 @@ def sgd_step(model: tf.keras.Model, loss_fn: Callable[[tf.keras.Model, dict], tf
   anchors = [layer.update_anchor for layer in layers]
   anchor_refs = {a.ref() for a in anchors}
   floats = [v for v in model.trainable_variables if v.ref() not in anchor_refs]
-  optimizer = tf.keras.optimizers.SGD(learning_rate)
 
   @tf.function
   def step(batch):
     with tf.GradientTape() as tape:
       loss = loss_fn(model, batch)
     grads = tape.gradient(loss, floats + anchors)
-    optimizer.apply_gradients(zip(grads[:len(floats)], floats))
-    return loss
+    # Plain SGD applied directly: Keras' SGD optimizer would add a momentum slot per variable
+    # even at momentum 0, a second copy of the model that plain SGD does not need.
+    updates = []
+    for variable, grad in zip(floats, grads[:len(floats)]):
+      if grad is None:
+        continue
+      if isinstance(grad, tf.IndexedSlices):
+        updates.append(variable.scatter_sub(
+            tf.IndexedSlices(learning_rate * grad.values, grad.indices, grad.dense_shape)))
+      else:
+        updates.append(variable.assign_sub(learning_rate * grad))
+    with tf.control_dependencies(updates):
+      return tf.identity(loss)
 
   return step

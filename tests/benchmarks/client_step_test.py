@@ -28,6 +28,11 @@ class ClientStepTest(absltest.TestCase):
     self.assertGreater(result['step_working_bytes'], 0)
     self.assertTrue(np.isfinite(result['first_loss']))
     self.assertEqual(result['parameters'], registry.build_keras_model(config).count_params())
+    self.assertGreater(result['step_tensor_bytes'], 0)
+    self.assertEqual(result['tensor_peak_bytes'],
+                     result['parameter_bytes'] + result['step_tensor_bytes'])
+    # The runtime and the step graph sit outside the step's tensors.
+    self.assertGreater(result['rss_rest_bytes'], result['tensor_peak_bytes'])
 
   def test_compressed_step_holds_packed_kernels(self):
     config = asr.named_config('tiny', vocab_size=29)
@@ -40,10 +45,13 @@ class ClientStepTest(absltest.TestCase):
     # int8 kernels with float32 channel scales; subsampling convolutions, norms and biases
     # stay float32.
     self.assertLess(aqt['held_parameter_bytes'], 0.45 * dense['held_parameter_bytes'])
+    self.assertEqual(aqt['tensor_peak_bytes'],
+                     aqt['held_parameter_bytes'] + aqt['step_tensor_bytes'])
     for result in (dense, aqt):
       self.assertTrue(np.isfinite(result['first_loss']))
       self.assertIsNotNone(result['step_peak_rss_bytes'])
       self.assertLessEqual(result['step_peak_rss_bytes'], result['peak_rss_bytes'])
+      self.assertGreater(result['step_tensor_bytes'], 0)
 
   def test_failure_names_the_model(self):
     config = dict(asr.named_config('tiny', vocab_size=29), name='tiny_broken')

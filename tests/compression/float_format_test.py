@@ -165,7 +165,7 @@ class PackingTest(parameterized.TestCase):
     self.assertEqual(ff.packed_words(codes.size, bits), 34 * bits)  # ceil(1073 / 32) = 34.
     np.testing.assert_array_equal(ff.unpack(words, bits, shape).numpy(), codes)
 
-  @parameterized.parameters(5, 11, 17, 32)
+  @parameterized.parameters(5, 8, 11, 16, 17, 32)
   def test_words_match_a_bit_stream_reference(self, bits):
     # Independent reference: every code's bits, least significant first, appended to one
     # stream that is cut into 32-bit words (also least significant first).
@@ -176,6 +176,18 @@ class PackingTest(parameterized.TestCase):
                 for w in range(0, len(stream), 32)]
     words = ff.pack(tf.constant(codes.astype(np.uint32)), bits).numpy()
     np.testing.assert_array_equal(words, np.array(expected, np.uint32))
+
+  @parameterized.parameters(8, 16, 32)
+  def test_byte_aligned_widths_pack_as_the_general_layout(self, bits):
+    # 8, 16 and 32 bits pack by bitcasting the codes' bytes; the general shift-and-sum path
+    # must give the same words and read them back the same way.
+    rng = np.random.default_rng(100 + bits)
+    codes = tf.constant(rng.integers(0, 2 ** bits, size=(7, 45), dtype=np.uint64)
+                        .astype(np.uint32))
+    words = ff.pack(codes, bits)
+    np.testing.assert_array_equal(words.numpy(), ff._pack_fields(codes, bits).numpy())
+    np.testing.assert_array_equal(ff.unpack(words, bits, (7, 45)).numpy(),
+                                  ff._unpack_fields(words, bits, (7, 45)).numpy())
 
   def test_layout_is_little_endian_bit_order(self):
     # Two 11-bit codes: the first fills bits 0-10 of word 0, the second bits 11-21.
