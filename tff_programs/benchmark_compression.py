@@ -65,8 +65,12 @@ def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
 def _memory(model_name: str, store: common.ResultStore) -> None:
   """The client-step memory comparison, one fresh process per variant, stored as it goes."""
   config = asr.named_config(model_name)
+  setting = {'model': model_name, 'batch_size': _MEMORY_BATCH.value,
+             'seconds': _MEMORY_SECONDS.value}
   stored = store.get('memory') or {}
-  measured = dict(stored) if stored.get('model') == model_name else {'model': model_name}
+  # Stored measurements are reused only for the same model, batch and duration.
+  same = all(stored.get(k) == v for k, v in setting.items())
+  measured = dict(stored) if same else dict(setting)
   for name, compression in experiments.MEMORY_VARIANTS:
     if measured.get(name, {}).get('tensor_peak_bytes'):
       continue  # Measured (results from before the tensor-memory probe are measured again).

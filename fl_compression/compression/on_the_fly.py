@@ -24,14 +24,13 @@ The tape reaches each layer's backward function through a trainable float32 scal
 `update_anchor` (value 0, gradient 0): the step asks for the gradients of the float variables
 and of the anchors, and applies SGD to the float variables only (`sgd_step`).
 
-**Measured, not yet a saving.** In TF on CPU this step's peak resident memory is *higher*
-than the dense step's (conformer_s: 1.94x for S1E5M10, 1.50x for FedAQT int8; see
-`reports/compression/`). With an identity codec the same layer stays near dense on a
-Conformer and saves 0.29 of the peak on a parameter-dominated stack, so the cost is mainly the
-codecs' full-size integer temporaries (and a much larger step graph), which outweigh the bytes
-the packed kernels save. The arithmetic is
-exact (tests compare it with the float step); a fused decode kernel (or TFLite's arena planner
-on the device) is what would turn it into a memory saving.
+**Measured** (`reports/compression/`, `conformer_l`, 4 utterances of 4 s): the parameters held
+shrink as the format says (FedAQT int8 0.29x), and no full-model float gradient exists, but
+the step's own tensors are activations (about 1 GiB at that batch), which the weight format
+does not touch: FedAQT's tensor memory (held + step) is 0.82x dense, 0.48x with one utterance
+per step. The process RSS is higher than dense (1.09x FedAQT, ~1.5x OMC): TF keeps the
+larger step graph of codec ops and its executor state. A fused decode kernel, or TFLite's
+arena planner on the device, would remove that part.
 
 Covered: the kernels of all dense layers (feed-forward, attention projections, convolution
 module pointwise layers, subsampling projection, output heads, joint network). Biases, norms,
