@@ -142,15 +142,28 @@ class ModelStepTest(tf.test.TestCase):
       loss = _loss(twin, batch)
     names = [v.name for v in twin.trainable_variables]
     grads = dict(zip(names, tape.gradient(loss, twin.trainable_variables)))
-    for name, value in _kernels(model).items():
-      expected = codec.roundtrip(before[name] - LR * grads[name]).numpy()
-      # Equal up to values the float gradient's last bits put on the other side of a rounding
-      # boundary (one format step apart).
-      same = np.isclose(value, expected, rtol=1e-5, atol=1e-7)
+    values = _kernels(model)
+    for layer in on_the_fly.compressed_layers(model):
+      name = _kernel_name(layer)
+      stepped = before[name] - LR * grads[name]
+      reference = codec.encode(tf.constant(stepped))
+      # The codes: equal up to values the float gradient's last bits put on the other side
+      # of a rounding boundary (one format step apart).
+      codes = ff.unpack(layer.stored['words'], 11, layer.kernel_shape).numpy()
+      reference_codes = ff.unpack(reference['words'], 11, layer.kernel_shape).numpy()
+      self.assertGreater(np.mean(codes == reference_codes), 0.99, msg=name)
+      # The transform: a float32 least-squares fit over the whole kernel, equal to the
+      # reference's up to the summation order (the layer's encoder is XLA-compiled).
+      scale_tolerance = 1e-5 * np.abs(stepped).max()
+      self.assertAllClose(layer.stored['scale'].numpy(), reference['scale'].numpy(), rtol=1e-5)
+      self.assertAllClose(layer.stored['offset'].numpy(), reference['offset'].numpy(),
+                          atol=scale_tolerance)
+      expected = codec.roundtrip(stepped).numpy()
+      same = np.isclose(values[name], expected, rtol=1e-5, atol=scale_tolerance)
       self.assertGreater(same.mean(), 0.99, msg=name)
-      self.assertLess(np.abs(value - expected).max(), 2 ** -6 * np.abs(expected).max() + 1e-6,
-                      msg=name)
-      self.assertGreater(np.abs(value - before[name]).max(), 0, msg=name)
+      self.assertLess(np.abs(values[name] - expected).max(),
+                      2 ** -6 * np.abs(expected).max() + 1e-6, msg=name)
+      self.assertGreater(np.abs(values[name] - before[name]).max(), 0, msg=name)
 
   def test_held_bytes_count_packed_kernels(self):
     fmt = ff.parse('S1E4M6')
