@@ -150,10 +150,10 @@ def quantize_stochastic(x: tf.Tensor, fmt: FloatFormat, seed: tf.Tensor) -> tf.T
   sign = tf.bitwise.bitwise_and(bits, np.int32(-2 ** 31))
   magnitude_bits = tf.bitwise.bitwise_and(bits, 0x7FFFFFFF)
   shift = 23 - fmt.mantissa_bits
-  seeds = tf.random.experimental.stateless_split(seed, 2)
   rounded_bits = magnitude_bits
+  noise = None
   if shift:
-    noise = tf.random.stateless_uniform(tf.shape(x), seeds[0], minval=0, maxval=2 ** shift,
+    noise = tf.random.stateless_uniform(tf.shape(x), seed, minval=0, maxval=2 ** shift,
                                         dtype=tf.int32)
     rounded_bits = tf.bitwise.bitwise_and(magnitude_bits + noise, np.int32(~(2 ** shift - 1)))
   max_bits = np.float32(fmt.max_value).view(np.int32)
@@ -161,7 +161,10 @@ def quantize_stochastic(x: tf.Tensor, fmt: FloatFormat, seed: tf.Tensor) -> tf.T
   if fmt.exponent_bits < 8:
     magnitude = tf.bitcast(magnitude_bits, tf.float32)
     quantum = 2.0 ** (fmt.min_normal_exponent - fmt.mantissa_bits)
-    uniform = tf.random.stateless_uniform(tf.shape(x), seeds[1])
+    # One draw serves both paths (each value takes one): the low bits as a fraction in
+    # [0, 1) with `shift` bits of resolution (17 for S1E4M6).
+    uniform = (tf.cast(noise, tf.float32) * np.float32(2.0 ** -shift) if shift else
+               tf.random.stateless_uniform(tf.shape(x), seed))
     subnormal = tf.floor(magnitude * np.float32(1.0 / quantum) + uniform) * np.float32(quantum)
     rounded_bits = tf.where(magnitude < np.float32(2.0 ** fmt.min_normal_exponent),
                             tf.bitcast(subnormal, tf.int32), rounded_bits)
