@@ -47,6 +47,9 @@ _MEMORY_MODEL = flags.DEFINE_string(
     'memory_model', 'conformer_l', 'Configuration of the client-step memory comparison '
     '(dense against the decompress-on-use OMC and FedAQT steps; empty: skip).')
 _MEMORY_BATCH = flags.DEFINE_integer('memory_batch_size', 4, 'Utterances in that step.')
+_MEMORY_SMALL_BATCH = flags.DEFINE_integer(
+    'memory_small_batch_size', 1, 'The same comparison again with this many utterances per '
+    'step, where activations weigh less next to the parameters (0: skip it).')
 _MEMORY_SECONDS = flags.DEFINE_float('memory_seconds', 4.0, 'Audio seconds per utterance.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Write the report from the stored results without running anything.')
@@ -62,33 +65,37 @@ def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
                                     server_optimizer='sgd', server_learning_rate=1.0)
 
 
-def _memory(model_name: str, store: common.ResultStore) -> None:
-  """The client-step memory comparison, one fresh process per variant, stored as it goes."""
+def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStore) -> None:
+  """The client-step memory comparison at `batch_size`, one fresh process per variant, stored
+  under `key` as it goes."""
   config = asr.named_config(model_name)
-  setting = {'model': model_name, 'batch_size': _MEMORY_BATCH.value,
-             'seconds': _MEMORY_SECONDS.value}
-  stored = store.get('memory') or {}
+  setting = {'model': model_name, 'batch_size': batch_size, 'seconds': _MEMORY_SECONDS.value}
+  stored = store.get(key) or {}
   # Stored measurements are reused only for the same model, batch and duration.
   same = all(stored.get(k) == v for k, v in setting.items())
   measured = dict(stored) if same else dict(setting)
   for name, compression in experiments.MEMORY_VARIANTS:
-    if measured.get(name, {}).get('tensor_peak_bytes'):
+    if 'step_tensor_bytes' in measured.get(name, {}):
       continue  # Measured (results from before the tensor-memory probe are measured again).
     measured[name] = client_step.measure_in_subprocess(
-        config, batch_size=_MEMORY_BATCH.value, seconds=_MEMORY_SECONDS.value, label_length=20,
+        config, batch_size=batch_size, seconds=_MEMORY_SECONDS.value, label_length=20,
         steps=3, compression=compression)
-    store.put('memory', measured)
-    print(f'  {model_name} {name}: steady-state step peak: tensors '
-          f'{measured[name]["tensor_peak_bytes"] / 2**20:.0f} MiB, RSS '
-          f'{measured[name]["step_peak_rss_bytes"] / 2**20:.0f} MiB; RSS peak with first step '
-          f'{measured[name]["peak_rss_bytes"] / 2**20:.0f} MiB, step '
-          f'{measured[name]["step_seconds"]:.2f} s', flush=True)
+    store.put(key, measured)
+    mib = lambda field: (f'{measured[name][field] / 2**20:.0f} MiB'  # noqa: E731
+                         if measured[name].get(field) is not None else 'n/a')
+    print(f'  {model_name} batch {batch_size} {name}: steady-state step peak: tensors '
+          f'{mib("tensor_peak_bytes")}, RSS {mib("step_peak_rss_bytes")}; RSS peak with first '
+          f'step {mib("peak_rss_bytes")}, step {measured[name]["step_seconds"]:.2f} s',
+          flush=True)
 
 
 def run() -> None:
   for name in ('total_rounds', 'clients_per_round', 'batch_size', 'memory_batch_size'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
   flag_utils.require_positive('memory_seconds', _MEMORY_SECONDS.value)
+  if _MEMORY_SMALL_BATCH.value < 0:
+    raise flag_utils.FlagError(f'--memory_small_batch_size={_MEMORY_SMALL_BATCH.value}: must '
+                               'be 0 (skip) or positive')
   if _MEMORY_MODEL.value and _MEMORY_MODEL.value not in asr.NAMED_CONFIGS:
     raise flag_utils.FlagError(f'--memory_model={_MEMORY_MODEL.value} is unknown; known: '
                                f'{", ".join(asr.NAMED_CONFIGS)}')
@@ -131,7 +138,9 @@ def run() -> None:
     experiment_runs.run_pending(specs, store, run_one,
                                 os.path.join(output_dir, 'program_states'))
   if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
-    _memory(_MEMORY_MODEL.value, store)
+    _memory(_MEMORY_MODEL.value, _MEMORY_BATCH.value, 'memory', store)
+    if _MEMORY_SMALL_BATCH.value:
+      _memory(_MEMORY_MODEL.value, _MEMORY_SMALL_BATCH.value, 'memory_small_batch', store)
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_compression --'] +
                                  [a for a in sys.argv[1:] if not a.startswith('--report_only')]),

@@ -118,7 +118,9 @@ def _memory(model_name: str) -> dict[str, Any]:
     measured[name] = client_step.measure_in_subprocess(
         cfg, batch_size=_MEMORY_BATCH.value, seconds=_MEMORY_SECONDS.value, label_length=20,
         steps=3)
+    tensors = measured[name]['tensor_peak_bytes']
     print(f'  {model_name} {name}: peak RSS {measured[name]["peak_rss_bytes"] / 2**20:.0f} MiB, '
+          f'tensor memory {tensors / 2**20 if tensors is not None else float("nan"):.0f} MiB, '
           f'step {measured[name]["step_seconds"]:.2f} s', flush=True)
   return {'model': model_name, **measured}
 
@@ -190,7 +192,15 @@ def run() -> None:
       if store.get('costs') is None:
         store.put('costs', _costs(store, task))
         print(f'costs: {store.get("costs")["ratios"]}', flush=True)
-      if _MEMORY_MODEL.value and store.get('memory') is None:
+      stored = store.get('memory') or {}
+      # Measured again when the model, batch or duration changed, or when it predates the
+      # tensor-memory probe (and the plain SGD step without Keras' momentum slots).
+      current = (stored.get('model') == _MEMORY_MODEL.value and
+                 'step_tensor_bytes' in stored.get('dense', {}) and
+                 stored['dense'].get('batch_size') == _MEMORY_BATCH.value and
+                 stored['dense'].get('frames') == int(_MEMORY_SECONDS.value *
+                                                      client_step.FRAMES_PER_SECOND))
+      if _MEMORY_MODEL.value and not current:
         store.put('memory', _memory(_MEMORY_MODEL.value))
 
   def run_one(spec: experiments.RunSpec, state_dir: str) -> dict[str, Any]:

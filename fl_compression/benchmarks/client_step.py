@@ -5,12 +5,12 @@ process: nothing another model allocated earlier can hide in it. It is read from
 `/proc/self/status`, the high-water mark of this process's own address space. `ru_maxrss` is
 not used: Linux carries it across `exec`, so a child started by a large parent (the benchmark
 program) would report the parent's resident size instead of its own. The child reports
-the RSS after building the model and the peak after the steps; their difference is the step's
-working memory (activations, gradients, optimizer scratch) on top of the parameters. That peak
-includes the first step, where TF traces and optimizes the step's graph; after it the child
-resets the high-water mark (`/proc/self/clear_refs`) and also reports the peak of the
-steady-state steps alone (`step_peak_rss_bytes`), the memory a device running an
-ahead-of-time compiled step needs.
+the RSS after building the model and the peak after the steps; their difference is the
+step's working memory on top of the parameters (activations, gradients, and the TF graph the
+first step builds). That peak includes the first step, where TF traces and optimizes the
+step's graph; after it the child trims the C heap, resets the high-water mark
+(`/proc/self/clear_refs`) and also reports the peak RSS of the steady-state steps alone
+(`step_peak_rss_bytes`).
 
 The process RSS also holds the TF runtime and the step's graph and executor state. The
 tensors a step needs are measured apart from them: `step_tensor_bytes` is the peak of TF's CPU
@@ -66,11 +66,24 @@ def reset_peak_rss() -> bool:
 
 
 def trim_heap() -> bool:
-  """Returns the C heap's free memory to the OS (`malloc_trim`); False without glibc."""
+  """Returns the C heap's free memory to the OS (`malloc_trim`); False without glibc or
+  when there was nothing to release."""
   try:
     return bool(ctypes.CDLL('libc.so.6').malloc_trim(0))
   except (OSError, AttributeError):
     return False
+
+
+def _allocator_bytes(field: str, reset: bool = False):
+  """TF's CPU allocator statistic `field` ('current' or 'peak'), after resetting the peak if
+  asked; None where this TF build keeps no CPU allocator statistics."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    if reset:
+      tf.config.experimental.reset_memory_stats('CPU:0')
+    return int(tf.config.experimental.get_memory_info('CPU:0')[field])
+  except (ValueError, RuntimeError, tf.errors.OpError):
+    return None
 
 
 def _compressed_model(model_config, compression: dict[str, Any], learning_rate: float):
@@ -132,15 +145,16 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
   trim_heap()
   rss_rest = process.memory_info().rss
   reset = reset_peak_rss()
-  tf.config.experimental.reset_memory_stats('CPU:0')
-  tensors_rest = tf.config.experimental.get_memory_info('CPU:0')['current']  # See above.
+  tensors_rest = _allocator_bytes('current', reset=True)  # See the module docstring.
   times = []
   for _ in range(steps):
     started = time.perf_counter()
     step(batch).numpy()
     times.append(time.perf_counter() - started)
   steady_peak = peak_rss_bytes()
-  tensors_peak = tf.config.experimental.get_memory_info('CPU:0')['peak']
+  tensors_peak = _allocator_bytes('peak')
+  step_tensors = (tensors_peak - tensors_rest
+                  if tensors_peak is not None and tensors_rest is not None else None)
   peak = max(peak_with_trace, steady_peak)
   return {'model': model_config['name'], 'compression': compression,
           'parameters': on_the_fly.parameter_count(model),
@@ -151,8 +165,9 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
           'first_loss': first_loss, 'rss_start_bytes': rss_start, 'rss_built_bytes': rss_built,
           'peak_rss_bytes': peak, 'step_working_bytes': peak - rss_built,
           'step_peak_rss_bytes': steady_peak if reset else None, 'rss_rest_bytes': rss_rest,
-          'step_tensor_bytes': tensors_peak - tensors_rest,
-          'tensor_peak_bytes': int(held_bytes) + tensors_peak - tensors_rest}
+          'step_tensor_bytes': step_tensors,
+          'tensor_peak_bytes': int(held_bytes) + step_tensors if step_tensors is not None
+                               else None}
 
 
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,

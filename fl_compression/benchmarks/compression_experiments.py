@@ -164,18 +164,23 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  common.check(down <= 0.30)))
   memory = results.get('memory')
   if memory and all(memory.get(k) for k in ('dense', 'fedaqt_8')):
-    tensors = memory_ratio(memory, 'fedaqt_8', 'tensor_peak_bytes')
+    for entry, what in ((memory, ''), (results.get('memory_small_batch'), ', smaller batch')):
+      if not entry or not all(entry.get(k) for k in ('dense', 'fedaqt_8')):
+        continue
+      tensors = memory_ratio(entry, 'fedaqt_8', 'tensor_peak_bytes')
+      rows.append((f'FedAQT 8-bit: {entry["model"]} client step peak memory at most 0.6x dense '
+                   f'(tensor memory: parameters, activations, gradients, temporaries; batch '
+                   f'{entry["dense"]["batch_size"]}{what})',
+                   f'{tensors:.3f}x' if tensors is not None else 'n/a',
+                   common.check(tensors <= 0.6) if tensors is not None else 'n/a'))
     rss = memory_ratio(memory, 'fedaqt_8', 'step_peak_rss_bytes')
-    if tensors is not None:
-      rows.append((f'FedAQT 8-bit: {memory["model"]} client step peak memory at most 0.6x dense '
-                   '(tensor memory: parameters, activations, gradients, temporaries)',
-                   f'{tensors:.3f}x', common.check(tensors <= 0.6)))
     rows.append((f'FedAQT 8-bit: {memory["model"]} client step peak memory at most 0.6x dense '
-                 '(process RSS, with the TF runtime and its step graph)',
+                 f'(process RSS, with the TF runtime and its step graph; batch '
+                 f'{memory["dense"]["batch_size"]})',
                  f'{rss:.3f}x' if rss is not None else 'n/a',
                  common.check(rss <= 0.6) if rss is not None else 'n/a'))
   else:
-    rows.append(('FedAQT 8-bit: conformer_l client step peak memory at most 0.6x dense',
+    rows.append(('FedAQT 8-bit: client step peak memory (`--memory_model`) at most 0.6x dense',
                  'not measured yet', 'n/a'))
   return rows
 
@@ -197,7 +202,8 @@ def memory_ratio(memory: dict[str, Any], name: str, field: str) -> Optional[floa
 def _memory_section(memory: dict[str, Any]) -> list[str]:
   names = [n for n, _ in MEMORY_VARIANTS if memory.get(n)]
   dense = memory['dense']
-  lines = ['', f'## Memory of one client training step of `{memory["model"]}`', '',
+  lines = ['', f'## Memory of one client training step of `{memory["model"]}`, batch '
+           f'{dense["batch_size"]}', '',
            f'Each column is a fresh process (`fl_compression/benchmarks/client_step.py`): batch '
            f'{dense["batch_size"]} x {dense["frames"]} frames, {dense["label_length"]} tokens, '
            'plain SGD. The compressed columns run the decompress-on-use step '
@@ -301,9 +307,10 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     if body:
       lines += ['', f'## {title}', '', 'Ratios against FedAvg (seed 0) on the same clients.', '']
       lines += header + body
-  memory = results.get('memory')
-  if memory and memory.get('dense'):
-    lines += _memory_section(memory)
+  for key in ('memory', 'memory_small_batch'):
+    memory = results.get(key)
+    if memory and memory.get('dense'):
+      lines += _memory_section(memory)
   lines += ['', '## Held bytes in the learning processes', '',
             'In the federated simulation a client\'s Keras model keeps float32 variables whose '
             'values stay on the format\'s grid (recompressed after every step), so training sees '

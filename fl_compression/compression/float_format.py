@@ -254,11 +254,14 @@ def _pack_fields(codes: tf.Tensor, bits: int) -> tf.Tensor:
 
 def unpack(words: tf.Tensor, bits: int, shape) -> tf.Tensor:
   """The inverse of `pack`: uint32 codes of `shape`."""
-  size = int(np.prod(shape)) if not isinstance(shape, tf.Tensor) else tf.reduce_prod(shape)
   if bits in _BYTE_ALIGNED:
     narrow = tf.reshape(tf.bitcast(words, _BYTE_ALIGNED[bits]), [-1])
-    return tf.reshape(tf.cast(narrow[:size], tf.uint32), shape)
+    return tf.reshape(tf.cast(narrow[:_size(shape)], tf.uint32), shape)
   return _unpack_fields(words, bits, shape)
+
+
+def _size(shape):
+  return int(np.prod(shape)) if not isinstance(shape, tf.Tensor) else tf.reduce_prod(shape)
 
 
 def _unpack_fields(words: tf.Tensor, bits: int, shape) -> tf.Tensor:
@@ -270,5 +273,4 @@ def _unpack_fields(words: tf.Tensor, bits: int, shape) -> tf.Tensor:
                                                       high_mask), 32 - offset)
   codes = tf.bitwise.bitwise_and(tf.bitwise.bitwise_or(low, high), (1 << bits) - 1)
   flat = tf.reshape(tf.cast(codes, tf.uint32), [-1])
-  size = int(np.prod(shape)) if not isinstance(shape, tf.Tensor) else tf.reduce_prod(shape)
-  return tf.reshape(flat[:size], shape)
+  return tf.reshape(flat[:_size(shape)], shape)

@@ -94,6 +94,41 @@ class CompressionExperimentsTest(absltest.TestCase):
     self.assertIn('![wer_vs_bits.png](wer_vs_bits.png)', report)
     self.assertNotIn('S1E8M10 |', report)  # Not run: no row.
 
+  def test_memory_targets_and_sections_per_batch(self):
+    def step(held, step_tensors, rss, batch):
+      return {'parameters': 1000, 'held_parameter_bytes': held, 'batch_size': batch,
+              'frames': 400, 'label_length': 20, 'step_tensor_bytes': step_tensors,
+              'tensor_peak_bytes': held + step_tensors, 'step_peak_rss_bytes': rss,
+              'rss_rest_bytes': rss, 'peak_rss_bytes': rss, 'step_seconds': 1.0}
+
+    def memory(batch, step_tensors):
+      return {'model': 'conformer_l', 'batch_size': batch, 'seconds': 4.0,
+              'dense': step(400 * 2**20, step_tensors, 2000 * 2**20, batch),
+              'fedaqt_8': step(100 * 2**20, step_tensors, 1900 * 2**20, batch)}
+
+    results = dict(_results(), memory=memory(4, 800 * 2**20),
+                   memory_small_batch=memory(1, 100 * 2**20))
+    checks = {target: (measured, verdict)
+              for target, measured, verdict in experiments.summary_checks(results)}
+    prefix = 'FedAQT 8-bit: conformer_l client step peak memory at most 0.6x dense '
+    # (100 + 800) / (400 + 800) and (100 + 100) / (400 + 100).
+    self.assertEqual(checks[prefix + '(tensor memory: parameters, activations, gradients, '
+                            'temporaries; batch 4)'], ('0.750x', '**missed**'))
+    self.assertEqual(checks[prefix + '(tensor memory: parameters, activations, gradients, '
+                            'temporaries; batch 1, smaller batch)'], ('0.400x', 'met'))
+    self.assertEqual(checks[prefix + '(process RSS, with the TF runtime and its step graph; '
+                            'batch 4)'], ('0.950x', '**missed**'))
+    settings = {'initial_model_dir': 'ckpt', 'total_rounds': 6, 'clients_per_round': 4,
+                'batch_size': 8, 'client_learning_rate': 2e-4, 'command': 'bazel run x',
+                'machine': '2 CPU cores'}
+    report = experiments.render_report(results, settings, [])
+    self.assertIn('## Memory of one client training step of `conformer_l`, batch 4', report)
+    self.assertIn('## Memory of one client training step of `conformer_l`, batch 1', report)
+    self.assertIn('| tensor memory: held + step tensors, MiB | 500.0 | 200.0 (0.40x) |', report)
+    without = experiments.summary_checks(_results())
+    self.assertIn(('FedAQT 8-bit: client step peak memory (`--memory_model`) at most 0.6x dense',
+                   'not measured yet', 'n/a'), without)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -13,8 +13,8 @@ from fl_compression.models import registry
 LR = 0.05
 
 
-def _config():
-  config = asr.named_config('tiny')
+def _config(name='tiny'):
+  config = asr.named_config(name)
   # Two small blocks and no dropout: deterministic steps that trace quickly.
   config['encoder'].update(num_blocks=2, model_dim=32, num_heads=2, conv_kernel_size=5,
                            num_groups=4, dropout=0.0)
@@ -38,9 +38,9 @@ def _kernel_name(layer):
   return layer.update_anchor.name.replace('update_anchor', 'kernel')
 
 
-def _float_twin(model):
+def _float_twin(model, config=None):
   """The plain Keras model with `model`'s decoded kernels and its other variables."""
-  twin = registry.build_keras_model(_config())
+  twin = registry.build_keras_model(config or _config())
   values = {v.name: v for v in model.variables}
   values.update({_kernel_name(layer): layer.kernel()
                  for layer in on_the_fly.compressed_layers(model)})
@@ -111,9 +111,11 @@ class ModelStepTest(tf.test.TestCase):
     batch = _batch()
     self.assertAllClose(_loss(model, batch), _loss(twin, batch), rtol=1e-5)
 
-  def test_lossless_step_equals_the_float_sgd_step(self):
-    model = on_the_fly.build_model(_config(), codecs.OmcCodec(ff.parse('S1E8M23')), LR)
-    twin = _float_twin(model)
+  def _check_lossless_step(self, config):
+    """The S1E8M23 (lossless) step equals Keras' SGD step on the float twin; returns the
+    twin's gradients."""
+    model = on_the_fly.build_model(config, codecs.OmcCodec(ff.parse('S1E8M23')), LR)
+    twin = _float_twin(model, config)
     batch = _batch()
     loss = on_the_fly.sgd_step(model, _loss, LR)(batch)
     optimizer = tf.keras.optimizers.SGD(LR)
@@ -124,12 +126,25 @@ class ModelStepTest(tf.test.TestCase):
     self.assertAllClose(loss, twin_loss, rtol=1e-6)
     twin_values = {v.name: v.numpy() for v in twin.variables}
     kernels = _kernels(model)
-    self.assertLen(kernels, 2 * 11 + 2)  # 11 dense layers per block, projection and head.
     for name, value in kernels.items():
       self.assertAllClose(value, twin_values[name], atol=2e-6, msg=name)
+    compared = 0
     for v in model.variables:
       if v.name in twin_values:
         self.assertAllClose(v, twin_values[v.name], atol=2e-6, msg=v.name)
+        compared += 1
+    self.assertGreater(compared, len(kernels))  # Biases, norms and the rest too.
+    return kernels, grads
+
+  def test_lossless_step_equals_the_float_sgd_step(self):
+    kernels, _ = self._check_lossless_step(_config())
+    self.assertLen(kernels, 2 * 11 + 2)  # 11 dense layers per block, projection and head.
+
+  def test_lossless_transducer_step_applies_sparse_gradients(self):
+    # The transducer's prediction network embeds the previous labels: its gradient is
+    # `tf.IndexedSlices`, which the step applies with `scatter_sub`.
+    _, grads = self._check_lossless_step(_config('tiny_transducer'))
+    self.assertTrue(any(isinstance(g, tf.IndexedSlices) for g in grads))
 
   def test_lossy_step_recompresses_the_sgd_step(self):
     codec = codecs.OmcCodec(ff.parse('S1E4M6'))
@@ -149,11 +164,14 @@ class ModelStepTest(tf.test.TestCase):
       reference = codec.encode(tf.constant(stepped))
       # The codes: equal up to values the float gradient's last bits put on the other side
       # of a rounding boundary (one format step apart).
-      codes = ff.unpack(layer.stored['words'], 11, layer.kernel_shape).numpy()
-      reference_codes = ff.unpack(reference['words'], 11, layer.kernel_shape).numpy()
+      bits = codec.fmt.bits
+      codes = ff.unpack(layer.stored['words'], bits, layer.kernel_shape).numpy()
+      reference_codes = ff.unpack(reference['words'], bits, layer.kernel_shape).numpy()
       self.assertGreater(np.mean(codes == reference_codes), 0.99, msg=name)
       # The transform: a float32 least-squares fit over the whole kernel, equal to the
-      # reference's up to the summation order (the layer's encoder is XLA-compiled).
+      # reference's up to the summation order (the layer's encoder is XLA-compiled): the
+      # offset's float32 sums over ~1e4 values carry errors of about 1e-6 of the kernel's
+      # largest value, which also bounds how far the decoded values may differ.
       scale_tolerance = 1e-5 * np.abs(stepped).max()
       self.assertAllClose(layer.stored['scale'].numpy(), reference['scale'].numpy(), rtol=1e-5)
       self.assertAllClose(layer.stored['offset'].numpy(), reference['offset'].numpy(),
