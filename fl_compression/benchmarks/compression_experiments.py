@@ -164,21 +164,20 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  common.check(down <= 0.30)))
   memory = results.get('memory')
   if memory and all(memory.get(k) for k in ('dense', 'fedaqt_8')):
-    for entry, what in ((memory, ''), (results.get('memory_small_batch'), ', smaller batch')):
+    measures = [(memory, 'tensor_peak_bytes', 'tensor memory: parameters, activations, '
+                 'gradients, temporaries'),
+                (results.get('memory_small_batch'), 'tensor_peak_bytes', 'tensor memory, '
+                 'smaller batch'),
+                (memory, 'step_peak_rss_bytes', 'process RSS, with the TF runtime and its step '
+                 'graph')]
+    for entry, field, what in measures:
       if not entry or not all(entry.get(k) for k in ('dense', 'fedaqt_8')):
         continue
-      tensors = memory_ratio(entry, 'fedaqt_8', 'tensor_peak_bytes')
+      ratio = memory_ratio(entry, 'fedaqt_8', field)
       rows.append((f'FedAQT 8-bit: {entry["model"]} client step peak memory at most 0.6x dense '
-                   f'(tensor memory: parameters, activations, gradients, temporaries; batch '
-                   f'{entry["dense"]["batch_size"]}{what})',
-                   f'{tensors:.3f}x' if tensors is not None else 'n/a',
-                   common.check(tensors <= 0.6) if tensors is not None else 'n/a'))
-    rss = memory_ratio(memory, 'fedaqt_8', 'step_peak_rss_bytes')
-    rows.append((f'FedAQT 8-bit: {memory["model"]} client step peak memory at most 0.6x dense '
-                 f'(process RSS, with the TF runtime and its step graph; batch '
-                 f'{memory["dense"]["batch_size"]})',
-                 f'{rss:.3f}x' if rss is not None else 'n/a',
-                 common.check(rss <= 0.6) if rss is not None else 'n/a'))
+                   f'({what}; batch {entry["dense"]["batch_size"]})',
+                   f'{ratio:.3f}x' if ratio is not None else 'n/a',
+                   common.check(ratio <= 0.6) if ratio is not None else 'n/a'))
   else:
     rows.append(('FedAQT 8-bit: client step peak memory (`--memory_model`) at most 0.6x dense',
                  'not measured yet', 'n/a'))
