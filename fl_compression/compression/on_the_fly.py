@@ -27,7 +27,7 @@ and of the anchors, and applies SGD to the float variables only (`sgd_step`).
 **Measured** (`reports/compression/`, `conformer_l`, 4 utterances of 4 s): the parameters held
 shrink as the format says (FedAQT int8 0.29x), and no full-model float gradient exists, but
 the step's own tensors are activations (about 1 GiB at that batch), which the weight format
-does not touch: FedAQT's tensor memory (held + step) is 0.81x dense, 0.50x with one utterance
+does not touch: FedAQT's tensor memory (held + step) is 0.81x dense, 0.48x with one utterance
 per step. The process RSS is at parity with dense, because the codec runs as shared
 XLA-compiled functions (`codec_functions`); inlined per layer it was 1.1-1.5x.
 
