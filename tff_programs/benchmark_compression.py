@@ -69,14 +69,12 @@ def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStor
   """The client-step memory comparison at `batch_size`, one fresh process per variant, stored
   under `key` as it goes."""
   config = asr.named_config(model_name)
-  setting = {'model': model_name, 'batch_size': batch_size, 'seconds': _MEMORY_SECONDS.value}
   stored = store.get(key) or {}
-  # Stored measurements are reused only for the same model, batch and duration.
-  same = all(stored.get(k) == v for k, v in setting.items())
-  measured = dict(stored) if same else dict(setting)
+  measured = dict(stored) if stored.get('model') == model_name else {'model': model_name}
   for name, compression in experiments.MEMORY_VARIANTS:
-    if 'step_tensor_bytes' in measured.get(name, {}):
-      continue  # Measured (results from before the tensor-memory probe are measured again).
+    if client_step.is_current(measured.get(name), batch_size=batch_size,
+                              seconds=_MEMORY_SECONDS.value):
+      continue
     measured[name] = client_step.measure_in_subprocess(
         config, batch_size=batch_size, seconds=_MEMORY_SECONDS.value, label_length=20,
         steps=3, compression=compression)

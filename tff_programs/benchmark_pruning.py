@@ -193,13 +193,9 @@ def run() -> None:
         store.put('costs', _costs(store, task))
         print(f'costs: {store.get("costs")["ratios"]}', flush=True)
       stored = store.get('memory') or {}
-      # Measured again when the model, batch or duration changed, or when it predates the
-      # tensor-memory probe (and the plain SGD step without Keras' momentum slots).
-      current = (stored.get('model') == _MEMORY_MODEL.value and
-                 'step_tensor_bytes' in stored.get('dense', {}) and
-                 stored['dense'].get('batch_size') == _MEMORY_BATCH.value and
-                 stored['dense'].get('frames') == int(_MEMORY_SECONDS.value *
-                                                      client_step.FRAMES_PER_SECOND))
+      current = stored.get('model') == _MEMORY_MODEL.value and all(
+          client_step.is_current(stored.get(name), batch_size=_MEMORY_BATCH.value,
+                                 seconds=_MEMORY_SECONDS.value) for name in ('dense', 'pruned'))
       if _MEMORY_MODEL.value and not current:
         store.put('memory', _memory(_MEMORY_MODEL.value))
 

@@ -170,6 +170,14 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                                else None}
 
 
+def is_current(result: dict[str, Any] | None, *, batch_size: int, seconds: float) -> bool:
+  """Whether a stored `measure` result is for this batch and duration and has the fields of
+  this probe (older results lack the tensor memory and ran Keras' SGD with its slots)."""
+  return bool(result) and 'step_tensor_bytes' in result and (
+      result.get('batch_size') == batch_size and
+      result.get('frames') == int(seconds * FRAMES_PER_SECOND))
+
+
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                           label_length: int, steps: int = 3, timeout: float = 1800,
                           compression: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -213,10 +213,9 @@ def _memory_section(memory: dict[str, Any]) -> list[str]:
            'allocates (TF\'s CPU allocator, `tf.config.experimental.get_memory_info`: '
            'activations kept for the backward pass, gradients, temporaries), the memory a '
            'compiled step on a device (its weights and arena) needs; *RSS* is the whole '
-           'process, which also '
-           'holds the TF runtime and the step\'s graph and executor state (the compressed '
-           'steps run their codec as one XLA-compiled function per kernel shape). Both peaks are of the steady-state steps '
-           'after the first (the first step traces and optimizes the graph; after it the C '
+           'process, which also holds the TF runtime and the step\'s graph and executor '
+           'state (the compressed steps run their codec as one XLA-compiled function per '
+           'kernel shape). Both peaks are of the steady-state steps after the first (the first step traces and optimizes the graph; after it the C '
            'heap is trimmed and the high-water marks are reset); *peak with first step* '
            'includes tracing. Ratios are against dense.', '',
            '| | ' + ' | '.join(_MEMORY_LABELS[n] for n in names) + ' |',

@@ -57,6 +57,15 @@ class ClientStepTest(absltest.TestCase):
       self.assertLessEqual(result['step_peak_rss_bytes'], result['peak_rss_bytes'])
       self.assertGreater(result['step_tensor_bytes'], 0)
 
+  def test_stored_results_are_current_only_for_the_same_step(self):
+    stored = {'batch_size': 4, 'frames': 400, 'step_tensor_bytes': 1}
+    self.assertTrue(client_step.is_current(stored, batch_size=4, seconds=4.0))
+    self.assertFalse(client_step.is_current(stored, batch_size=1, seconds=4.0))
+    self.assertFalse(client_step.is_current(stored, batch_size=4, seconds=2.0))
+    older = {'batch_size': 4, 'frames': 400}  # Before the tensor-memory probe.
+    self.assertFalse(client_step.is_current(older, batch_size=4, seconds=4.0))
+    self.assertFalse(client_step.is_current(None, batch_size=4, seconds=4.0))
+
   def test_failure_names_the_model(self):
     config = dict(asr.named_config('tiny', vocab_size=29), name='tiny_broken')
     config['encoder'] = dict(config['encoder'], model_dim=-1)
