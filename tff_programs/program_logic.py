@@ -74,7 +74,8 @@ async def train_model(
 
   Each round runs the process of its stage (`training.stage_key(round)`); stages are built
   once and cached, and the build time of a new stage is released with its first round as
-  `stage_build_seconds` (round times exclude it). Train metrics are released every round
+  `stage_build_seconds` (round times exclude it). Where the stage changes between rounds,
+  `training.convert_state` carries the state over (e.g. to a smaller server model). Train metrics are released every round
   (key = round number) with `round_time_seconds` added; evaluation on all held-out clients
   before the first round (key 0, the starting model), every `evaluation_period` rounds and after
   the last round; the final model once, with key `total_rounds`, as
@@ -93,14 +94,17 @@ async def train_model(
     built[key] = training.build_stage(key)
     return built[key], time.monotonic() - started
 
-  first_stage, unreported_build_seconds = stage_for(1)
-  initial_state = training.initial_state(first_stage, initial_model_weights)
-  program_state, version = await program_state_manager.load_latest((initial_state, 0))
-  if program_state is None:
-    state, start_round = initial_state, 0
-  else:
-    state, start_round = program_state
+  versions = await program_state_manager.get_versions()
+  if versions:
+    # The state saved after round r has the type of round r's stage.
+    saved_round = max(versions)
+    stage, unreported_build_seconds = stage_for(max(saved_round, 1))
+    state, start_round = await program_state_manager.load(
+        saved_round, (training.state_structure(stage), 0))
     start_round = int(start_round)
+  else:
+    stage, unreported_build_seconds = stage_for(1)
+    state, start_round = training.initial_state(stage, initial_model_weights), 0
   if start_round > total_rounds:
     raise ValueError(f'the saved program state is at round {start_round}, past the requested '
                      f'{total_rounds} rounds')
@@ -128,11 +132,13 @@ async def train_model(
   initial_eval_metrics = None
   if start_round == 0 and evaluate_initial:
     # The starting point (e.g. a pretrained model), released with key 0.
-    initial_eval_metrics = await evaluate(0, training.initial_evaluation_stage())
+    initial_eval_metrics = await evaluate(0, training.initial_evaluation_stage(stage))
   round_times = []
-  stage = first_stage
   for round_num in range(start_round + 1, total_rounds + 1):
-    stage, build_seconds = stage_for(round_num)
+    next_stage, build_seconds = stage_for(round_num)
+    if next_stage.key != stage.key:
+      state = training.convert_state(state, stage, next_stage)
+    stage = next_stage
     # The first stage is built before the loop; its time goes with this invocation's first round.
     build_seconds, unreported_build_seconds = build_seconds + unreported_build_seconds, 0.0
     started = time.monotonic()

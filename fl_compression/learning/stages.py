@@ -2,9 +2,11 @@
 
 Most algorithms have a single process. Federated pruning sends clients a model whose shapes
 change with the sparsity level and phase, and a TFF computation is typed by shapes, so it
-builds one process per shape set (a *stage*); all stages share the server state type, so the
-program state carries over from stage to stage, and a resumed run rebuilds the stage of its
-next round. The program caches stages by key and reports the time to build each.
+builds one process per shape set (a *stage*). Where two consecutive stages have different
+server state types (pruning's fine-tuning phase keeps only the reduced model on the server),
+`convert_state` carries the state across the boundary; the program state saved after a round has
+that round's stage's type, so a resumed run loads it with that stage's structure
+(`state_structure`). The program caches stages by key and reports the time to build each.
 """
 
 import dataclasses
@@ -58,6 +60,16 @@ class StagedTraining:
       state = process.set_model_weights(state, initial_model_weights)
     return state
 
-  def initial_evaluation_stage(self) -> Stage:
-    """The stage whose model is evaluated before the first round (the starting model)."""
-    return self.build_stage(self.stage_key(1))
+  def state_structure(self, stage: Stage):
+    """A value with the structure of `stage`'s server state (to load saved program state)."""
+    return stage.train_process.initialize()
+
+  def convert_state(self, state, from_stage: Stage, to_stage: Stage):
+    """The state `to_stage`'s process continues from, after `from_stage`'s last round."""
+    del from_stage, to_stage
+    return state
+
+  def initial_evaluation_stage(self, first_stage: Stage) -> Stage:
+    """The stage whose model is evaluated before the first round (the starting model), given
+    the stage of round 1."""
+    return first_stage

@@ -9,9 +9,16 @@ optimizer, updates the gradient-magnitude momentum on kept entries and stores th
 Phases by round: pruning (sparsity constant or rising in steps to the target; a unit pruned
 stays pruned), refining (target sparsity; masks regenerated each round, pruned units keep their
 server values and scores and can grow back), fine-tuning (masks frozen). The server state
-counts the rounds done and the computations pick the phase's mask mode from it, so a stage is
-one plan (one shape set): its process is built once, cached by the program, and serves every
-phase with those shapes (with a constant schedule, the whole run).
+counts the rounds done and the computations pick the phase's mask mode from it, so a pruning
+stage is one plan (one shape set): its process is built once, cached by the program, and serves
+the pruning and refining rounds with those shapes (with a constant schedule, all of them).
+
+Fine-tuning is its own stage: at its first round the server model itself is shrunk to the
+reduced model with the last masks (`convert_state`; the server optimizer's per-weight slots,
+e.g. momentum, are shrunk with it), and from then on the round is FedAvg (or, stacked, the
+OMC/FedAQT process) on the reduced model: no scores, masks or expansion, and the server holds
+the reduced model only. On the kept weights a fine-tuning round equals the frozen-mask round of
+the full-size process (tested).
 
 With a `compression` config (`--fp_compress=omc` or `fedaqt`), pruning and compression stack:
 the distributor shrinks the model and then encodes the reduced model's weight matrices with the
@@ -34,12 +41,14 @@ import tensorflow_federated as tff
 
 from fl_compression.compression import process as compression_process
 from fl_compression.learning import composition
+from fl_compression.learning import fedavg
 from fl_compression.learning import stages
 from fl_compression.models import registry
 from fl_compression.pruning import plan as plan_lib
 from fl_compression.pruning import reduce as reduce_lib
 
 PHASE_MODES = {'prune': 'monotone', 'refine': 'free', 'finetune': 'fixed'}
+FINETUNE = 'finetune'  # First element of the fine-tuning stages' keys.
 SCHEDULES = ('constant', 'step')
 
 
@@ -223,12 +232,50 @@ class FederatedPruning(stages.StagedTraining):
     return plan_lib.make_plan(self.layers, self.config.pattern, sparsity)
 
   def stage_key(self, round_num: int):
-    """The plan's shapes: rounds with equal keys share one compiled process."""
+    """The plan's shapes: rounds with equal keys share one compiled process. Fine-tuning
+    rounds: `(FINETUNE, key of the last round before fine-tuning)`, whose masks they keep."""
     round_num = max(round_num, 1)
+    if self.config.phase(round_num) == 'finetune':
+      return (FINETUNE, self.stage_key(self.config.finetune_start - 1))
     plan = self.plan_at(round_num)
     key = plan_lib.describe(plan)
     self._plans[key] = plan
     return key
+
+  def convert_state(self, state, from_stage: stages.Stage, to_stage: stages.Stage):
+    """Into fine-tuning: the server model and its optimizer slots shrunk with the last masks."""
+    if not _is_finetune(to_stage.key) or _is_finetune(from_stage.key):
+      return state
+    reducer = self._reducer(self._plans[from_stage.key])
+    full_shapes = reducer.full_shapes
+
+    @tff.tensorflow.computation(_state_type(from_stage.train_process))
+    def reduce_server(state):
+      server = state.global_model_weights
+      indices = reducer.indices(server, 'fixed')
+      non_trainable = server['model'].non_trainable
+
+      def shrink_slots(value):
+        # An optimizer slot list (momentum, Adam moments) has one tensor per trainable weight.
+        if (isinstance(value, (list, tuple)) and len(value) == len(full_shapes) and
+            all(tuple(v.shape) == s for v, s in zip(value, full_shapes))):
+          return reducer.shrink(tff.learning.models.ModelWeights(
+              trainable=list(value), non_trainable=non_trainable), indices).trainable
+        return value
+
+      optimizer_state = collections.OrderedDict(
+          (name, shrink_slots(value)) for name, value in state.finalizer.items())
+      return (reducer.shrink(server['model'], indices), optimizer_state,
+              server['rounds_done'])
+
+    model, optimizer_state, rounds_done = reduce_server(state)
+    process = to_stage.train_process
+    new_state = process.set_model_weights(process.initialize(), model)
+    replaced = dict(finalizer=optimizer_state)
+    if self.compression is not None:
+      # The compressed process's distributor counts rounds (it seeds partial selection).
+      replaced['distributor'] = rounds_done
+    return new_state._replace(**replaced)  # A NamedTuple (LearningAlgorithmState).
 
   def _reducer(self, plan: dict[str, Any]) -> reduce_lib.Reducer:
     key = plan_lib.describe(plan)
@@ -237,6 +284,8 @@ class FederatedPruning(stages.StagedTraining):
     return self._reducers[key]
 
   def build_stage(self, key) -> stages.Stage:
+    if _is_finetune(key):
+      return self._finetune_stage(key)
     reducer = self._reducer(self._plans[key])
     full_model_fn = self._make_model_fn(self.model_config)
     reduced_model_fn = self._make_model_fn(reducer.reduced_config)
@@ -281,6 +330,19 @@ class FederatedPruning(stages.StagedTraining):
 
     return stages.Stage(key, process, reducer.reduced_config, reduced_model_fn, model_weights)
 
+  def _finetune_stage(self, key) -> stages.Stage:
+    """FedAvg (or the stacked compression process) on the reduced model of `key[1]`'s plan."""
+    reducer = self._reducer(self._plans[key[1]])
+    reduced_model_fn = self._make_model_fn(reducer.reduced_config)
+    if self.compression is None:
+      process = fedavg.build_weighted_fed_avg(reduced_model_fn, self._client_optimizer,
+                                              self._server_optimizer)
+    else:
+      process = compression_process.build_compressed_fed_avg(
+          reduced_model_fn, self.compression, self._client_optimizer, self._server_optimizer)
+    return stages.Stage(key, process, reducer.reduced_config, reduced_model_fn,
+                        process.get_model_weights)
+
   def initial_state(self, stage: stages.Stage, initial_model_weights=None):
     process = stage.train_process
     state = process.initialize()
@@ -295,9 +357,9 @@ class FederatedPruning(stages.StagedTraining):
 
     return process.set_model_weights(state, augment(initial_model_weights))
 
-  def initial_evaluation_stage(self) -> stages.Stage:
+  def initial_evaluation_stage(self, first_stage: stages.Stage) -> stages.Stage:
     """The dense starting model: evaluated before the first round."""
-    return self._dense_stage(self.build_stage(self.stage_key(1)), ('dense',))
+    return self._dense_stage(first_stage, ('dense',))
 
   def _dense_stage(self, stage: stages.Stage, key) -> stages.Stage:
     """`stage`'s process with the full server model as its model."""
@@ -324,6 +386,10 @@ class FederatedDropout(FederatedPruning):
 
   def build_stage(self, key) -> stages.Stage:
     return self._dense_stage(super().build_stage(key), key)
+
+
+def _is_finetune(key) -> bool:
+  return isinstance(key, tuple) and key[0] == FINETUNE
 
 
 def _state_type(process):

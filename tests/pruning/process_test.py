@@ -43,10 +43,11 @@ def _make_model_fn(config):
 
 def _pruning(config, **options):
   total_rounds = options.pop('total_rounds', 1)
+  server_optimizer = options.pop('server_optimizer', optimizers.build_optimizer('sgd', 1.0))
   return process.FederatedPruning(
       _config(), _make_model_fn, config, total_rounds,
       client_optimizer=optimizers.build_optimizer('sgd', 0.05),
-      server_optimizer=optimizers.build_optimizer('sgd', 1.0), **options)
+      server_optimizer=server_optimizer, **options)
 
 
 def _initial_weights():
@@ -105,6 +106,14 @@ class FederatedPruningProcessTest(absltest.TestCase):
             await tff.program.materialize_value(
                 stage.train_process.get_model_weights(output.state)),
             await tff.program.materialize_value(output.metrics), stage.model_config)
+        if name == 'omc':
+          # Round 2 fine-tunes: the stacked compression process on the reduced server model.
+          finetune = fp.build_stage(fp.stage_key(2))
+          converted = fp.convert_state(output.state, stage, finetune)
+          finetuned = finetune.train_process.next(converted, clients)
+          results['omc_finetune'] = (
+              int(await tff.program.materialize_value(converted.distributor)),
+              await tff.program.materialize_value(finetuned.metrics))
       return results
 
     results = tff_test_utils.run_on_local_backend(body)
@@ -133,12 +142,22 @@ class FederatedPruningProcessTest(absltest.TestCase):
       moved = max(float(np.max(np.abs(a - w)))
                   for a, w in zip(server['model'].trainable, weights.trainable))
       self.assertGreater(moved, 1e-4, name)
+    # Fine-tuning continues the round count (it seeds partial selection) and moves the same
+    # packed reduced model.
+    rounds_done, finetune_metrics = results['omc_finetune']
+    self.assertEqual(rounds_done, 1)
+    omc_metrics = results['omc'][1]
+    self.assertEqual(finetune_metrics['communication'], omc_metrics['communication'])
+    self.assertEqual(finetune_metrics['client_work']['held_parameter_bytes'],
+                     omc_metrics['client_work']['held_parameter_bytes'])
 
   def test_phases_keep_pruned_values_and_freeze_masks(self):
     weights = _initial_weights()
     config = process.PruningConfig(sparsity=0.5, pattern='column', refine_start=2,
                                    finetune_start=3)
-    fp = _pruning(config, total_rounds=3)
+    # Server momentum, so that fine-tuning's conversion must carry optimizer slots over.
+    fp = _pruning(config, total_rounds=3,
+                  server_optimizer=optimizers.build_optimizer('sgdm', 0.5))
     fedavg = algorithms.get('fedavg').build(
         _make_model_fn(_config()), algorithms.Hyperparameters(client_learning_rate=0.05))
     clients = [_client_data(3), _client_data(4)]
@@ -149,21 +168,40 @@ class FederatedPruningProcessTest(absltest.TestCase):
       stage = fp.build_stage(keys[0])
       state = fp.initial_state(stage, weights)
       servers, metrics = [], []
-      for _ in keys:
+      # Round 3 here is the full-size process with frozen masks: the reference for the
+      # fine-tuning stage below.
+      for round_num in (1, 2, 3):
+        if round_num == 3:
+          before_finetune = state
         output = stage.train_process.next(state, clients)
         state = output.state
         servers.append(await tff.program.materialize_value(
             stage.train_process.get_model_weights(state)))
         metrics.append(await tff.program.materialize_value(output.metrics))
       reduced = await tff.program.materialize_value(stage.model_weights(state))
+      # The fine-tuning stage: the server model shrunk, then FedAvg on the reduced model.
+      finetune = fp.build_stage(keys[2])
+      converted = fp.convert_state(before_finetune, stage, finetune)
+      converted_weights = await tff.program.materialize_value(
+          finetune.train_process.get_model_weights(converted))
+      finetuned = finetune.train_process.next(converted, clients)
+      finetuned_weights = await tff.program.materialize_value(
+          finetune.model_weights(finetuned.state))
+      finetuned_metrics = await tff.program.materialize_value(finetuned.metrics)
       base = fedavg.next(fedavg.set_model_weights(fedavg.initialize(), weights), clients)
       base_metrics = await tff.program.materialize_value(base.metrics)
-      return keys, servers, metrics, reduced, stage, base_metrics
+      before_reduced = await tff.program.materialize_value(stage.model_weights(before_finetune))
+      return (keys, servers, metrics, reduced, stage, base_metrics, finetune, converted_weights,
+              before_reduced, finetuned_weights, finetuned_metrics)
 
-    keys, servers, metrics, reduced, stage, base_metrics = (
-        tff_test_utils.run_on_local_backend(body))
-    # One shape set, so one computation serves all three phases; the state counts rounds.
-    self.assertLen(set(keys), 1)
+    (keys, servers, metrics, reduced, stage, base_metrics, finetune, converted_weights,
+     before_reduced, finetuned_weights, finetuned_metrics) = (
+         tff_test_utils.run_on_local_backend(body))
+    # One shape set for pruning and refining, so one computation serves both; fine-tuning is
+    # its own stage on the reduced model; the state counts rounds.
+    self.assertEqual(keys[0], keys[1])
+    self.assertEqual(keys[2], (process.FINETUNE, keys[1]))
+    self.assertEqual(finetune.model_config, stage.model_config)
     self.assertEqual([fp.config.phase(r) for r in (1, 2, 3)], ['prune', 'refine', 'finetune'])
     self.assertEqual([int(s['rounds_done']) for s in servers], [1, 2, 3])
     # Pruning from a dense start changed exactly the pruned units' masks.
@@ -191,6 +229,18 @@ class FederatedPruningProcessTest(absltest.TestCase):
     self.assertLess(down, base_down)
     self.assertLess(metrics[2]['communication']['client_bytes_up'],
                     base_metrics['communication']['client_bytes_up'])
+    # Fine-tuning's server holds the reduced model, converted from the refined server model
+    # with its last masks, and its round equals the frozen-mask round of the full-size process
+    # (server momentum included), with the same traffic.
+    for got, want in zip(converted_weights.trainable + converted_weights.non_trainable,
+                         before_reduced.trainable + before_reduced.non_trainable):
+      np.testing.assert_array_equal(got, want)
+    self.assertEqual([w.shape for w in finetuned_weights.trainable],
+                     [w.shape for w in reduced.trainable])
+    for got, want in zip(finetuned_weights.trainable + finetuned_weights.non_trainable,
+                         reduced.trainable + reduced.non_trainable):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    self.assertEqual(finetuned_metrics['communication'], metrics[2]['communication'])
 
   def test_federated_dropout_samples_new_units_and_returns_the_full_model(self):
     weights = _initial_weights()

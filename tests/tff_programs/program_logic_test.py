@@ -39,13 +39,14 @@ class TrainModelTest(absltest.TestCase):
     cls.train_process = algorithms.get('fedavg').build(
         cls.task.model_fn, algorithms.Hyperparameters())
 
-  def _train(self, root, total_rounds, evaluation_period=2, initial_model_weights=None):
+  def _train(self, root, total_rounds, evaluation_period=2, initial_model_weights=None,
+             training=None):
     managers = {name: tff.program.MemoryReleaseManager() for name in ('train', 'eval', 'model')}
 
     async def body():
       return await program_logic.train_model(
-          training=stages.StagedTraining(self.train_process, self.task.model_config,
-                                         self.task.model_fn),
+          training=training or stages.StagedTraining(self.train_process, self.task.model_config,
+                                                     self.task.model_fn),
           task=self.task,
           sampler=program_logic.ClientSampler(tuple(self.task.train_data.client_ids), 3, 0),
           total_rounds=total_rounds, evaluation_period=evaluation_period,
@@ -113,6 +114,55 @@ class TrainModelTest(absltest.TestCase):
     loss = lambda run: run['eval'][0]['eval']['loss']  # noqa: E731
     self.assertAlmostEqual(loss(default_run), loss(same_start), places=5)
     self.assertGreater(abs(loss(default_run) - loss(shifted_start)), 0.01)
+
+  def test_stage_change_converts_state_and_resumes_on_either_side(self):
+    """Rounds 1-2 and 3-4 run processes with different state types (server momentum, then
+    none); the program converts at round 3 and loads a saved state with its round's type."""
+    task = self.task
+    with_momentum = algorithms.get('fedavg').build(
+        task.model_fn, algorithms.Hyperparameters(server_optimizer='sgdm',
+                                                  server_learning_rate=0.5))
+    plain = algorithms.get('fedavg').build(
+        task.model_fn, algorithms.Hyperparameters(server_learning_rate=0.5))
+
+    class TwoStages(stages.StagedTraining):
+      conversions = 0
+
+      def __init__(self):
+        super().__init__(with_momentum, task.model_config, task.model_fn)
+        self._second = stages.Stage('second', plain, task.model_config, task.model_fn,
+                                    plain.get_model_weights)
+
+      def stage_key(self, round_num):
+        return 'all rounds' if round_num <= 2 else 'second'
+
+      def build_stage(self, key):
+        return self._stage if key == 'all rounds' else self._second
+
+      def convert_state(self, state, from_stage, to_stage):
+        type(self).conversions += 1
+        weights = from_stage.model_weights(state)
+        return plain.set_model_weights(plain.initialize(), weights)
+
+    tmp = absltest.get_default_test_tmpdir()
+    whole_root, root = tempfile.mkdtemp(dir=tmp), tempfile.mkdtemp(dir=tmp)
+    whole, whole_releases = self._train(whole_root, total_rounds=4, training=TwoStages())
+    self.assertEqual(TwoStages.conversions, 1)
+    # Stopped after round 2 (first stage's state), then after round 3 (second stage's state).
+    self._train(root, total_rounds=2, training=TwoStages())
+    self._train(root, total_rounds=3, training=TwoStages())
+    resumed, resumed_releases = self._train(root, total_rounds=4, training=TwoStages())
+    self.assertEqual(TwoStages.conversions, 2)
+    self.assertEqual(resumed.resumed_from_round, 3)
+    for a, b in zip(whole_releases['model'][4][1].trainable,
+                    resumed_releases['model'][4][1].trainable):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # The second stage really ran: momentum in all four rounds ends elsewhere.
+    _, momentum_only = self._train(
+        tempfile.mkdtemp(dir=tmp), total_rounds=4,
+        training=stages.StagedTraining(with_momentum, task.model_config, task.model_fn))
+    self.assertGreater(max(np.max(np.abs(a - b)) for a, b in zip(
+        whole_releases['model'][4][1].trainable, momentum_only['model'][4][1].trainable)), 1e-4)
 
   def test_state_beyond_requested_rounds_is_an_error(self):
     root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
