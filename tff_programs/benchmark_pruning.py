@@ -23,6 +23,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+import numpy as np
 import tensorflow as tf
 
 from fl_compression import tasks
@@ -95,10 +96,18 @@ def _costs(store: experiments.ResultStore, task: tasks.Task) -> dict[str, Any]:
                   'client_bytes_up': run['client_bytes_up'],
                   'client_parameter_bytes': run['model_parameter_bytes'],
                   'client_step_seconds': step['step_seconds'],
-                  'round_seconds': run['mean_round_seconds'],
                   'build_seconds': run['build_seconds']}
+  # Round times are compared round by round (each round has its own clients and data), over
+  # the rounds where neither run built computations; per phase too.
+  finetune_start = experiments_phase_defaults(len(base['round_seconds']))['finetune_start']
+  for field, rounds in experiments.paired_steady_rounds(base, pruned, finetune_start).items():
+    for name, run in (('fedavg', base), ('pruned', pruned)):
+      rows[name][field] = (float(np.mean([run['round_seconds'][r - 1] for r in rounds]))
+                           if rounds else None)
+    rows.setdefault('rounds', {})[field] = rounds
   ratio = lambda k: rows['pruned'][k] / rows['fedavg'][k]  # noqa: E731
-  rows['ratios'] = {k: ratio(k) for k in rows['fedavg'] if rows['fedavg'][k]}
+  rows['ratios'] = {k: ratio(k) for k in rows['fedavg']
+                    if rows['fedavg'][k] and rows['pruned'][k] is not None}
   rows['ratios']['client_bytes'] = (
       (rows['pruned']['client_bytes_down'] + rows['pruned']['client_bytes_up']) /
       (rows['fedavg']['client_bytes_down'] + rows['fedavg']['client_bytes_up']))

@@ -110,6 +110,8 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       'client_bytes_down': float(np.mean([r['communication/client_bytes_down'] for r in rounds])),
       'client_bytes_up': float(np.mean([r['communication/client_bytes_up'] for r in rounds])),
       'round_seconds': [r['round_time_seconds'] for r in rounds],
+      # Per round: the time to build a new stage's computations (0 in steady rounds).
+      'round_build_seconds': built,
       'mean_round_seconds': float(np.mean(steady)) if steady else None,
       'build_seconds': float(sum(built)),
       'mask_changes': [float(r.get('finalizer/mask_changes', 0.0)) for r in rounds],

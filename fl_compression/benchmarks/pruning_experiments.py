@@ -184,6 +184,23 @@ def check(ok: Optional[bool]) -> str:
   return 'n/a' if ok is None else ('met' if ok else '**missed**')
 
 
+def paired_steady_rounds(base: dict[str, Any], other: dict[str, Any], finetune_start: int
+                         ) -> dict[str, list[int]]:
+  """The 1-based rounds in which neither run built computations: all of them, those before
+  fine-tuning and the fine-tuning ones (keyed by the cost field they average)."""
+
+  def steady(run):
+    built = run.get('round_build_seconds')
+    if built is None:  # Stored before per-round build times: the first round built.
+      built = [1.0] + [0.0] * (len(run['round_seconds']) - 1)
+    return {i + 1 for i, seconds in enumerate(built) if seconds == 0}
+
+  common = sorted(steady(base) & steady(other))
+  return {'round_seconds': common,
+          'prune_round_seconds': [r for r in common if r < finetune_start],
+          'finetune_round_seconds': [r for r in common if r >= finetune_start]}
+
+
 def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
   """The issue's numbers to reach: (target, measured, met/missed)."""
   rows = []
@@ -216,7 +233,8 @@ def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tu
   if costs:
     for name, label, limit in (('client_bytes', 'client bytes per round (down + up)', 0.45),
                                ('client_parameter_bytes', 'client parameter bytes', 0.45),
-                               ('round_seconds', 'steady-state round time', 0.8)):
+                               ('round_seconds', 'steady-state round time', 0.8),
+                               ('finetune_round_seconds', 'fine-tuning round time', 0.8)):
       measured = costs['ratios'].get(name)
       if measured is not None:
         rows.append((f'50% column: {label} at most {limit}x FedAvg\'s', f'{measured:.2f}x',
@@ -336,9 +354,14 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
         ('client step time, s (batch of real utterances)', 'client_step_seconds',
          lambda v: f'{v:.3f}'),
         ('steady-state round time, s', 'round_seconds', lambda v: f'{v:.2f}'),
-        ('computation build time, s (once per shape set)', 'build_seconds',
+        ('round time, s: pruning and refining rounds', 'prune_round_seconds', lambda v: f'{v:.2f}'),
+        ('round time, s: fine-tuning rounds (reduced server model)', 'finetune_round_seconds',
+         lambda v: f'{v:.2f}'),
+        ('computation build time, s (once per stage)', 'build_seconds',
          lambda v: f'{v:.1f}')):
-      if name in base and name in pruned:
+      if base.get(name) is not None and pruned.get(name) is not None:
+        if name in costs.get('rounds', {}):
+          label = f'{label} ({_round_list(costs["rounds"][name])})'
         lines.append(f'| {label} | {fmt(base[name])} | {fmt(pruned[name])} | '
                      f'{ratio(pruned[name], base[name])} |')
   memory = results.get('memory')
@@ -400,6 +423,10 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
         f'{run.get("build_seconds") or 0:.1f} | {run.get("mean_round_seconds") or 0:.1f} | '
         f'{run.get("wall_seconds") or 0:.0f} |')
   return '\n'.join(lines) + '\n'
+
+
+def _round_list(rounds: Sequence[int]) -> str:
+  return ('round ' if len(rounds) == 1 else 'rounds ') + ', '.join(str(r) for r in rounds)
 
 
 def plot(results: dict[str, Any], settings: dict[str, Any], output_dir: str) -> list[str]:
