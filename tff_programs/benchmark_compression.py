@@ -51,6 +51,10 @@ _MEMORY_SMALL_BATCH = flags.DEFINE_integer(
     'memory_small_batch_size', 1, 'The same comparison again with this many utterances per '
     'step, where activations weigh less next to the parameters (0: skip it).')
 _MEMORY_SECONDS = flags.DEFINE_float('memory_seconds', 4.0, 'Audio seconds per utterance.')
+_MEMORY_REMAT = flags.DEFINE_bool(
+    'memory_remat', True, 'The batch --memory_batch_size comparison again with every step '
+    'rematerializing the Conformer subsampling and blocks (activations recomputed in the '
+    'backward pass instead of kept).')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Write the report from the stored results without running anything.')
 
@@ -65,7 +69,8 @@ def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
                                     server_optimizer='sgd', server_learning_rate=1.0)
 
 
-def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStore) -> None:
+def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStore,
+            rematerialize: bool = False) -> None:
   """The client-step memory comparison at `batch_size`, one fresh process per variant, stored
   under `key` as it goes."""
   config = asr.named_config(model_name)
@@ -73,15 +78,16 @@ def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStor
   measured = dict(stored) if stored.get('model') == model_name else {'model': model_name}
   for name, compression in experiments.MEMORY_VARIANTS:
     if client_step.is_current(measured.get(name), batch_size=batch_size,
-                              seconds=_MEMORY_SECONDS.value):
+                              seconds=_MEMORY_SECONDS.value, rematerialize=rematerialize):
       continue
     measured[name] = client_step.measure_in_subprocess(
         config, batch_size=batch_size, seconds=_MEMORY_SECONDS.value, label_length=20,
-        steps=3, compression=compression)
+        steps=3, compression=compression, rematerialize=rematerialize)
     store.put(key, measured)
     mib = lambda field: (f'{measured[name][field] / 2**20:.0f} MiB'  # noqa: E731
                          if measured[name].get(field) is not None else 'n/a')
-    print(f'  {model_name} batch {batch_size} {name}: steady-state step peak: tensors '
+    print(f'  {model_name} batch {batch_size}{" rematerialized" if rematerialize else ""} '
+          f'{name}: steady-state step peak: tensors '
           f'{mib("tensor_peak_bytes")}, RSS {mib("step_peak_rss_bytes")}; RSS peak with first '
           f'step {mib("peak_rss_bytes")}, step {measured[name]["step_seconds"]:.2f} s',
           flush=True)
@@ -139,6 +145,9 @@ def run() -> None:
     _memory(_MEMORY_MODEL.value, _MEMORY_BATCH.value, 'memory', store)
     if _MEMORY_SMALL_BATCH.value:
       _memory(_MEMORY_MODEL.value, _MEMORY_SMALL_BATCH.value, 'memory_small_batch', store)
+    if _MEMORY_REMAT.value:
+      _memory(_MEMORY_MODEL.value, _MEMORY_BATCH.value, 'memory_remat', store,
+              rematerialize=True)
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_compression --'] +
                                  [a for a in sys.argv[1:] if not a.startswith('--report_only')]),

@@ -19,24 +19,35 @@ allocator during the steady-state steps above what it held before them
 and temporaries. `tensor_peak_bytes` adds the parameters held (`held_parameter_bytes`, exact
 sizes): the memory of a compiled step on a device (weights plus its arena). The allocator's
 absolute count is not used, because variables created eagerly are not all in it; everything a
-step allocates runs in the step's graph and is.
+step allocates runs in the step's graph and is. TF's default CPU allocator keeps no
+statistics (only the oneDNN allocator, on by default on CPUs with AVX-512, does, and not for
+small allocations), so the child runs TF's BFC allocator on the CPU (`ALLOCATOR_ENV`), which
+counts every allocation on every machine; results record it (`allocator`) and results taken
+with another allocator are not reused.
 
 `compression` measures the decompress-on-use step of OMC or FedAQT
 (`fl_compression.compression.on_the_fly`): {'codec': 'omc', 'format': 'S1E4M6'} or
 {'codec': 'aqt', 'bits': 8} (FedAQT also quantizes the dense layers' inputs). Its parameters
 are counted as held (`held_parameter_bytes`: packed kernels, other variables float32).
+`rematerialize` recomputes the Conformer subsampling and blocks in the backward pass
+(`conformer.set_rematerialization`) instead of keeping their activations, for either step.
 
   python -m fl_compression.benchmarks.client_step --config_json='{"name": ...}'
 """
 
 import ctypes
 import json
+import os
 import resource
 import sys
 import time
 from typing import Any
 
 from fl_compression.benchmarks import fresh_process
+
+# The measuring process's CPU allocator: BFC, whose statistics count every allocation.
+ALLOCATOR_ENV = {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}
+ALLOCATOR = 'bfc'
 
 # A training step of a client: plain SGD (no optimizer state), random features of the
 # requested duration (100 frames per second) and random labels.
@@ -105,13 +116,15 @@ def _compressed_model(model_config, compression: dict[str, Any], learning_rate: 
 
 def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
             label_length: int, steps: int, seed: int = 0,
-            compression: dict[str, Any] | None = None) -> dict[str, Any]:
+            compression: dict[str, Any] | None = None,
+            rematerialize: bool = False) -> dict[str, Any]:
   """Runs in this process: builds the model, times `steps` SGD steps after a traced first one."""
   import psutil  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from fl_compression.compression import on_the_fly  # pylint: disable=g-import-not-at-top
   from fl_compression.models import asr  # pylint: disable=g-import-not-at-top
+  from fl_compression.models import conformer  # pylint: disable=g-import-not-at-top
   from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
 
   process = psutil.Process()
@@ -121,6 +134,8 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
     model = _compressed_model(model_config, compression, learning_rate)
   else:
     model = registry.build_keras_model(model_config)
+  if rematerialize and not conformer.set_rematerialization(model, True):
+    raise ValueError(f'model {model_config["name"]!r} has no Conformer encoder to rematerialize')
   frames = int(seconds * FRAMES_PER_SECOND)
   bins = model.inputs[0].shape[-1]
   batch = dict(
@@ -156,7 +171,10 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
   step_tensors = (tensors_peak - tensors_rest
                   if tensors_peak is not None and tensors_rest is not None else None)
   peak = max(peak_with_trace, steady_peak)
+  allocator = (ALLOCATOR if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
+               else 'default')
   return {'model': model_config['name'], 'compression': compression,
+          'rematerialize': bool(rematerialize), 'allocator': allocator,
           'parameters': on_the_fly.parameter_count(model),
           'parameter_bytes': int(param_bytes), 'held_parameter_bytes': int(held_bytes),
           'batch_size': batch_size, 'frames': frames,
@@ -170,22 +188,27 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                                else None}
 
 
-def is_current(result: dict[str, Any] | None, *, batch_size: int, seconds: float) -> bool:
-  """Whether a stored `measure` result is for this batch and duration and has the fields of
-  this probe (older results lack the tensor memory and ran Keras' SGD with its slots)."""
-  return bool(result) and 'step_tensor_bytes' in result and (
+def is_current(result: dict[str, Any] | None, *, batch_size: int, seconds: float,
+               rematerialize: bool = False) -> bool:
+  """Whether a stored `measure` result is for this batch, duration and rematerialization and
+  was taken by this probe (with the BFC allocator; older results lack the tensor memory or
+  took it from the oneDNN allocator, which leaves out small allocations)."""
+  return bool(result) and result.get('allocator') == ALLOCATOR and (
       result.get('batch_size') == batch_size and
-      result.get('frames') == int(seconds * FRAMES_PER_SECOND))
+      result.get('frames') == int(seconds * FRAMES_PER_SECOND) and
+      bool(result.get('rematerialize', False)) == bool(rematerialize))
 
 
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                           label_length: int, steps: int = 3, timeout: float = 1800,
-                          compression: dict[str, Any] | None = None) -> dict[str, Any]:
+                          compression: dict[str, Any] | None = None,
+                          rematerialize: bool = False) -> dict[str, Any]:
   """`measure` in a fresh Python process (same interpreter and import path)."""
   request = dict(model_config=model_config, batch_size=batch_size, seconds=seconds,
-                 label_length=label_length, steps=steps, compression=compression)
+                 label_length=label_length, steps=steps, compression=compression,
+                 rematerialize=rematerialize)
   return fresh_process.run_module('fl_compression.benchmarks.client_step', request,
-                                  timeout=timeout,
+                                  timeout=timeout, env=ALLOCATOR_ENV,
                                   what=f'client step measurement of {model_config["name"]}')
 
 if __name__ == '__main__':

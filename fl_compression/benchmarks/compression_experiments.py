@@ -164,16 +164,21 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  common.check(down <= 0.30)))
   memory = results.get('memory')
   if memory and all(memory.get(k) for k in ('dense', 'fedaqt_8')):
-    measures = [(memory, 'tensor_peak_bytes', 'tensor memory: parameters, activations, '
+    remat = results.get('memory_remat')
+    measures = [(memory, None, 'tensor_peak_bytes', 'tensor memory: parameters, activations, '
                  'gradients, temporaries'),
-                (results.get('memory_small_batch'), 'tensor_peak_bytes', 'tensor memory, '
+                (results.get('memory_small_batch'), None, 'tensor_peak_bytes', 'tensor memory, '
                  'smaller batch'),
-                (memory, 'step_peak_rss_bytes', 'process RSS, with the TF runtime and its step '
-                 'graph')]
-    for entry, field, what in measures:
+                (memory, None, 'step_peak_rss_bytes', 'process RSS, with the TF runtime and its '
+                 'step graph'),
+                (remat, None, 'tensor_peak_bytes', 'tensor memory, both steps rematerializing '
+                 'the Conformer blocks'),
+                (remat, memory, 'tensor_peak_bytes', 'tensor memory, FedAQT rematerializing, '
+                 'dense not')]
+    for entry, base, field, what in measures:
       if not entry or not all(entry.get(k) for k in ('dense', 'fedaqt_8')):
         continue
-      ratio = memory_ratio(entry, 'fedaqt_8', field)
+      ratio = memory_ratio(entry, 'fedaqt_8', field, base)
       rows.append((f'FedAQT 8-bit: {entry["model"]} client step peak memory at most 0.6x dense '
                    f'({what}; batch {entry["dense"]["batch_size"]})',
                    f'{ratio:.3f}x' if ratio is not None else 'n/a',
@@ -193,16 +198,21 @@ _MEMORY_LABELS = {'dense': 'dense float32', 'omc_16': 'OMC S1E5M10', 'omc_11': '
                   'fedaqt_8': 'FedAQT int8'}
 
 
-def memory_ratio(memory: dict[str, Any], name: str, field: str) -> Optional[float]:
-  value, base = memory[name].get(field), memory['dense'].get(field)
+def memory_ratio(memory: dict[str, Any], name: str, field: str,
+                 base_memory: Optional[dict[str, Any]] = None) -> Optional[float]:
+  """`field` of variant `name` over dense's, from `base_memory` if given (another comparison
+  of the same model and batch) or else from the same comparison."""
+  value, base = memory[name].get(field), (base_memory or memory)['dense'].get(field)
   return value / base if value and base else None
 
 
 def _memory_section(memory: dict[str, Any]) -> list[str]:
   names = [n for n, _ in MEMORY_VARIANTS if memory.get(n)]
   dense = memory['dense']
+  remat = (', Conformer subsampling and blocks rematerialized (recomputed in the backward '
+           'pass)' if dense.get('rematerialize') else '')
   lines = ['', f'## Memory of one client training step of `{memory["model"]}`, batch '
-           f'{dense["batch_size"]}', '',
+           f'{dense["batch_size"]}{remat}', '',
            f'Each column is a fresh process (`fl_compression/benchmarks/client_step.py`): batch '
            f'{dense["batch_size"]} x {dense["frames"]} frames, {dense["label_length"]} tokens, '
            'plain SGD. The compressed columns run the decompress-on-use step '
@@ -305,7 +315,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     if body:
       lines += ['', f'## {title}', '', 'Ratios against FedAvg (seed 0) on the same clients.', '']
       lines += header + body
-  for key in ('memory', 'memory_small_batch'):
+  for key in ('memory', 'memory_small_batch', 'memory_remat'):
     memory = results.get(key)
     if memory and memory.get('dense'):
       lines += _memory_section(memory)

@@ -13,12 +13,12 @@ import sys
 from typing import Any
 
 
-def run_module(module: str, request: dict[str, Any], *, timeout: float, what: str
-               ) -> dict[str, Any]:
-  """`python -m module '<request json>'`; its last stdout line parsed, or a `RuntimeError`
-  naming `what` with the end of the child's stderr."""
+def run_module(module: str, request: dict[str, Any], *, timeout: float, what: str,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
+  """`python -m module '<request json>'`, with `env` added to the environment; its last
+  stdout line parsed, or a `RuntimeError` naming `what` with the end of the child's stderr."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-             TF_CPP_MIN_LOG_LEVEL='2')
+             TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
   result = subprocess.run([sys.executable, '-m', module, json.dumps(request)],
                           capture_output=True, text=True, env=env, timeout=timeout, check=False)
   if result.returncode != 0:

@@ -5,6 +5,15 @@ with relative positional encoding (Transformer-XL style), convolution module (po
 depthwise, GroupNorm instead of BatchNorm as federated training needs, swish, pointwise),
 half-step feed-forward, layer norm. Layer names are stable (`block_03/ffn1/dense_in`, ...)
 because pruning and compression select variables by them.
+
+**Rematerialization** (`set_rematerialization`): a training step can keep only the input of
+the subsampling and of each block for the backward pass and recompute the part's activations
+there (`tf.recompute_grad`), trading one more forward pass of the encoder for activation
+memory that no longer grows with the number of blocks. Recomputation must see the same
+dropout masks as the forward pass, so a rematerializing encoder draws one seed per step
+outside the recomputed parts and its dropout layers (`SeededDropout`) derive stateless masks
+from it. Off by default: inference, TFLite export and the federated processes run the plain
+graph.
 """
 
 import dataclasses
@@ -65,6 +74,25 @@ def relative_shift(scores: tf.Tensor) -> tf.Tensor:
   return tf.slice(shifted, [0, 0, 0, 0], [-1, -1, -1, length])
 
 
+def fold_seed(seed, index: int):
+  """A distinct stateless seed ([2] int32) for part `index` of whatever `seed` seeds; None
+  passes through (stateful dropout)."""
+  if seed is None:
+    return None
+  return tf.random.experimental.stateless_fold_in(seed, index)
+
+
+class SeededDropout(tf.keras.layers.Dropout):
+  """Keras dropout, or with a `seed` ([2] int32) a stateless mask drawn from it: the same seed
+  gives the same mask, which a rematerialized (recomputed) forward pass needs."""
+
+  def call(self, inputs, training=None, seed=None):
+    if seed is None or not training or self.rate == 0:
+      return super().call(inputs, training=training)
+    keep = tf.random.stateless_uniform(tf.shape(inputs), seed) >= self.rate
+    return inputs * tf.cast(keep, inputs.dtype) / (1.0 - self.rate)
+
+
 class RelativeMultiHeadAttention(tf.keras.layers.Layer):
   """Multi-head self-attention with relative positional encoding and learned u, v biases."""
 
@@ -77,7 +105,7 @@ class RelativeMultiHeadAttention(tf.keras.layers.Layer):
     self.query, self.key, self.value = dense('query'), dense('key'), dense('value')
     self.position = dense('position', bias=False)
     self.output_dense = dense('output')
-    self.dropout = tf.keras.layers.Dropout(dropout)
+    self.dropout = SeededDropout(dropout)
 
   def build(self, input_shape):
     shape = (self.num_heads, self.head_dim)
@@ -88,8 +116,8 @@ class RelativeMultiHeadAttention(tf.keras.layers.Layer):
   def _heads(self, x):
     return tf.reshape(x, [tf.shape(x)[0], -1, self.num_heads, self.head_dim])
 
-  def call(self, x, mask, training=None):
-    """x: [B, T, D]; mask: [B, T] (True for real frames)."""
+  def call(self, x, mask, training=None, seed=None):
+    """x: [B, T, D]; mask: [B, T] (True for real frames); seed: see `SeededDropout`."""
     length = tf.shape(x)[1]
     q = self._heads(self.query(x))
     k = tf.transpose(self._heads(self.key(x)), [0, 2, 1, 3])
@@ -101,7 +129,7 @@ class RelativeMultiHeadAttention(tf.keras.layers.Layer):
     scores = (content + position) / math.sqrt(self.head_dim)
     key_mask = tf.reshape(tf.cast(mask, scores.dtype), [tf.shape(mask)[0], 1, 1, -1])
     scores += (1.0 - key_mask) * -1e9
-    weights = self.dropout(tf.nn.softmax(scores, axis=-1), training=training)
+    weights = self.dropout(tf.nn.softmax(scores, axis=-1), training=training, seed=seed)
     context = tf.transpose(tf.einsum('bhij,bhjd->bhid', weights, v), [0, 2, 1, 3])
     return self.output_dense(tf.reshape(context, [tf.shape(x)[0], -1, self.model_dim]))
 
@@ -191,42 +219,47 @@ class ConformerBlock(tf.keras.layers.Layer):
       return [LayerNorm(name=f'{name}/norm'),
               pruned_dense.dense(f'{name}/dense_in', d * c.ffn_multiplier, pruning,
                                  activation='swish'),
-              tf.keras.layers.Dropout(c.dropout),
+              SeededDropout(c.dropout),
               pruned_dense.dense(f'{name}/dense_out', d, pruning),
-              tf.keras.layers.Dropout(c.dropout)]
+              SeededDropout(c.dropout)]
 
     self.ffn1, self.ffn2 = ffn('ffn1'), ffn('ffn2')
     self.attention_norm = LayerNorm(name='mhsa/norm')
     self.attention = RelativeMultiHeadAttention(d, c.num_heads, c.dropout,
                                                 pruning=_sub_plan(pruning, 'mhsa'), name='mhsa')
-    self.attention_dropout = tf.keras.layers.Dropout(c.dropout)
+    self.attention_dropout = SeededDropout(c.dropout)
     self.conv_norm = LayerNorm(name='conv/norm')
     self.pointwise_in = pruned_dense.plain_dense(2 * d, 'conv/pointwise_in')
     self.depthwise = tf.keras.layers.DepthwiseConv1D(
         c.conv_kernel_size, padding='same', name='conv/depthwise')
     self.group_norm = MaskedGroupNorm(c.num_groups, name='conv/group_norm')
     self.pointwise_out = pruned_dense.plain_dense(d, 'conv/pointwise_out')
-    self.conv_dropout = tf.keras.layers.Dropout(c.dropout)
+    self.conv_dropout = SeededDropout(c.dropout)
     self.final_norm = LayerNorm(name='final_norm')
 
   @staticmethod
-  def _run(layers, x, training):
-    for layer in layers:
-      x = layer(x, training=training) if isinstance(layer, tf.keras.layers.Dropout) else layer(x)
+  def _run(layers, x, training, seed):
+    for i, layer in enumerate(layers):
+      x = (layer(x, training=training, seed=fold_seed(seed, i))
+           if isinstance(layer, SeededDropout) else layer(x))
     return x
 
-  def call(self, x, mask, training=None):
+  def call(self, x, mask, training=None, seed=None):
+    """`seed` ([2] int32): stateless dropout masks derived from it (see `SeededDropout`)."""
     frame_mask = tf.expand_dims(tf.cast(mask, x.dtype), 2)
-    x = x + 0.5 * self._run(self.ffn1, x, training)
+    x = x + 0.5 * self._run(self.ffn1, x, training, fold_seed(seed, 0))
     x = x + self.attention_dropout(
-        self.attention(self.attention_norm(x), mask, training=training), training=training)
+        self.attention(self.attention_norm(x), mask, training=training,
+                       seed=fold_seed(seed, 1)),
+        training=training, seed=fold_seed(seed, 2))
     y = self.pointwise_in(self.conv_norm(x))
     values, gates = tf.split(y, 2, axis=-1)
     y = values * tf.sigmoid(gates)  # GLU
     y = self.depthwise(y * frame_mask)
     y = tf.nn.swish(self.group_norm(y, frame_mask))
-    x = x + self.conv_dropout(self.pointwise_out(y), training=training)
-    x = x + 0.5 * self._run(self.ffn2, x, training)
+    x = x + self.conv_dropout(self.pointwise_out(y), training=training,
+                              seed=fold_seed(seed, 3))
+    x = x + 0.5 * self._run(self.ffn2, x, training, fold_seed(seed, 4))
     return self.final_norm(x) * frame_mask
 
 
@@ -242,17 +275,50 @@ class ConformerEncoder(tf.keras.layers.Layer):
     self.conv2 = tf.keras.layers.Conv2D(channels, 3, 2, activation=_relu,
                                         name='subsampling/conv2')
     self.project = pruned_dense.plain_dense(config.model_dim, 'subsampling/project')
-    self.dropout = tf.keras.layers.Dropout(config.dropout)
+    self.dropout = SeededDropout(config.dropout)
+    self.rematerialize = False
+    self.dropout_seed = None
     self.blocks = [ConformerBlock(config, pruning=_sub_plan(pruning, f'block_{i:02d}'),
                                   name=f'block_{i:02d}')
                    for i in range(config.num_blocks)]
 
-  def call(self, features, lengths, training=None):
+  def configure_training(self, rematerialize: bool, dropout_seed=None) -> None:
+    """Rematerialize the subsampling and each block in training steps (see the module
+    docstring); `dropout_seed` ([2] ints) fixes the per-step dropout seed (tests compare a
+    rematerialized step with a plain one under the same masks), None draws one per step."""
+    self.rematerialize = bool(rematerialize)
+    self.dropout_seed = None if dropout_seed is None else tuple(int(s) for s in dropout_seed)
+
+  def _step_seed(self, training):
+    if not training or not (self.rematerialize or self.dropout_seed is not None):
+      return None
+    if self.dropout_seed is not None:
+      return tf.constant(self.dropout_seed, tf.int32)
+    return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+
+  def _subsample(self, features, training, seed):
     x = self.conv2(self.conv1(tf.expand_dims(features, 3)))
     x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
-    x = self.dropout(self.project(x), training=training)
+    return self.dropout(self.project(x), training=training, seed=seed)
+
+  def call(self, features, lengths, training=None):
+    seed = self._step_seed(training)
+    remat = bool(training) and self.rematerialize
+    # Without a seed the parts' dropout is stateful, which recomputation could not repeat.
+    part = tf.recompute_grad if remat else (lambda f: f)
+    x = part(lambda f: self._subsample(f, training, fold_seed(seed, 0)))(features)
     out_lengths = subsampled_length(lengths)
     mask = tf.sequence_mask(out_lengths, tf.shape(x)[1])
-    for block in self.blocks:
-      x = block(x, mask, training=training)
+    for i, block in enumerate(self.blocks):
+      x = part(lambda h, block=block, i=i: block(h, mask, training=training,
+                                                  seed=fold_seed(seed, i + 1)))(x)
     return x, out_lengths
+
+
+def set_rematerialization(model: tf.keras.Model, enabled: bool, dropout_seed=None) -> int:
+  """`ConformerEncoder.configure_training` on every Conformer encoder of `model` (built);
+  returns how many there are (0: nothing to rematerialize)."""
+  encoders = [m for m in model.submodules if isinstance(m, ConformerEncoder)]
+  for encoder in encoders:
+    encoder.configure_training(enabled, dropout_seed)
+  return len(encoders)

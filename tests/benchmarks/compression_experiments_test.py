@@ -125,6 +125,25 @@ class CompressionExperimentsTest(absltest.TestCase):
     self.assertIn('## Memory of one client training step of `conformer_l`, batch 4', report)
     self.assertIn('## Memory of one client training step of `conformer_l`, batch 1', report)
     self.assertIn('| tensor memory: held + step tensors, MiB | 500.0 | 200.0 (0.40x) |', report)
+    # The comparison with rematerialized blocks, and FedAQT rematerializing against the
+    # plain dense step of the batch-4 comparison: (100 + 200) / (400 + 300), then / 1200.
+    remat = memory(4, 200 * 2**20)
+    remat['dense']['step_tensor_bytes'] = 300 * 2**20
+    remat['dense']['tensor_peak_bytes'] = 700 * 2**20
+    for entry in remat.values():
+      if isinstance(entry, dict):
+        entry['rematerialize'] = True
+    results['memory_remat'] = remat
+    checks = {target: (measured, verdict)
+              for target, measured, verdict in experiments.summary_checks(results)}
+    self.assertEqual(checks[prefix + '(tensor memory, both steps rematerializing the Conformer '
+                            'blocks; batch 4)'], ('0.429x', 'met'))
+    self.assertEqual(checks[prefix + '(tensor memory, FedAQT rematerializing, dense not; '
+                            'batch 4)'], ('0.250x', 'met'))
+    report = experiments.render_report(results, settings, [])
+    self.assertIn('## Memory of one client training step of `conformer_l`, batch 4, Conformer '
+                  'subsampling and blocks rematerialized', report)
+    self.assertIn('| tensor memory: held + step tensors, MiB | 700.0 | 300.0 (0.43x) |', report)
     without = experiments.summary_checks(_results())
     self.assertIn(('FedAQT 8-bit: client step peak memory (`--memory_model`) at most 0.6x dense',
                    'not measured yet', 'n/a'), without)

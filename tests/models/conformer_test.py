@@ -67,6 +67,77 @@ class ConformerEncoderTest(absltest.TestCase):
       self.assertLess(abs(count - expected) / expected, 0.03, (dim, count))
 
 
+def _small_ctc(dropout: float) -> tf.keras.Model:
+  config = asr.tiny_config(vocab_size=8)
+  config['encoder'].update(num_blocks=2, model_dim=32, dropout=dropout)
+  return registry.build_keras_model(config)
+
+
+_BATCH = dict(features=tf.random.stateless_normal([2, 60, 80], seed=[5, 6]),
+              feature_length=tf.constant([60, 48]),
+              labels=tf.constant([[1, 2, 3], [4, 5, 0]]), label_length=tf.constant([3, 2]))
+
+
+def _loss_and_gradients(model: tf.keras.Model):
+  """One training-mode loss and its gradients, in a freshly traced `tf.function` (the encoder's
+  training configuration is read when the step is traced)."""
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      logits, lengths = model([_BATCH['features'], _BATCH['feature_length']], training=True)
+      loss = tf.reduce_mean(tf.nn.ctc_loss(
+          _BATCH['labels'], logits, _BATCH['label_length'], lengths, logits_time_major=False,
+          blank_index=0))
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+  loss, grads = step()
+  return float(loss), [g.numpy() for g in grads]
+
+
+class RematerializationTest(absltest.TestCase):
+
+  def test_rematerialized_gradients_equal_the_plain_ones_under_the_same_dropout(self):
+    model = _small_ctc(dropout=0.3)
+    self.assertEqual(conformer.set_rematerialization(model, False, dropout_seed=(3, 4)), 1)
+    plain_loss, plain = _loss_and_gradients(model)
+    conformer.set_rematerialization(model, True, dropout_seed=(3, 4))
+    remat_loss, remat = _loss_and_gradients(model)
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-5)
+    self.assertLen(remat, len(plain))
+    for variable, a, b in zip(model.trainable_variables, remat, plain):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=variable.name)
+    # Another seed draws other masks: the comparison above is not blind to dropout.
+    conformer.set_rematerialization(model, True, dropout_seed=(7, 8))
+    other_loss, _ = _loss_and_gradients(model)
+    self.assertFalse(np.isclose(other_loss, plain_loss, rtol=1e-5))
+
+  def test_rematerializing_steps_draw_new_dropout_masks_each_step(self):
+    model = _small_ctc(dropout=0.3)
+    conformer.set_rematerialization(model, True)
+    inputs = [_BATCH['features'], _BATCH['feature_length']]
+    call = tf.function(lambda: model(inputs, training=True)[0])
+    first, second = call().numpy(), call().numpy()
+    self.assertFalse(np.allclose(first, second))
+    # Inference never drops out and does not rematerialize.
+    np.testing.assert_array_equal(model(inputs, training=False)[0],
+                                  model(inputs, training=False)[0])
+
+  def test_stateless_dropout_keeps_the_rate_and_the_expectation(self):
+    layer = conformer.SeededDropout(0.25)
+    ones = tf.ones([200, 200])
+    dropped = layer(ones, training=True, seed=tf.constant([1, 2])).numpy()
+    self.assertAlmostEqual(np.mean(dropped == 0), 0.25, delta=0.01)
+    np.testing.assert_allclose(np.unique(dropped), [0.0, 1 / 0.75], rtol=1e-6)
+    np.testing.assert_array_equal(dropped, layer(ones, training=True, seed=tf.constant([1, 2])))
+    np.testing.assert_array_equal(layer(ones, training=False, seed=tf.constant([1, 2])), ones)
+
+  def test_models_without_a_conformer_have_nothing_to_rematerialize(self):
+    model = registry.build_keras_model({'name': 'mlp', 'input_dim': 4, 'hidden_units': [3],
+                                        'num_classes': 2})
+    self.assertEqual(conformer.set_rematerialization(model, True), 0)
+
+
 class CtcModelTest(absltest.TestCase):
 
   def test_greedy_decoding_merges_repeats_and_drops_blanks(self):
