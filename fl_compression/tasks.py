@@ -63,6 +63,9 @@ class TaskOptions:
   data_dir: str = os.path.join('data', 'embedded_corpus')
   partition: str = 'speaker'
   strict_data: bool = False
+  # Speech tasks: a named model configuration (`asr.NAMED_CONFIGS`, e.g. 'conformer_s') in
+  # place of the task's own model; empty: the task's.
+  model: str = ''
 
 
 def build_synthetic_mlp(options: TaskOptions) -> Task:
@@ -146,7 +149,8 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
 
   train_data = client_data(corpus.TRAIN_SPLIT, options.partition)
   eval_data = client_data(corpus.TEST_SPLIT, 'speaker')
-  model_config = asr.named_config(model_name, tokenizer.vocab_size, seed=options.seed)
+  model_config = asr.named_config(options.model or model_name, tokenizer.vocab_size,
+                                  seed=options.seed)
   augment = features.SpecAugmentConfig()
 
   def train_preprocess(dataset, seed):
@@ -189,4 +193,9 @@ TASKS: dict[str, Callable[[TaskOptions], Task]] = {
 def build_task(name: str, options: TaskOptions) -> Task:
   if name not in TASKS:
     raise ValueError(f'unknown task {name!r}; known: {", ".join(sorted(TASKS))}')
+  if options.model and not name.startswith('speech_'):
+    raise ValueError(f'task {name!r} has one model; a model ({options.model!r}) can be chosen '
+                     'for the speech tasks only')
+  if options.model and options.model not in asr.NAMED_CONFIGS:
+    raise ValueError(f'unknown model {options.model!r}; known: {", ".join(asr.NAMED_CONFIGS)}')
   return TASKS[name](options)

@@ -58,6 +58,10 @@ _MEMORY_MODEL = flags.DEFINE_string(
     '(empty: skip it).')
 _MEMORY_BATCH = flags.DEFINE_integer('memory_batch_size', 4, 'Utterances in that step.')
 _MEMORY_SECONDS = flags.DEFINE_float('memory_seconds', 4.0, 'Audio seconds per utterance.')
+_COST_MODEL = flags.DEFINE_string(
+    'cost_model', 'conformer_s', 'The costs experiment also runs FedAvg and 50% column pruning '
+    'of this named model (from its initialization, not evaluated), where client training '
+    'dominates a round; empty: skip.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Write the report from the results so far, running nothing; runs '
     'not done yet are left out of it.')
@@ -81,14 +85,15 @@ def _tfmot_run(sparsity: float, task: tasks.Task, weights, steps: int) -> dict[s
           'wall_seconds': time.monotonic() - started}
 
 
-def _costs(store: experiments.ResultStore, task: tasks.Task) -> dict[str, Any]:
-  base = store.get(experiments.DENSE)
-  pruned = store.get(experiments.fp_key('column', 'magnitude', experiments.COST_SPARSITY))
-  rows = {}
+def _costs(base: dict[str, Any], pruned: dict[str, Any], model_config: dict[str, Any]
+           ) -> dict[str, Any]:
+  """FedAvg's run `base` against the 50% column-pruned run `pruned` of `model_config`: bytes,
+  round times compared round by round, and a client step of each model timed apart."""
+  rows = {'parameters': base['model_parameters']}
   for name, run, config in (
-      ('fedavg', base, task.model_config),
-      ('pruned', pruned, dict(task.model_config, pruning=_plan(task.model_config,
-                                                               experiments.COST_SPARSITY)))):
+      ('fedavg', base, model_config),
+      ('pruned', pruned, dict(model_config, pruning=_plan(model_config,
+                                                          experiments.COST_SPARSITY)))):
     step = client_step.measure_in_subprocess(
         config, batch_size=_BATCH_SIZE.value, seconds=_STEP_SECONDS.value, label_length=40,
         steps=5)
@@ -150,12 +155,14 @@ def run() -> None:
     sparsities = sorted({float(s) for s in _SPARSITIES.value})
     for s in sparsities:
       plan_lib.validate_sparsity(s, 'sparsities')
-    specs = experiments.plan_runs(_EXPERIMENTS.value, sparsities, _TOTAL_ROUNDS.value)
+    specs = experiments.plan_runs(_EXPERIMENTS.value, sparsities, _TOTAL_ROUNDS.value,
+                                  _COST_MODEL.value)
   except (ValueError, plan_lib.PlanError) as e:
     raise flag_utils.FlagError(f'--sparsities/--experiments: {e}') from None
-  if _MEMORY_MODEL.value and _MEMORY_MODEL.value not in asr.NAMED_CONFIGS:
-    raise flag_utils.FlagError(f'--memory_model={_MEMORY_MODEL.value} is unknown; known: '
-                               f'{", ".join(asr.NAMED_CONFIGS)}')
+  for flag in (_MEMORY_MODEL, _COST_MODEL):
+    if flag.value and flag.value not in asr.NAMED_CONFIGS:
+      raise flag_utils.FlagError(f'--{flag.name}={flag.value} is unknown; known: '
+                                 f'{", ".join(asr.NAMED_CONFIGS)}')
   output_dir = flag_utils.ensure_writable_dir('output_dir',
                                               flag_utils.resolve_path(_OUTPUT_DIR.value))
   task, initial_weights = experiment_runs.load_speech_task(
@@ -199,8 +206,15 @@ def run() -> None:
     pruned = store.get(experiments.fp_key('column', 'magnitude', experiments.COST_SPARSITY))
     if 'costs' in _EXPERIMENTS.value and dense is not None and pruned is not None:
       if store.get('costs') is None:
-        store.put('costs', _costs(store, task))
+        store.put('costs', _costs(dense, pruned, task.model_config))
         print(f'costs: {store.get("costs")["ratios"]}', flush=True)
+      scale = [store.get(experiments.scale_cost_key(_COST_MODEL.value, p)) for p in (False, True)]
+      stored = store.get('scale_costs') or {}
+      if _COST_MODEL.value and None not in scale and stored.get('model') != _COST_MODEL.value:
+        config = asr.named_config(_COST_MODEL.value, task.model_config['vocab_size'],
+                                  seed=_SEED.value)
+        store.put('scale_costs', dict(_costs(*scale, config), model=_COST_MODEL.value))
+        print(f'costs ({_COST_MODEL.value}): {store.get("scale_costs")["ratios"]}', flush=True)
       stored = store.get('memory') or {}
       current = stored.get('model') == _MEMORY_MODEL.value and all(
           client_step.is_current(stored.get(name), batch_size=_MEMORY_BATCH.value,
@@ -210,12 +224,15 @@ def run() -> None:
 
   def run_one(spec: experiments.RunSpec, state_dir: str) -> dict[str, Any]:
     rounds, options = experiments.run_rounds(spec, total)
+    model = options.pop('model', '')  # A cost run of another model: its own initialization.
     return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
         key=spec.key, algorithm=spec.algorithm, options=options,
-        hparams=dataclasses.asdict(hparams), initial_model_dir=_INITIAL_MODEL_DIR.value,
+        hparams=dataclasses.asdict(hparams),
+        initial_model_dir='' if model else _INITIAL_MODEL_DIR.value,
         data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
         sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
-        total_rounds=rounds, state_dir=state_dir, log_dir=output_dir))
+        total_rounds=rounds, state_dir=state_dir, log_dir=output_dir, model=model,
+        evaluate=not model))
 
   if _REPORT_ONLY.value:
     pending = []

@@ -52,25 +52,30 @@ def parameter_bytes(weights) -> int:
                  list(weights.non_trainable)))
 
 
-def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, seed: int
-                     ) -> tuple[tasks.Task, Any]:
-  """The tiny CTC task on `data_dir` and the pretrained weights (errors name the flag)."""
-  model_dir = flag_utils.resolve_path(initial_model_dir)
-  try:
-    initial_config = checkpoint.load_config(model_dir)['model']
-    initial_weights = checkpoint.load_weights(model_dir)
-  except (OSError, ValueError) as e:
-    raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir}: {e}') from None
+def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, seed: int,
+                     model: str = '') -> tuple[tasks.Task, Any]:
+  """The speech task on `data_dir` (its tiny CTC model, or the named `model`) and the
+  pretrained weights (None without `initial_model_dir`: the model's initialization); errors
+  name the flag."""
+  initial_config = initial_weights = None
+  if initial_model_dir:
+    model_dir = flag_utils.resolve_path(initial_model_dir)
+    try:
+      initial_config = checkpoint.load_config(model_dir)['model']
+      initial_weights = checkpoint.load_weights(model_dir)
+    except (OSError, ValueError) as e:
+      raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir}: {e}') from None
   options = tasks.TaskOptions(batch_size=batch_size, seed=seed,
-                              data_dir=flag_utils.resolve_path(data_dir))
+                              data_dir=flag_utils.resolve_path(data_dir), model=model)
   try:
     task = tasks.build_task('speech_ctc', options)
   except (ValueError, OSError, RuntimeError) as e:
     raise flag_utils.FlagError(f'--data_dir={data_dir}: {e}') from None
   strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}  # noqa: E731
-  if strip(initial_config) != strip(task.model_config):
+  if initial_config is not None and strip(initial_config) != strip(task.model_config):
     raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir} holds a '
-                               f'{initial_config.get("name")} model that is not the tiny CTC one')
+                               f'{initial_config.get("name")} model that is not the task\'s '
+                               f'{model or "tiny CTC"} one')
   return task, initial_weights
 
 
@@ -102,7 +107,7 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
           if 'client_work/held_parameter_bytes' in r]
   return {
       'algorithm': spec.algorithm, 'options': spec.option_dict,
-      'error_rates': result.eval_metrics['transcription'],
+      'error_rates': result.eval_metrics.get('transcription'),
       'model_parameters': parameter_count(weights),
       'model_parameter_bytes': parameter_bytes(weights),
       'client_parameters': parameter_count(weights) if spec.algorithm != 'fd' else None,
@@ -133,11 +138,14 @@ def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultS
     result = run_one(spec, state_dir)
     store.put(spec.key, result)
     shutil.rmtree(state_dir, ignore_errors=True)
-    rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
-    print(f'[{i + 1}/{len(pending)}] {spec.key:<36} test WER {100 * rates["test"]:6.2f}% '
-          f'dev WER {100 * rates["dev"]:6.2f}% | build {result["build_seconds"]:5.1f} s '
-          f'| round {result["mean_round_seconds"] or 0:5.1f} s | '
-          f'{result["wall_seconds"]:5.0f} s', flush=True)
+    if result['error_rates']:
+      rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
+      scored = f'test WER {100 * rates["test"]:6.2f}% dev WER {100 * rates["dev"]:6.2f}%'
+    else:
+      scored = 'not evaluated'
+    print(f'[{i + 1}/{len(pending)}] {spec.key:<36} {scored} | build '
+          f'{result["build_seconds"]:5.1f} s | round {result["mean_round_seconds"] or 0:5.1f} s '
+          f'| {result["wall_seconds"]:5.0f} s', flush=True)
     after_each()
 
 
@@ -158,6 +166,8 @@ class RunJob:
   total_rounds: int
   state_dir: str
   log_dir: str
+  model: str = ''  # A named model in place of the tiny CTC one (`load_speech_task`).
+  evaluate: bool = True  # False: no transcription of the final model (cost runs).
 
 
 def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
@@ -173,7 +183,9 @@ def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
 def _run_job(job: RunJob) -> dict[str, Any]:
   backends.disable_unmanaged_default_context()
   task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
-                                           job.seed)
+                                           job.seed, job.model)
+  if not job.evaluate:
+    task = dataclasses.replace(task, transcription_eval=None)
   sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
                                         job.clients_per_round, job.sampler_seed)
   spec = experiments.RunSpec(job.key, job.algorithm, tuple(sorted(job.options.items())))

@@ -23,6 +23,7 @@ import tensorflow_federated as tff
 from fl_compression import tasks
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
+from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.compression import process as compression_process
 from fl_compression.pruning import plan as plan_lib
@@ -33,6 +34,9 @@ from tff_programs import program_logic
 from tff_programs import release
 
 _TASK = flags.DEFINE_string('task', 'synthetic_mlp', f'Task: {", ".join(sorted(tasks.TASKS))}.')
+_MODEL = flags.DEFINE_string(
+    'model', '', 'Speech tasks: a named model configuration in place of the task\'s own '
+    f'(tiny, tiny_transducer), one of: {", ".join(asr.NAMED_CONFIGS)}; empty: the task\'s.')
 _ALGORITHM = flags.DEFINE_string(
     'algorithm', 'fedavg', f'Learning process: {", ".join(algorithms.names())}.')
 _BACKEND = flags.DEFINE_string(
@@ -142,6 +146,12 @@ def _validated_flags() -> None:
   if _TASK.value not in tasks.TASKS:
     raise flag_utils.FlagError(
         f'--task={_TASK.value} is unknown; known: {", ".join(sorted(tasks.TASKS))}')
+  if _MODEL.value and not _TASK.value.startswith('speech_'):
+    raise flag_utils.FlagError(f'--model={_MODEL.value}: --task={_TASK.value} has one model; '
+                               '--model applies to the speech tasks')
+  if _MODEL.value and _MODEL.value not in asr.NAMED_CONFIGS:
+    raise flag_utils.FlagError(f'--model={_MODEL.value} is unknown; known: '
+                               f'{", ".join(asr.NAMED_CONFIGS)}')
   try:
     algorithms.get(_ALGORITHM.value)
   except ValueError:
@@ -254,7 +264,7 @@ def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
 
 # Flags that must stay the same when a run is resumed (total_rounds may grow).
 _RUN_DEFINING_FLAGS = (
-    'task', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
+    'task', 'model', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
     'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
     'initial_model_dir') + _RUN_DEFINING_ALGORITHM_FLAGS
@@ -319,7 +329,7 @@ def run() -> None:
       num_train_clients=_NUM_TRAIN_CLIENTS.value, num_eval_clients=_NUM_EVAL_CLIENTS.value,
       examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value,
       data_dir=flag_utils.resolve_path(_DATA_DIR.value), partition=_PARTITION.value,
-      strict_data=_STRICT_DATA.value)
+      strict_data=_STRICT_DATA.value, model=_MODEL.value)
   run_config = _check_run_config(root)
   try:
     task = tasks.build_task(_TASK.value, options)

@@ -63,8 +63,15 @@ def recovery_key(schedule: Optional[str]) -> str:
   return f'recovery/{fp_key("column", "magnitude", RECOVERY_SPARSITY)}/{schedule}'
 
 
+def scale_cost_key(model: str, pruned: bool) -> str:
+  """The cost runs on a larger model (`--cost_model`): FedAvg and 50% column pruning from that
+  model's initialization, not evaluated. Their option `model` is read by the program."""
+  return f'costs/{model}/' + (fp_key('column', 'magnitude', COST_SPARSITY) if pruned else DENSE)
+
+
 def run_rounds(spec: 'RunSpec', default: int) -> tuple[int, dict[str, Any]]:
-  """The rounds a run trains (its `rounds` option, else `default`) and its algorithm options."""
+  """The rounds a run trains (its `rounds` option, else `default`) and its algorithm options
+  (`model` left in: the program reads it)."""
   options = spec.option_dict
   return options.pop('rounds', default), options
 
@@ -75,9 +82,10 @@ def no_refine_rounds(total_rounds: int) -> dict[str, int]:
   return {'refine_start': start, 'finetune_start': start}
 
 
-def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rounds: int
-              ) -> list[RunSpec]:
-  """The federated runs the experiments need, each once, in a useful order."""
+def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rounds: int,
+              cost_model: str = '') -> list[RunSpec]:
+  """The federated runs the experiments need, each once, in a useful order; with 'costs' and
+  a `cost_model`, also FedAvg and 50% column pruning of that model (`scale_cost_key`)."""
   unknown = sorted(set(experiments) - set(EXPERIMENTS))
   if unknown:
     raise ValueError(f'--experiments: unknown {", ".join(unknown)}; known: '
@@ -110,6 +118,10 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
     for schedule in RECOVERY_SCHEDULES:
       add(recovery_key(schedule), 'fp', pattern='column', importance='magnitude',
           sparsity=RECOVERY_SPARSITY, schedule=schedule, rounds=RECOVERY_ROUNDS)
+  if 'costs' in experiments and cost_model:
+    add(scale_cost_key(cost_model, False), 'fedavg', model=cost_model)
+    add(scale_cost_key(cost_model, True), 'fp', pattern='column', importance='magnitude',
+        sparsity=COST_SPARSITY, model=cost_model)
   # The sweeps coarse to fine (every other sparsity first): an interrupted benchmark still
   # has every curve's shape.
   for pass_sparsities in (sparsities[::2], sparsities[1::2]):
@@ -167,7 +179,7 @@ def pct(value: Optional[float]) -> str:
 
 def wer(results, key, split='test') -> Optional[float]:
   run = results.get(key)
-  if not run or 'error_rates' not in run:
+  if not run or not run.get('error_rates'):
     return None
   return run['error_rates'][SPLITS[split]]['wer']
 
@@ -229,16 +241,18 @@ def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tu
   if refine is not None and no_refine is not None:
     rows.append(('refinement beats no refinement at 40%', f'{pct(refine)} vs {pct(no_refine)}',
                  check(refine < no_refine)))
-  costs = results.get('costs')
-  if costs:
+  for costs in (results.get('costs'), results.get('scale_costs')):
+    if not costs:
+      continue
+    where = f' (`{costs["model"]}`)' if costs.get('model') else ''
     for name, label, limit in (('client_bytes', 'client bytes per round (down + up)', 0.45),
                                ('client_parameter_bytes', 'client parameter bytes', 0.45),
                                ('round_seconds', 'steady-state round time', 0.8),
                                ('finetune_round_seconds', 'fine-tuning round time', 0.8)):
       measured = costs['ratios'].get(name)
       if measured is not None:
-        rows.append((f'50% column: {label} at most {limit}x FedAvg\'s', f'{measured:.2f}x',
-                     check(measured <= limit)))
+        rows.append((f'50% column{where}: {label} at most {limit}x FedAvg\'s',
+                     f'{measured:.2f}x', check(measured <= limit)))
   memory = results.get('memory')
   if memory:
     for field, what in (('tensor_peak_bytes', 'tensor memory: parameters, activations, '
@@ -249,6 +263,30 @@ def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tu
         rows.append((f'{memory["model"]} client step peak memory clearly below dense ({what})',
                      f'{measured:.2f}x', check(measured < 0.95)))
   return rows
+
+
+def _cost_table(costs: dict[str, Any]) -> list[str]:
+  """Rows of FedAvg's and federated pruning's costs per round and their ratios."""
+  base, pruned = costs['fedavg'], costs['pruned']
+  lines = ['| | FedAvg | federated pruning | ratio |', '|---|---|---|---|']
+  for label, name, fmt in (
+      ('bytes down per client', 'client_bytes_down', lambda v: f'{int(v):,}'),
+      ('bytes up per client', 'client_bytes_up', lambda v: f'{int(v):,}'),
+      ('client parameter bytes', 'client_parameter_bytes', lambda v: f'{int(v):,}'),
+      ('client step time, s (batch of real utterances)', 'client_step_seconds',
+       lambda v: f'{v:.3f}'),
+      ('steady-state round time, s', 'round_seconds', lambda v: f'{v:.2f}'),
+      ('round time, s: pruning and refining rounds', 'prune_round_seconds', lambda v: f'{v:.2f}'),
+      ('round time, s: fine-tuning rounds (reduced server model)', 'finetune_round_seconds',
+       lambda v: f'{v:.2f}'),
+      ('computation build time, s (once per stage)', 'build_seconds',
+       lambda v: f'{v:.1f}')):
+    if base.get(name) is not None and pruned.get(name) is not None:
+      if name in costs.get('rounds', {}):
+        label = f'{label} ({_round_list(costs["rounds"][name])})'
+      lines.append(f'| {label} | {fmt(base[name])} | {fmt(pruned[name])} | '
+                   f'{ratio(pruned[name], base[name])} |')
+  return lines
 
 
 def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Sequence[str]
@@ -344,26 +382,18 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
 
   costs = results.get('costs')
   if costs:
-    base, pruned = costs['fedavg'], costs['pruned']
     lines += ['', f'## 5. Costs per round at {COST_SPARSITY:g} column sparsity against FedAvg '
-              '(same clients)', '', '| | FedAvg | federated pruning | ratio |', '|---|---|---|---|']
-    for label, name, fmt in (
-        ('bytes down per client', 'client_bytes_down', lambda v: f'{int(v):,}'),
-        ('bytes up per client', 'client_bytes_up', lambda v: f'{int(v):,}'),
-        ('client parameter bytes', 'client_parameter_bytes', lambda v: f'{int(v):,}'),
-        ('client step time, s (batch of real utterances)', 'client_step_seconds',
-         lambda v: f'{v:.3f}'),
-        ('steady-state round time, s', 'round_seconds', lambda v: f'{v:.2f}'),
-        ('round time, s: pruning and refining rounds', 'prune_round_seconds', lambda v: f'{v:.2f}'),
-        ('round time, s: fine-tuning rounds (reduced server model)', 'finetune_round_seconds',
-         lambda v: f'{v:.2f}'),
-        ('computation build time, s (once per stage)', 'build_seconds',
-         lambda v: f'{v:.1f}')):
-      if base.get(name) is not None and pruned.get(name) is not None:
-        if name in costs.get('rounds', {}):
-          label = f'{label} ({_round_list(costs["rounds"][name])})'
-        lines.append(f'| {label} | {fmt(base[name])} | {fmt(pruned[name])} | '
-                     f'{ratio(pruned[name], base[name])} |')
+              '(same clients)', '']
+    lines += _cost_table(costs)
+  scale = results.get('scale_costs')
+  if scale:
+    lines += ['', f'### The same costs with `{scale["model"]}` '
+              f'({scale["parameters"]:,} parameters)', '',
+              f'FedAvg and {COST_SPARSITY:g} column pruning (magnitude) of `{scale["model"]}` '
+              'from its initialization, on the same clients, rounds and optimizers as above, '
+              'not evaluated (their WER says nothing at this budget): the costs at a model '
+              'whose client steps take a larger share of a round.', '']
+    lines += _cost_table(scale)
   memory = results.get('memory')
   if memory:
     dense_m, pruned_m = memory['dense'], memory['pruned']
@@ -416,10 +446,11 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   for key, run in results.items():
     if not isinstance(run, dict) or 'error_rates' not in run:
       continue
-    rates = run['error_rates']
+    rates = run['error_rates'] or {}  # None: a cost run, not evaluated.
+    cer = rates.get(SPLITS['test'], {}).get('cer')
     lines.append(
         f'| {key} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} | '
-        f'{pct(rates[SPLITS["test"]]["cer"])} | {run.get("model_parameters") or 0:,} | '
+        f'{pct(cer)} | {run.get("model_parameters") or 0:,} | '
         f'{run.get("build_seconds") or 0:.1f} | {run.get("mean_round_seconds") or 0:.1f} | '
         f'{run.get("wall_seconds") or 0:.0f} |')
   return '\n'.join(lines) + '\n'

@@ -60,6 +60,20 @@ class RunPlanTest(absltest.TestCase):
     self.assertEqual(keys, [experiments.DENSE, 'fp/column/magnitude/0.4',
                             'fp/column/magnitude/0.4/no_refinement'])
 
+  def test_costs_at_a_larger_model_run_fedavg_and_pruning_of_that_model(self):
+    keys = [s.key for s in experiments.plan_runs(['costs'], SPARSITIES, 6)]
+    self.assertEqual(keys, [experiments.DENSE, 'fp/column/magnitude/0.5'])
+    specs = experiments.plan_runs(['costs'], SPARSITIES, 6, cost_model='conformer_s')
+    by_key = {s.key: s for s in specs}
+    base = by_key[experiments.scale_cost_key('conformer_s', False)]
+    pruned = by_key[experiments.scale_cost_key('conformer_s', True)]
+    self.assertLen(specs, 4)
+    self.assertEqual((base.algorithm, pruned.algorithm), ('fedavg', 'fp'))
+    self.assertEqual(experiments.run_rounds(base, 6), (6, {'model': 'conformer_s'}))
+    self.assertEqual(experiments.run_rounds(pruned, 6)[1],
+                     {'pattern': 'column', 'importance': 'magnitude', 'sparsity': 0.5,
+                      'model': 'conformer_s'})
+
   def test_unknown_experiment_is_named(self):
     with self.assertRaisesRegex(ValueError, 'unknown pattern_sweep'):
       experiments.plan_runs(['pattern_sweep'], SPARSITIES, 6)
@@ -160,6 +174,31 @@ class ReportTest(absltest.TestCase):
     self.assertIn('0.3: 40 steps, 30.0% of prunable weights zero', report)
     self.assertIn('![wer_vs_sparsity.png](wer_vs_sparsity.png)', report)
     self.assertIn('Starting model: test WER 11.00%', report)
+    self.assertNotIn('conformer_s', report)
+
+  def test_costs_at_a_larger_model_get_their_rows(self):
+    results = self._results()
+    cost = lambda seconds, bytes_: {'client_bytes_down': bytes_, 'client_bytes_up': bytes_,  # noqa: E731
+                                    'client_parameter_bytes': bytes_, 'round_seconds': seconds}
+    results['scale_costs'] = {
+        'model': 'conformer_s', 'parameters': 10_000_000,
+        'fedavg': cost(40.0, 4e7), 'pruned': cost(28.0, 2.4e7),
+        'rounds': {'round_seconds': [2, 3, 4, 6]},
+        'ratios': {'client_bytes': 0.6, 'client_parameter_bytes': 0.6, 'round_seconds': 0.7}}
+    # Evaluated runs and cost runs (error rates None) side by side in the list of all runs.
+    results[experiments.scale_cost_key('conformer_s', False)] = {
+        'error_rates': None, 'model_parameters': 10_000_000, 'build_seconds': 60.0}
+    settings = dict(_settings(), command='bazel run x', machine='2 CPU cores',
+                    recovery_phases={'refine_start': 7, 'finetune_start': 13})
+    report = experiments.render_report(results, settings, [])
+    self.assertRegex(report, r'50% column \(`conformer_s`\): steady-state round time at most '
+                             r'0\.8x FedAvg\'s \| 0\.70x \| met')
+    self.assertRegex(report, r'50% column \(`conformer_s`\): client parameter bytes at most '
+                             r'0\.45x FedAvg\'s \| 0\.60x \| \*\*missed\*\*')
+    self.assertIn('### The same costs with `conformer_s` (10,000,000 parameters)', report)
+    self.assertIn('| steady-state round time, s (rounds 2, 3, 4, 6) | 40.00 | 28.00 | 0.70x |',
+                  report)
+    self.assertIn('| costs/conformer_s/fedavg |  |  |  | 10,000,000 | 60.0 |', report)
 
   def test_figures_are_written(self):
     out = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())

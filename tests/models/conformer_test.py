@@ -106,7 +106,11 @@ class RematerializationTest(absltest.TestCase):
     np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-5)
     self.assertLen(remat, len(plain))
     for variable, a, b in zip(model.trainable_variables, remat, plain):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=variable.name)
+      # Equal up to float32 summation order (the subsampling's kernel gradients are summed
+      # over its recomputed time pieces; the key bias's gradient is zero up to rounding, as
+      # softmax ignores a shift of all scores).
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-5 * np.abs(b).max(), 1e-6),
+                                 err_msg=variable.name)
     # Another seed draws other masks: the comparison above is not blind to dropout.
     conformer.set_rematerialization(model, True, dropout_seed=(7, 8))
     other_loss, _ = _loss_and_gradients(model)

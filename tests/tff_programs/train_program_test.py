@@ -141,6 +141,9 @@ class TrainProgramTest(absltest.TestCase):
     port = portpicker.pick_unused_port()
     cases = [
         (['--algorithm=nope'], '--algorithm=nope is unknown'),
+        (['--model=conformer_s'], '--model=conformer_s: --task=synthetic_mlp has one model'),
+        (['--task=speech_ctc', '--model=conformer_xl', f'--root_output_dir={root}_speech'],
+         '--model=conformer_xl is unknown; known: tiny, tiny_transducer, conformer_s'),
         (['--backend=cloud'], '--backend=cloud is unknown'),
         (['--total_rounds=0'], '--total_rounds must be positive'),
         (['--clients_per_round=-1'], '--clients_per_round must be positive'),
