@@ -9,8 +9,7 @@ because pruning and compression select variables by them.
 **Rematerialization** (`set_rematerialization`): a training step can keep only the input of
 the subsampling and of each block for the backward pass and recompute the part's activations
 there (`tf.recompute_grad`), trading one more forward pass of the encoder for activation
-memory that no longer grows with the number of blocks; the subsampling, whose first
-convolution has the largest activations, is recomputed in four time pieces, one at a time. Recomputation must see the same
+memory that no longer grows with the number of blocks. Recomputation must see the same
 dropout masks as the forward pass, so a rematerializing encoder draws one seed per step
 outside the recomputed parts and its dropout layers (`SeededDropout`) derive stateless masks
 from it. Off by default: inference, TFLite export and the federated processes run the plain
@@ -264,10 +263,6 @@ class ConformerBlock(tf.keras.layers.Layer):
     return self.final_norm(x) * frame_mask
 
 
-# Time pieces of a rematerialized subsampling (`ConformerEncoder._rematerialized_subsample`).
-SUBSAMPLING_CHUNKS = 4
-
-
 class ConformerEncoder(tf.keras.layers.Layer):
   """features [B, T, mel] and lengths [B] -> encodings [B, T/4, D] and their lengths."""
 
@@ -301,41 +296,17 @@ class ConformerEncoder(tf.keras.layers.Layer):
       return tf.constant(self.dropout_seed, tf.int32)
     return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
 
-  def _convolutions(self, features):
-    """features [B, T, mel] -> [B, subsampled_length(T), channels * mel / 4]."""
+  def _subsample(self, features, training, seed):
     x = self.conv2(self.conv1(tf.expand_dims(features, 3)))
-    return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
-
-  def _rematerialized_convolutions(self, features):
-    """`_convolutions` in `SUBSAMPLING_CHUNKS` time pieces, each recomputed in the backward
-    pass on its own: the first convolution has the largest activations of the encoder
-    (model_dim channels at half the frame rate), and its gradient needs them and as much
-    again. The convolutions are 'valid' with stride 2 twice, so output frames [a, b) read
-    exactly input frames [4a, 4b + 3): the pieces concatenate to the same frames. (The
-    projection after them runs on the whole batch: FedAQT quantizes its input per tensor.)"""
-    length = tf.shape(features)[1]
-    # Input too short for a frame per piece is padded at the end: valid convolutions read
-    # forward only, so the padding changes no frame of the input's own, and those are kept.
-    shortest = 4 * SUBSAMPLING_CHUNKS + 3
-    padded = tf.pad(features, [[0, 0], [0, tf.maximum(shortest - length, 0)], [0, 0]])
-    frames = subsampled_length(tf.maximum(length, shortest))
-    bounds = [frames * i // SUBSAMPLING_CHUNKS for i in range(SUBSAMPLING_CHUNKS + 1)]
-    pieces = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-      piece = tf.slice(padded, tf.stack([0, 4 * start, 0]),
-                       tf.stack([-1, 4 * (end - start) + 3, -1]))
-      pieces.append(tf.recompute_grad(self._convolutions)(piece))
-    return tf.slice(tf.concat(pieces, axis=1), [0, 0, 0],
-                    tf.stack([-1, subsampled_length(length), -1]))
+    x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
+    return self.dropout(self.project(x), training=training, seed=seed)
 
   def call(self, features, lengths, training=None):
     seed = self._step_seed(training)
     remat = bool(training) and self.rematerialize
     # Without a seed the parts' dropout is stateful, which recomputation could not repeat.
     part = tf.recompute_grad if remat else (lambda f: f)
-    x = (self._rematerialized_convolutions(features) if remat
-         else self._convolutions(features))
-    x = self.dropout(self.project(x), training=training, seed=fold_seed(seed, 0))
+    x = part(lambda f: self._subsample(f, training, fold_seed(seed, 0)))(features)
     out_lengths = subsampled_length(lengths)
     mask = tf.sequence_mask(out_lengths, tf.shape(x)[1])
     for i, block in enumerate(self.blocks):

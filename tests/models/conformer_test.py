@@ -106,8 +106,7 @@ class RematerializationTest(absltest.TestCase):
     np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-5)
     self.assertLen(remat, len(plain))
     for variable, a, b in zip(model.trainable_variables, remat, plain):
-      # Equal up to float32 summation order (the subsampling's kernel gradients are summed
-      # over its recomputed time pieces; the key bias's gradient is zero up to rounding, as
+      # Equal up to float32 rounding (the key bias's gradient is zero up to rounding, as
       # softmax ignores a shift of all scores).
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-5 * np.abs(b).max(), 1e-6),
                                  err_msg=variable.name)
