@@ -31,6 +31,8 @@ with another allocator are not reused.
 are counted as held (`held_parameter_bytes`: packed kernels, other variables float32).
 `rematerialize` recomputes the Conformer subsampling and blocks in the backward pass
 (`conformer.set_rematerialization`) instead of keeping their activations, for either step.
+`profile_top` runs one more step under TF's profiler and lists the tensors alive at its
+allocator peak, by op (`memory_profile`; `peak_live_tensors`).
 
   python -m fl_compression.benchmarks.client_step --config_json='{"name": ...}'
 """
@@ -48,6 +50,10 @@ from fl_compression.benchmarks import fresh_process
 # The measuring process's CPU allocator: BFC, whose statistics count every allocation.
 ALLOCATOR_ENV = {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}
 ALLOCATOR = 'bfc'
+# Revision of the rematerialized step that results record: 2 computes each dropout mask after
+# the tensor it masks. Revision 1 let TF compute every block's (stateless) mask up front and
+# hold it until the backward pass: 566 MiB of step tensors on conformer_l, 283 MiB since.
+REMAT_REVISION = 2
 
 # A training step of a client: plain SGD (no optimizer state), random features of the
 # requested duration (100 frames per second) and random labels.
@@ -117,8 +123,9 @@ def _compressed_model(model_config, compression: dict[str, Any], learning_rate: 
 def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
             label_length: int, steps: int, seed: int = 0,
             compression: dict[str, Any] | None = None,
-            rematerialize: bool = False) -> dict[str, Any]:
-  """Runs in this process: builds the model, times `steps` SGD steps after a traced first one."""
+            rematerialize: bool = False, profile_top: int = 0) -> dict[str, Any]:
+  """Runs in this process: builds the model, times `steps` SGD steps after a traced first one
+  (and profiles one more if `profile_top`)."""
   import psutil  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -171,10 +178,21 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
   step_tensors = (tensors_peak - tensors_rest
                   if tensors_peak is not None and tensors_rest is not None else None)
   peak = max(peak_with_trace, steady_peak)
+  profile = None
+  if profile_top > 0:
+    from fl_compression.benchmarks import memory_profile  # pylint: disable=g-import-not-at-top
+    start = _allocator_bytes('current', reset=True)
+    _, groups = memory_profile.live_at_peak(
+        memory_profile.trace_allocations(lambda: step(batch).numpy()))
+    end_peak = _allocator_bytes('peak')
+    profile = {'step_tensor_bytes': (end_peak - start if None not in (start, end_peak)
+                                     else None),
+               'peak_live_tensors': memory_profile.top_groups(groups, profile_top)}
   allocator = (ALLOCATOR if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
                else 'default')
   return {'model': model_config['name'], 'compression': compression,
           'rematerialize': bool(rematerialize), 'allocator': allocator,
+          'remat_revision': REMAT_REVISION if rematerialize else None,
           'parameters': on_the_fly.parameter_count(model),
           'parameter_bytes': int(param_bytes), 'held_parameter_bytes': int(held_bytes),
           'batch_size': batch_size, 'frames': frames,
@@ -185,28 +203,32 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
           'step_peak_rss_bytes': steady_peak if reset else None, 'rss_rest_bytes': rss_rest,
           'step_tensor_bytes': step_tensors,
           'tensor_peak_bytes': int(held_bytes) + step_tensors if step_tensors is not None
-                               else None}
+                               else None,
+          'profile': profile}
 
 
 def is_current(result: dict[str, Any] | None, *, batch_size: int, seconds: float,
                rematerialize: bool = False) -> bool:
   """Whether a stored `measure` result is for this batch, duration and rematerialization and
   was taken by this probe (with the BFC allocator; older results lack the tensor memory or
-  took it from the oneDNN allocator, which leaves out small allocations)."""
+  took it from the oneDNN allocator, which leaves out small allocations; rematerialized ones
+  must be of the current `REMAT_REVISION`)."""
   return bool(result) and result.get('allocator') == ALLOCATOR and (
       result.get('batch_size') == batch_size and
       result.get('frames') == int(seconds * FRAMES_PER_SECOND) and
-      bool(result.get('rematerialize', False)) == bool(rematerialize))
+      bool(result.get('rematerialize', False)) == bool(rematerialize) and
+      (not rematerialize or result.get('remat_revision') == REMAT_REVISION))
 
 
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                           label_length: int, steps: int = 3, timeout: float = 1800,
                           compression: dict[str, Any] | None = None,
-                          rematerialize: bool = False) -> dict[str, Any]:
+                          rematerialize: bool = False, profile_top: int = 0
+                          ) -> dict[str, Any]:
   """`measure` in a fresh Python process (same interpreter and import path)."""
   request = dict(model_config=model_config, batch_size=batch_size, seconds=seconds,
                  label_length=label_length, steps=steps, compression=compression,
-                 rematerialize=rematerialize)
+                 rematerialize=rematerialize, profile_top=profile_top)
   return fresh_process.run_module('fl_compression.benchmarks.client_step', request,
                                   timeout=timeout, env=ALLOCATOR_ENV,
                                   what=f'client step measurement of {model_config["name"]}')

@@ -90,10 +90,14 @@ class ClientStepTest(absltest.TestCase):
     self.assertTrue(client_step.is_current(stored, batch_size=4, seconds=4.0))
     self.assertFalse(client_step.is_current(stored, batch_size=4, seconds=4.0,
                                             rematerialize=True))
-    remat = dict(stored, rematerialize=True)
+    remat = dict(stored, rematerialize=True, remat_revision=client_step.REMAT_REVISION)
     self.assertTrue(client_step.is_current(remat, batch_size=4, seconds=4.0,
                                            rematerialize=True))
     self.assertFalse(client_step.is_current(remat, batch_size=4, seconds=4.0))
+    # Rematerialized before the dropout masks waited for their inputs.
+    first_revision = dict(remat, remat_revision=1)
+    self.assertFalse(client_step.is_current(first_revision, batch_size=4, seconds=4.0,
+                                            rematerialize=True))
     self.assertFalse(client_step.is_current(stored, batch_size=1, seconds=4.0))
     self.assertFalse(client_step.is_current(stored, batch_size=4, seconds=2.0))
     older = {'batch_size': 4, 'frames': 400}  # Before the tensor-memory probe.
