@@ -4,7 +4,9 @@
 
 Runs (see fl_compression/benchmarks/compression_experiments.py): OMC test WER against the float
 format, OMC variants at 11 bits, FedAQT at 8/6/4 bits (FedAvg and FedSGD), run-to-run noise
-from a second client-sampling seed, and costs against FedAvg on the same clients.
+from a second client-sampling seed, and costs against FedAvg on the same clients; then the
+round time of FedAvg, OMC 11-bit and FedAQT 8-bit side by side in one process
+(`--timing_rounds`), and the client-step memory of `--memory_model`.
 
 Writes `results.json` after every run (a killed benchmark started again skips what is done and
 resumes an unfinished run from its last round), `report.md` and a PNG figure.
@@ -43,6 +45,9 @@ _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 4, 'Speakers per 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
 _CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentation.')
+_TIMING_ROUNDS = flags.DEFINE_integer(
+    'timing_rounds', 8, 'Timed rounds of the side-by-side round timing (FedAvg, OMC 11-bit and '
+    'FedAQT 8-bit interleaved in one process on the same clients; 0: skip).')
 _MEMORY_MODEL = flags.DEFINE_string(
     'memory_model', 'conformer_l', 'Configuration of the client-step memory comparison '
     '(dense against the decompress-on-use OMC and FedAQT steps; empty: skip).')
@@ -67,6 +72,20 @@ def _hparams(spec: common.RunSpec) -> algorithms.Hyperparameters:
                                       server_optimizer='adam', server_learning_rate=rate)
   return algorithms.Hyperparameters(client_optimizer='adam', client_learning_rate=rate,
                                     server_optimizer='sgd', server_learning_rate=1.0)
+
+
+def _round_timing(store: common.ResultStore, job_for) -> None:
+  """The side-by-side round timing, stored under `round_timing` (kept while its runs and
+  number of rounds are unchanged)."""
+  stored = store.get('round_timing')
+  if (stored and stored.get('keys') == list(experiments.TIMED)
+      and stored.get('rounds') == _TIMING_ROUNDS.value):
+    return
+  timing = experiment_runs.time_in_subprocess(job_for(experiments.timing_specs()))
+  store.put('round_timing', timing)
+  for key, ratio in experiments.timing_ratios(timing).items():
+    print(f'  round timing {key:<20} median {ratio["median_seconds"]:5.2f} s, '
+          f'{ratio["median_paired_ratio"]:.3f}x FedAvg (paired median)', flush=True)
 
 
 def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStore,
@@ -96,6 +115,9 @@ def _memory(model_name: str, batch_size: int, key: str, store: common.ResultStor
 def run() -> None:
   for name in ('total_rounds', 'clients_per_round', 'batch_size', 'memory_batch_size'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
+  if _TIMING_ROUNDS.value < 0:
+    raise flag_utils.FlagError(f'--timing_rounds={_TIMING_ROUNDS.value}: must be 0 (skip) or '
+                               'positive')
   flag_utils.require_positive('memory_seconds', _MEMORY_SECONDS.value)
   if _MEMORY_SMALL_BATCH.value < 0:
     raise flag_utils.FlagError(f'--memory_small_batch_size={_MEMORY_SMALL_BATCH.value}: must '
@@ -141,6 +163,14 @@ def run() -> None:
   if not _REPORT_ONLY.value:
     experiment_runs.run_pending(specs, store, run_one,
                                 os.path.join(output_dir, 'program_states'))
+  if not _REPORT_ONLY.value and _TIMING_ROUNDS.value:
+    _round_timing(store, lambda specs: experiment_runs.TimingJob(
+        runs=[{'key': s.key, 'algorithm': s.algorithm, 'options': s.option_dict,
+               'hparams': dataclasses.asdict(_hparams(s))} for s in specs],
+        rounds=_TIMING_ROUNDS.value, initial_model_dir=_INITIAL_MODEL_DIR.value,
+        data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
+        log_dir=output_dir))
   if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
     _memory(_MEMORY_MODEL.value, _MEMORY_BATCH.value, 'memory', store)
     if _MEMORY_SMALL_BATCH.value:

@@ -128,6 +128,54 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
   }
 
 
+async def interleaved_round_times(specs: Sequence[experiments.RunSpec], task: tasks.Task,
+                            initial_weights, hparams: Callable[[experiments.RunSpec],
+                                                               algorithms.Hyperparameters],
+                            sampler: program_logic.ClientSampler, rounds: int
+                            ) -> dict[str, Any]:
+  """Round times of several algorithms measured side by side in one process.
+
+  Every algorithm starts from `initial_weights` and first runs one untimed round (it traces and
+  optimizes its computations). Then each timed round `r` runs every algorithm once, back to
+  back, on the same clients (`sampler.sample(r)`), alternating the order between rounds, so
+  load drift on the machine and the clients' data sizes affect all of them alike. Returns the
+  round seconds per run key, in round order, and the sampled clients.
+  """
+  if rounds < 1:
+    raise ValueError(f'timed rounds must be positive, got {rounds}')
+  processes = {}
+  for spec in specs:
+    context = algorithms.BuildContext(
+        model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams(spec),
+        total_rounds=rounds + 1, options=spec.option_dict, initial_weights=initial_weights)
+    training = algorithms.get(spec.algorithm).staged(context)
+    stage = training.build_stage(training.stage_key(1))
+    if training.stage_key(rounds + 1) != stage.key:
+      raise ValueError(f'{spec.key}: a staged algorithm changes its process between rounds; '
+                       'time it in a federated run instead')
+    processes[spec.key] = [stage.train_process, training.initial_state(stage, initial_weights)]
+
+  async def one_round(key: str, round_num: int, client_ids: Sequence[str]) -> float:
+    process, state = processes[key]
+    started = time.monotonic()
+    output = process.next(state, [task.train_dataset(c, round_num) for c in client_ids])
+    await tff.program.materialize_value(output.metrics)
+    processes[key][1] = output.state
+    return time.monotonic() - started
+
+  warm_up = {key: await one_round(key, 1, sampler.sample(1)) for key in processes}
+  times: dict[str, list[float]] = {key: [] for key in processes}
+  clients = []
+  keys = list(processes)
+  for round_num in range(2, rounds + 2):
+    client_ids = sampler.sample(round_num)
+    clients.append(client_ids)
+    for key in (keys if round_num % 2 == 0 else keys[::-1]):
+      times[key].append(await one_round(key, round_num, client_ids))
+  return {'keys': keys, 'rounds': rounds, 'round_seconds': times, 'clients': clients,
+          'warm_up_seconds': warm_up}
+
+
 def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultStore,
                 run_one: Callable[[experiments.RunSpec, str], dict[str, Any]],
                 states_dir: str, after_each: Callable[[], None] = lambda: None) -> None:
@@ -180,6 +228,43 @@ def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
                                   timeout=timeout, what=f'federated run {job.key}')
 
 
+@dataclasses.dataclass(frozen=True)
+class TimingJob:
+  """`interleaved_round_times` of some runs, as JSON: what a child process runs."""
+
+  runs: list[dict[str, Any]]  # Each: key, algorithm, options, hparams.
+  rounds: int
+  initial_model_dir: str
+  data_dir: str
+  batch_size: int
+  seed: int
+  sampler_seed: int
+  clients_per_round: int
+  log_dir: str
+
+
+def time_in_subprocess(job: TimingJob, timeout: float = 2 * 3600) -> dict[str, Any]:
+  """`interleaved_round_times` of `job` in a fresh process with its own local TFF worker."""
+  return fresh_process.run_module('tff_programs.experiment_runs',
+                                  {'timing': dataclasses.asdict(job)}, timeout=timeout,
+                                  what='interleaved round timing')
+
+
+def _time_job(job: TimingJob) -> dict[str, Any]:
+  backends.disable_unmanaged_default_context()
+  task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
+                                           job.seed)
+  sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
+                                        job.clients_per_round, job.sampler_seed)
+  specs = [experiments.RunSpec(r['key'], r['algorithm'], tuple(sorted(r['options'].items())))
+           for r in job.runs]
+  hparams = {r['key']: algorithms.Hyperparameters(**r['hparams']) for r in job.runs}
+  with backends.federated_context('local', log_dir=job.log_dir,
+                                  default_num_clients=job.clients_per_round):
+    return asyncio.run(interleaved_round_times(
+        specs, task, initial_weights, lambda s: hparams[s.key], sampler, job.rounds))
+
+
 def _run_job(job: RunJob) -> dict[str, Any]:
   backends.disable_unmanaged_default_context()
   task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
@@ -195,5 +280,11 @@ def _run_job(job: RunJob) -> dict[str, Any]:
                          sampler, job.state_dir, job.total_rounds)
 
 
+def _main(request: dict[str, Any]) -> dict[str, Any]:
+  if 'timing' in request:
+    return _time_job(TimingJob(**request['timing']))
+  return _run_job(RunJob(**request))
+
+
 if __name__ == '__main__':
-  print(json.dumps(_run_job(RunJob(**json.loads(sys.argv[1]))), default=float), flush=True)
+  print(json.dumps(_main(json.loads(sys.argv[1])), default=float), flush=True)
