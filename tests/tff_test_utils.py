@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import subprocess
 import sys
 from typing import Any, Awaitable, Callable
 
@@ -51,6 +52,24 @@ def program_command(name: str) -> list[str]:
     return [os.path.join(runfiles, 'flc', 'tff_programs', name)]
   return [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tff_programs',
                                        f'{name}.py')]
+
+
+def run_program(name: str, *flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Runs //tff_programs:<name> with `flags` as a user would; output captured as text."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+  return subprocess.run(program_command(name) + list(flags), capture_output=True, text=True,
+                        env=env, timeout=timeout, check=False)
+
+
+def assert_one_line_error(test, result: subprocess.CompletedProcess, message: str,
+                          context: Any = None) -> None:
+  """A program's answer to bad input: exit status 2, no traceback, and a last stderr line
+  `error: ...` that contains `message`."""
+  test.assertEqual(result.returncode, 2, (context, result.stderr[-2000:]))
+  test.assertNotIn('Traceback', result.stderr, context)
+  last_line = result.stderr.strip().splitlines()[-1]
+  test.assertTrue(last_line.startswith('error: '), (context, last_line))
+  test.assertIn(message, last_line, context)
 
 
 def repo_path(relative: str) -> str:

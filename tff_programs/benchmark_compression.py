@@ -6,7 +6,8 @@ Runs (see fl_compression/benchmarks/compression_experiments.py): OMC test WER ag
 format, OMC variants at 11 bits, FedAQT at 8/6/4 bits (FedAvg and FedSGD), run-to-run noise
 from a second client-sampling seed, and costs against FedAvg on the same clients; then the
 round time of FedAvg, OMC 11-bit and FedAQT 8-bit side by side in one process
-(`--timing_rounds`), and the client-step memory of `--memory_model`.
+(`--timing_rounds`), the client traffic of larger configurations sized from the processes'
+types (`--traffic_models`), and the client-step memory of `--memory_model`.
 
 Writes `results.json` after every run (a killed benchmark started again skips what is done and
 resumes an unfinished run from its last round), `report.md` and a PNG figure.
@@ -26,6 +27,7 @@ from absl import flags
 from fl_compression.benchmarks import client_step
 from fl_compression.benchmarks import compression_experiments as experiments
 from fl_compression.benchmarks import pruning_experiments as common
+from fl_compression.benchmarks import traffic
 from fl_compression.learning import algorithms
 from fl_compression.models import asr
 from tff_programs import experiment_runs
@@ -48,6 +50,10 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentatio
 _TIMING_ROUNDS = flags.DEFINE_integer(
     'timing_rounds', 8, 'Timed rounds of the side-by-side round timing (FedAvg, OMC 11-bit and '
     'FedAQT 8-bit interleaved in one process on the same clients; 0: skip).')
+_TRAFFIC_MODELS = flags.DEFINE_list(
+    'traffic_models', ['tiny', 'conformer_s', 'conformer_m', 'conformer_l'],
+    'Configurations whose client traffic (OMC and FedAQT against FedAvg) is sized from the '
+    'types of what the processes send (empty: skip).')
 _MEMORY_MODEL = flags.DEFINE_string(
     'memory_model', 'conformer_l', 'Configuration of the client-step memory comparison '
     '(dense against the decompress-on-use OMC and FedAQT steps; empty: skip).')
@@ -122,6 +128,10 @@ def run() -> None:
   if _MEMORY_SMALL_BATCH.value < 0:
     raise flag_utils.FlagError(f'--memory_small_batch_size={_MEMORY_SMALL_BATCH.value}: must '
                                'be 0 (skip) or positive')
+  unknown = [m for m in _TRAFFIC_MODELS.value if m not in asr.NAMED_CONFIGS]
+  if unknown:
+    raise flag_utils.FlagError(f'--traffic_models: {", ".join(unknown)} unknown; known: '
+                               f'{", ".join(asr.NAMED_CONFIGS)}')
   if _MEMORY_MODEL.value and _MEMORY_MODEL.value not in asr.NAMED_CONFIGS:
     raise flag_utils.FlagError(f'--memory_model={_MEMORY_MODEL.value} is unknown; known: '
                                f'{", ".join(asr.NAMED_CONFIGS)}')
@@ -171,6 +181,9 @@ def run() -> None:
         data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
         sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
         log_dir=output_dir))
+  if (not _REPORT_ONLY.value and _TRAFFIC_MODELS.value and
+      list(store.get('traffic_by_model') or {}) != _TRAFFIC_MODELS.value):
+    store.put('traffic_by_model', traffic.measure_in_subprocess(_TRAFFIC_MODELS.value))
   if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
     _memory(_MEMORY_MODEL.value, _MEMORY_BATCH.value, 'memory', store)
     if _MEMORY_SMALL_BATCH.value:

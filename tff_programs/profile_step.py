@@ -18,8 +18,6 @@ from absl import app
 from absl import flags
 
 from fl_compression.benchmarks import client_step
-from fl_compression.compression import aqt
-from fl_compression.compression import float_format
 from fl_compression.models import asr
 from tff_programs import flag_utils
 from tff_programs import program_main
@@ -36,26 +34,6 @@ _TOP = flags.DEFINE_integer('top', 15, 'How many op groups to list.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', '', 'Also write the probe result here.')
 
 
-def parse_compression(value: str):
-  """The probe's `compression` dict for a --compression value."""
-  kind, _, argument = value.partition(':')
-  if kind == 'none' and not argument:
-    return None
-  try:
-    if kind == 'omc':
-      float_format.parse(argument)
-      return {'codec': 'omc', 'format': argument}
-    if kind == 'aqt':
-      bits = int(argument)
-      if not aqt.MIN_BITS <= bits <= aqt.MAX_BITS:
-        raise ValueError(f'{bits} bits is outside {aqt.MIN_BITS}..{aqt.MAX_BITS}')
-      return {'codec': 'aqt', 'bits': bits}
-  except ValueError as e:
-    raise flag_utils.FlagError(f'--compression={value}: {e}') from None
-  raise flag_utils.FlagError(f'--compression={value}: expected none, omc:<format> or '
-                             'aqt:<bits>')
-
-
 def run() -> None:
   try:
     config = asr.named_config(_MODEL.value)
@@ -63,7 +41,10 @@ def run() -> None:
     raise flag_utils.FlagError(f'--model={_MODEL.value}: {e}') from None
   for name in ('batch_size', 'seconds', 'label_length', 'top'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
-  compression = parse_compression(_COMPRESSION.value)
+  try:
+    compression = client_step.parse_compression(_COMPRESSION.value)
+  except ValueError as e:
+    raise flag_utils.FlagError(f'--compression={_COMPRESSION.value}: {e}') from None
   result = client_step.measure_in_subprocess(
       config, batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value,
       label_length=_LABEL_LENGTH.value, steps=2, compression=compression,

@@ -103,20 +103,45 @@ def _allocator_bytes(field: str, reset: bool = False):
     return None
 
 
-def _compressed_model(model_config, compression: dict[str, Any], learning_rate: float):
-  """The decompress-on-use model and its step's codec settings."""
+def parse_compression(spec: str) -> dict[str, Any] | None:
+  """`none`, `omc:<format>` (e.g. `omc:S1E4M6`) or `aqt:<bits>` -> the probe's `compression`
+  setting (None for float32); a `ValueError` says what is wrong with `spec`."""
+  kind, _, argument = spec.partition(':')
+  if kind == 'none' and not argument:
+    return None
+  if kind == 'omc':
+    compression = {'codec': 'omc', 'format': argument}
+  elif kind == 'aqt':
+    try:
+      compression = {'codec': 'aqt', 'bits': int(argument)}
+    except ValueError:
+      raise ValueError(f'{argument!r} is not a bit width') from None
+  else:
+    raise ValueError('expected none, omc:<format> or aqt:<bits>')
+  compression_codec(compression)  # Validates the format or bit width.
+  return compression
+
+
+def compression_codec(compression: dict[str, Any]):
+  """(codec, activation bits) of a `compression` setting: the codec of the decompress-on-use
+  step and the bits its layer inputs are quantized to (0: float inputs)."""
   from fl_compression.compression import codecs  # pylint: disable=g-import-not-at-top
   from fl_compression.compression import float_format  # pylint: disable=g-import-not-at-top
-  from fl_compression.compression import on_the_fly  # pylint: disable=g-import-not-at-top
 
   kind = compression.get('codec')
   if kind == 'omc':
-    codec, bits = codecs.OmcCodec(float_format.parse(compression['format'])), 0
-  elif kind == 'aqt':
-    codec = codecs.AqtCodec(int(compression['bits']))
-    bits = int(compression['bits']) if compression.get('activations', True) else 0
-  else:
-    raise ValueError(f'unknown compression codec {kind!r}; known: omc, aqt')
+    return codecs.OmcCodec(float_format.parse(compression['format'])), 0
+  if kind == 'aqt':
+    bits = int(compression['bits'])
+    return codecs.AqtCodec(bits), bits if compression.get('activations', True) else 0
+  raise ValueError(f'unknown compression codec {kind!r}; known: omc, aqt')
+
+
+def _compressed_model(model_config, compression: dict[str, Any], learning_rate: float):
+  """The decompress-on-use model of a `compression` setting."""
+  from fl_compression.compression import on_the_fly  # pylint: disable=g-import-not-at-top
+
+  codec, bits = compression_codec(compression)
   return on_the_fly.build_model(model_config, codec, learning_rate, bits)
 
 

@@ -159,6 +159,14 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if ratios.get(name) is not None:
       rows.append((f'OMC 11-bit: {label} at most {limit}x FedAvg\'s', f'{ratios[name]:.3f}x',
                    common.check(ratios[name] <= limit)))
+  by_model = results.get('traffic_by_model') or {}
+  larger = {m: e for m, e in by_model.items() if m != 'tiny'}
+  if larger:
+    values = {m: wire_ratio(e, 'omc_11') for m, e in larger.items()}
+    rows.append(('OMC 11-bit: wire bytes (down + up) at most 0.35x FedAvg\'s at the Conformer '
+                 'sizes (the same messages sized from their types, not trained here)',
+                 ', '.join(f'{m} {v:.3f}x' for m, v in values.items()),
+                 common.check(max(values.values()) <= 0.35)))
   timing = results.get('round_timing')
   omc11 = timing_ratios(timing).get(omc_key('S1E4M6')) if timing else None
   if omc11:
@@ -220,6 +228,31 @@ def _partial_check(results: dict[str, Any]) -> list[tuple[str, str, str]]:
            f'client-sampling seed{"s" if len(pairs) > 1 else ""})',
            f'{common.pct(partial)} vs {common.pct(omc13)} ({seeds})',
            common.check(partial <= omc13))]
+
+
+def wire_ratio(entry: dict[str, Any], setting: str, direction: str = 'both') -> float:
+  """A `traffic.measure` entry's client bytes of `setting` over FedAvg's: 'down', 'up' or
+  'both' (down + up)."""
+  fields = (['client_bytes_down', 'client_bytes_up'] if direction == 'both'
+            else [f'client_bytes_{direction}'])
+  return sum(entry[setting][f] for f in fields) / sum(entry['fedavg'][f] for f in fields)
+
+
+def _traffic_section(by_model: dict[str, Any]) -> list[str]:
+  lines = ['', '## Client traffic by model size', '',
+           'Bytes one client receives and sends per round against FedAvg\'s, for each model '
+           'configuration: the same messages the processes send, sized from their TFF types '
+           '(`fl_compression/benchmarks/traffic.py`; for `tiny` they equal the runs\' measured '
+           'bytes). Variables of rank < 2 (biases, norms) stay float32, so their share of the '
+           'parameters sets how far a format\'s ratio lies above bits/32.', '',
+           '| model | parameters | in vectors | OMC S1E4M6 down + up | OMC S1E5M10 down + up | '
+           'FedAQT int8 down |', '|---|---|---|---|---|---|']
+  for model, e in by_model.items():
+    lines.append(f'| {model} | {e["parameters"]:,} | '
+                 f'{100 * e["vector_parameters"] / e["parameters"]:.2f}% | '
+                 f'{wire_ratio(e, "omc_11"):.4f}x | {wire_ratio(e, "omc_16"):.4f}x | '
+                 f'{wire_ratio(e, "fedaqt_8", "down"):.4f}x |')
+  return lines
 
 
 # The side-by-side round timing: FedAvg first (the base), then the compressed runs.
@@ -396,6 +429,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
       lines += header + body
   if results.get('round_timing'):
     lines += _timing_section(results['round_timing'])
+  if results.get('traffic_by_model'):
+    lines += _traffic_section(results['traffic_by_model'])
   for key in ('memory', 'memory_small_batch', 'memory_remat'):
     memory = results.get(key)
     if memory and memory.get('dense'):

@@ -46,9 +46,11 @@ from fl_compression.compression import aqt
 from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import omc
+from fl_compression.learning import accounting
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
 from fl_compression.models import pruned_dense
+from fl_compression.models import registry
 
 Codec = Union[codecs.OmcCodec, codecs.AqtCodec]
 SCOPES = ('weights', 'all')
@@ -143,12 +145,17 @@ def _shapes(type_list) -> list[tuple[int, ...]]:
 
 
 def fingerprint(dataset: tf.data.Dataset) -> tf.Tensor:
-  """An int32 fingerprint of a client's data: the bits of the sum of its first batch."""
-  total = tf.constant(0.0, tf.float32)
-  for batch in dataset.take(1):
-    total = tf.add_n([tf.reduce_sum(tf.cast(leaf, tf.float32))
-                      for leaf in tf.nest.flatten(batch)])
-  return tf.bitcast(total, tf.int32)
+  """An int32 fingerprint of a client's data: the bits of the sum of its first batch.
+
+  A dataset reduction rather than a Python loop over the dataset: traced without AutoGraph
+  (which falls back to plain Python when it cannot read a function's source), a Python loop
+  over a dataset never ends.
+  """
+  def add(total, batch):
+    return total + tf.add_n([tf.reduce_sum(tf.cast(leaf, tf.float32))
+                             for leaf in tf.nest.flatten(batch)])
+
+  return tf.bitcast(dataset.take(1).reduce(tf.constant(0.0, tf.float32), add), tf.int32)
 
 
 def covered_variables(config: CompressionConfig, weights_type) -> list[bool]:
@@ -167,6 +174,15 @@ def encode_for_clients(config: CompressionConfig, covered: list[bool],
   trainable = [config.codec.encode(w) if c else w for w, c in zip(weights.trainable, covered)]
   return collections.OrderedDict(trainable=trainable, non_trainable=weights.non_trainable,
                                  round=round_num)
+
+
+def encode_update(config: CompressionConfig, covered: list[bool], update: Sequence[tf.Tensor]
+                  ) -> list:
+  """What a client uploads of its model delta: the covered variables encoded with the codec
+  (`upload='compressed'`), everything else float32."""
+  if config.upload != 'compressed':
+    return list(update)
+  return [config.codec.encode(u) if c else u for u, c in zip(update, covered)]
 
 
 def _distributor(config: CompressionConfig, weights_type, covered: list[bool]
@@ -277,8 +293,7 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
     update = [tf.where(finite, u, tf.zeros_like(u)) for u in update]
     weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
-    if config.upload == 'compressed':
-      update = [codec.encode(u) if c else u for u, c in zip(update, covered)]
+    update = encode_update(config, covered, update)
     held = tf.add_n([tf.where(selected[i], float(codec_bytes[i]), float(float_bytes[i]))
                      for i in range(len(shapes))]) + float(non_trainable_bytes)
     return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
@@ -381,6 +396,40 @@ def build_compressed_fed_avg(model_fn: fedavg.ModelFn, config: CompressionConfig
   return composition.compose(
       initial_model_weights_fn=blocks['initial_model_weights_fn'], distributor=distributor,
       client_work=client_work, aggregator=aggregator, finalizer=blocks['finalizer'])
+
+
+def client_traffic(config: CompressionConfig, weights_type) -> collections.OrderedDict:
+  """Bytes one client of the process receives and sends for a model of `weights_type`, from
+  the types of the distributor's broadcast and of the encoded upload with its example weight
+  (the values the process sends), without tracing a model: sizes any model configuration."""
+  covered = covered_variables(config, weights_type)
+  distributor = _distributor(config, weights_type, covered)
+
+  @tff.tensorflow.computation(weights_type.trainable)
+  def upload(update):
+    return encode_update(config, covered, update)
+
+  result_type = tff.StructType([upload.type_signature.result, tff.TensorType(np.float32)])
+  return collections.OrderedDict(
+      client_bytes_down=accounting.type_nbytes(distributor.next.type_signature.result.result),
+      client_bytes_up=accounting.type_nbytes(result_type))
+
+
+def float_client_traffic(weights_type) -> collections.OrderedDict:
+  """The same for FedAvg: the float32 model down, its trainable delta and weight up."""
+  return collections.OrderedDict(
+      client_bytes_down=accounting.type_nbytes(weights_type),
+      client_bytes_up=accounting.type_nbytes(
+          tff.StructType([weights_type.trainable, tff.TensorType(np.float32)])))
+
+
+def weights_type_of(model_config: dict) -> tff.Type:
+  """The `ModelWeights` type of a model configuration (the model is built, not traced)."""
+  model = registry.build_keras_model(model_config)
+  spec = lambda variables: [tff.TensorType(v.dtype.as_numpy_dtype, v.shape)  # noqa: E731
+                            for v in variables]
+  return tff.types.to_type(tff.learning.models.ModelWeights(
+      trainable=spec(model.trainable_variables), non_trainable=spec(model.non_trainable_variables)))
 
 
 def float_parameter_bytes(weights_type) -> int:

@@ -107,6 +107,23 @@ class ClientStepTest(absltest.TestCase):
     self.assertFalse(client_step.is_current(onednn, batch_size=4, seconds=4.0))
     self.assertFalse(client_step.is_current(None, batch_size=4, seconds=4.0))
 
+  def test_compression_specs(self):
+    self.assertIsNone(client_step.parse_compression('none'))
+    self.assertEqual(client_step.parse_compression('omc:S1E4M6'),
+                     {'codec': 'omc', 'format': 'S1E4M6'})
+    self.assertEqual(client_step.parse_compression('aqt:6'), {'codec': 'aqt', 'bits': 6})
+    codec, bits = client_step.compression_codec({'codec': 'aqt', 'bits': 6})
+    self.assertEqual((codec.bits, bits), (6, 6))
+    codec, bits = client_step.compression_codec({'codec': 'omc', 'format': 'S1E5M10'})
+    self.assertEqual((codec.fmt.bits, bits), (16, 0))
+    for spec, message in (('aqt:3', '3-bit quantization is outside the supported 4..8'),
+                          ('aqt:x', "'x' is not a bit width"),
+                          ('omc:E4M6', 'E4M6'),
+                          ('none:1', 'expected none, omc:<format> or aqt:<bits>'),
+                          ('int8', 'expected none, omc:<format> or aqt:<bits>')):
+      with self.assertRaisesRegex(ValueError, message, msg=spec):
+        client_step.parse_compression(spec)
+
   def test_failure_names_the_model(self):
     config = dict(asr.named_config('tiny', vocab_size=29), name='tiny_broken')
     config['encoder'] = dict(config['encoder'], model_dim=-1)

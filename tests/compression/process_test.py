@@ -72,6 +72,20 @@ def _covered(weights):
   return [w.ndim >= 2 for w in weights.trainable]
 
 
+class FingerprintTest(absltest.TestCase):
+
+  def test_first_batch_sum_bits_also_without_autograph(self):
+    data = _client_data(7)
+    first = next(iter(data))
+    expected = tf.bitcast(tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32))
+                                    for v in tf.nest.flatten(first)]), tf.int32)
+    self.assertEqual(int(process.fingerprint(data)), int(expected))
+    # Traced as AutoGraph's fallback runs code it cannot convert: it must still terminate.
+    traced = tf.function(process.fingerprint, autograph=False)
+    self.assertEqual(int(traced(data)), int(expected))
+    self.assertNotEqual(int(process.fingerprint(_client_data(8))), int(expected))
+
+
 class CompressedProcessTest(absltest.TestCase):
 
   def test_lossless_format_round_equals_fedavg_round(self):
@@ -82,7 +96,11 @@ class CompressedProcessTest(absltest.TestCase):
     server, _ = _run_round(_build(config), weights, clients)
     fedavg = algorithms.get('fedavg').build(
         _model_fn, algorithms.Hyperparameters(client_learning_rate=0.05))
-    reference, _ = _run_round(fedavg, weights, clients)
+    reference, reference_metrics = _run_round(fedavg, weights, clients)
+    # The type-only accounting of FedAvg's traffic is the process's own measurement.
+    self.assertEqual(dict(process.float_client_traffic(process.weights_type_of(_config()))),
+                     {k: reference_metrics['communication'][k]
+                      for k in ('client_bytes_down', 'client_bytes_up')})
     moved = 0.0
     for a, b, w in zip(server.trainable, reference.trainable, weights.trainable):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -110,6 +128,9 @@ class CompressedProcessTest(absltest.TestCase):
     float_model = sum(w.nbytes for w in weights.trainable) + sum(
         w.nbytes for w in weights.non_trainable)
     self.assertLess(communication['client_bytes_down'], 0.45 * float_model)
+    # The type-only accounting (any model size, no tracing) is the process's own measurement.
+    self.assertEqual(dict(process.client_traffic(config, process.weights_type_of(_config()))),
+                     {k: communication[k] for k in ('client_bytes_down', 'client_bytes_up')})
     self.assertEqual(metrics['client_work']['held_parameter_bytes'], packed + floats)
     # One client, server SGD at rate 1: old - new is the decoded upload, so every covered
     # variable's change is a value of the format (up to the float32 rounding of the server's
@@ -164,6 +185,9 @@ class CompressedProcessTest(absltest.TestCase):
     self.assertLess(metrics['communication']['client_bytes_down'], 0.2 * float_model)
     self.assertEqual(metrics['communication']['client_bytes_up'],
                      sum(w.nbytes for w in weights.trainable) + 4)
+    self.assertEqual(dict(process.client_traffic(config, process.weights_type_of(_config()))),
+                     {k: metrics['communication'][k]
+                      for k in ('client_bytes_down', 'client_bytes_up')})
 
   def _rounds_by_rounding(self, make_config):
     """One round of client SGD from the same weights, per client requantization rounding."""

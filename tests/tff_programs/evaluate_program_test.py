@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
@@ -37,11 +35,9 @@ class EvaluateProgramTest(absltest.TestCase):
         trainable=[v.numpy() for v in model.trainable_variables],
         non_trainable=[v.numpy() for v in model.non_trainable_variables]))
     cls.json_path = os.path.join(tmp, 'wer.json')
-    cls.env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 
   def _run(self, *flags):
-    return subprocess.run(tff_test_utils.program_command('evaluate') + list(flags),
-                          capture_output=True, text=True, env=self.env, timeout=300)
+    return tff_test_utils.run_program('evaluate', *flags, timeout=300)
 
   def test_prints_and_writes_the_table_per_split(self):
     result = self._run(f'--model_dir={self.model_dir}', f'--data_dir={self.data_dir}',
@@ -64,11 +60,7 @@ class EvaluateProgramTest(absltest.TestCase):
         ([], '--model_dir is required'),
     ]
     for flags, message in cases:
-      result = self._run(*flags)
-      self.assertEqual(result.returncode, 2, (flags, result.stderr[-2000:]))
-      last_line = result.stderr.strip().splitlines()[-1]
-      self.assertTrue(last_line.startswith('error: '), (flags, last_line))
-      self.assertIn(message, last_line)
+      tff_test_utils.assert_one_line_error(self, self._run(*flags), message, flags)
 
 
 if __name__ == '__main__':

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
@@ -14,9 +12,7 @@ from tests import tff_test_utils
 class PruneReportTest(absltest.TestCase):
 
   def _run(self, *flags):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run(tff_test_utils.program_command('prune_report') + list(flags),
-                          capture_output=True, text=True, env=env, timeout=300)
+    return tff_test_utils.run_program('prune_report', *flags, timeout=300)
 
   def test_table_and_json(self):
     path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 't.json')
@@ -40,11 +36,7 @@ class PruneReportTest(absltest.TestCase):
                            (['--pattern=diagonal'], "--pattern='diagonal' is unknown"),
                            (['--sparsities=0.2,x'], '--sparsities=0.2,x'),
                            (['--model=conformer_xl'], "--model=conformer_xl")):
-      result = self._run(*flags)
-      self.assertEqual(result.returncode, 2, (flags, result.stderr[-2000:]))
-      last_line = result.stderr.strip().splitlines()[-1]
-      self.assertTrue(last_line.startswith('error: '), last_line)
-      self.assertIn(message, last_line)
+      tff_test_utils.assert_one_line_error(self, self._run(*flags), message, flags)
 
 
 if __name__ == '__main__':
