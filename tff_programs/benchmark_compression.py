@@ -48,7 +48,7 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
 _CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentation.')
 _TIMING_ROUNDS = flags.DEFINE_integer(
-    'timing_rounds', 8, 'Timed rounds of the side-by-side round timing (FedAvg, OMC 11-bit and '
+    'timing_rounds', 12, 'Timed rounds of the side-by-side round timing (FedAvg, OMC 11-bit and '
     'FedAQT 8-bit interleaved in one process on the same clients; 0: skip).')
 _TRAFFIC_MODELS = flags.DEFINE_list(
     'traffic_models', ['tiny', 'conformer_s', 'conformer_m', 'conformer_l'],
