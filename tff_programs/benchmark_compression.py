@@ -27,7 +27,6 @@ from absl import flags
 from fl_compression.benchmarks import client_step
 from fl_compression.benchmarks import compression_experiments as experiments
 from fl_compression.benchmarks import pruning_experiments as common
-from fl_compression.benchmarks import traffic
 from fl_compression.learning import algorithms
 from fl_compression.models import asr
 from tff_programs import experiment_runs
@@ -183,7 +182,7 @@ def run() -> None:
         log_dir=output_dir))
   if (not _REPORT_ONLY.value and _TRAFFIC_MODELS.value and
       list(store.get('traffic_by_model') or {}) != _TRAFFIC_MODELS.value):
-    store.put('traffic_by_model', traffic.measure_in_subprocess(_TRAFFIC_MODELS.value))
+    store.put('traffic_by_model', experiment_runs.traffic_in_subprocess(_TRAFFIC_MODELS.value))
   if not _REPORT_ONLY.value and _MEMORY_MODEL.value:
     _memory(_MEMORY_MODEL.value, _MEMORY_BATCH.value, 'memory', store)
     if _MEMORY_SMALL_BATCH.value:

@@ -16,6 +16,7 @@ import tensorflow_federated as tff
 from fl_compression import tasks
 from fl_compression.benchmarks import fresh_process
 from fl_compression.benchmarks import pruning_experiments as experiments
+from fl_compression.benchmarks import traffic
 from fl_compression.learning import algorithms
 from fl_compression.models import checkpoint
 from fl_compression.pruning import plan as plan_lib
@@ -250,37 +251,55 @@ def time_in_subprocess(job: TimingJob, timeout: float = 2 * 3600) -> dict[str, A
                                   what='interleaved round timing')
 
 
-def _time_job(job: TimingJob) -> dict[str, Any]:
-  backends.disable_unmanaged_default_context()
+def traffic_in_subprocess(model_names: Sequence[str], timeout: float = 1800) -> dict[str, Any]:
+  """`traffic.measure` of the named configurations in a fresh process (conformer_l alone
+  holds 0.5 GB of weights)."""
+  return fresh_process.run_module('tff_programs.experiment_runs',
+                                  {'traffic': list(model_names)}, timeout=timeout,
+                                  what=f'client traffic of {", ".join(model_names)}')
+
+
+def _child_task(job, model: str = ''):
+  """A child's task, starting weights and client sampler (`RunJob` and `TimingJob` alike)."""
   task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
-                                           job.seed)
+                                           job.seed, model)
   sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
                                         job.clients_per_round, job.sampler_seed)
-  specs = [experiments.RunSpec(r['key'], r['algorithm'], tuple(sorted(r['options'].items())))
-           for r in job.runs]
+  return task, initial_weights, sampler
+
+
+def _local_context(job):
+  return backends.federated_context('local', log_dir=job.log_dir,
+                                    default_num_clients=job.clients_per_round)
+
+
+def _spec(key: str, algorithm: str, options: dict[str, Any]) -> experiments.RunSpec:
+  return experiments.RunSpec(key, algorithm, tuple(sorted(options.items())))
+
+
+def _time_job(job: TimingJob) -> dict[str, Any]:
+  task, initial_weights, sampler = _child_task(job)
+  specs = [_spec(r['key'], r['algorithm'], r['options']) for r in job.runs]
   hparams = {r['key']: algorithms.Hyperparameters(**r['hparams']) for r in job.runs}
-  with backends.federated_context('local', log_dir=job.log_dir,
-                                  default_num_clients=job.clients_per_round):
+  with _local_context(job):
     return asyncio.run(interleaved_round_times(
         specs, task, initial_weights, lambda s: hparams[s.key], sampler, job.rounds))
 
 
 def _run_job(job: RunJob) -> dict[str, Any]:
-  backends.disable_unmanaged_default_context()
-  task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
-                                           job.seed, job.model)
+  task, initial_weights, sampler = _child_task(job, job.model)
   if not job.evaluate:
     task = dataclasses.replace(task, transcription_eval=None)
-  sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
-                                        job.clients_per_round, job.sampler_seed)
-  spec = experiments.RunSpec(job.key, job.algorithm, tuple(sorted(job.options.items())))
-  with backends.federated_context('local', log_dir=job.log_dir,
-                                  default_num_clients=job.clients_per_round):
-    return federated_run(spec, task, initial_weights, algorithms.Hyperparameters(**job.hparams),
-                         sampler, job.state_dir, job.total_rounds)
+  with _local_context(job):
+    return federated_run(_spec(job.key, job.algorithm, job.options), task, initial_weights,
+                         algorithms.Hyperparameters(**job.hparams), sampler, job.state_dir,
+                         job.total_rounds)
 
 
 def _main(request: dict[str, Any]) -> dict[str, Any]:
+  backends.disable_unmanaged_default_context()
+  if 'traffic' in request:
+    return traffic.measure(request['traffic'])
   if 'timing' in request:
     return _time_job(TimingJob(**request['timing']))
   return _run_job(RunJob(**request))
