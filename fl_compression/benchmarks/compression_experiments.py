@@ -152,13 +152,19 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  common.check(abs(omc16 - dense) <= spread)))
   rows += _partial_check(results)
   ratios = cost_ratios(results, omc_key('S1E4M6'))
+  timing = results.get('round_timing')
   for name, label, limit in (('held_parameter_bytes', 'client parameter bytes', 0.40),
                              ('client_bytes', 'wire bytes (down + up)', 0.35),
                              ('round_seconds', 'round time (separate runs, mean of their '
                               'steady rounds)', 1.15)):
     if ratios.get(name) is not None:
+      verdict = common.check(ratios[name] <= limit)
+      if name == 'round_seconds' and timing:
+        # Separate runs ran at other times (other load, possibly older code): the
+        # side-by-side timing below is the measure.
+        verdict = 'n/a (judged side by side)'
       rows.append((f'OMC 11-bit: {label} at most {limit}x FedAvg\'s', f'{ratios[name]:.3f}x',
-                   common.check(ratios[name] <= limit)))
+                   verdict))
   by_model = results.get('traffic_by_model') or {}
   larger = {m: e for m, e in by_model.items() if m != 'tiny'}
   if larger:
@@ -167,7 +173,6 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  'sizes (the same messages sized from their types, not trained here)',
                  ', '.join(f'{m} {v:.3f}x' for m, v in values.items()),
                  common.check(max(values.values()) <= 0.35)))
-  timing = results.get('round_timing')
   omc11 = timing_ratios(timing).get(omc_key('S1E4M6')) if timing else None
   if omc11:
     rows.append(('OMC 11-bit: round time at most 1.15x FedAvg\'s (interleaved rounds on the '

@@ -12,6 +12,7 @@ from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import process
 from fl_compression.learning import algorithms
+from fl_compression.learning import fedavg
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
 from fl_compression.models import pruned_dense
@@ -84,6 +85,69 @@ class FingerprintTest(absltest.TestCase):
     traced = tf.function(process.fingerprint, autograph=False)
     self.assertEqual(int(traced(data)), int(expected))
     self.assertNotEqual(int(process.fingerprint(_client_data(8))), int(expected))
+
+
+_CONDITIONALS = ('If', 'StatelessIf', 'Case', 'StatelessCase')
+
+
+def _tensorflow_op_counts(computation: tff.Computation) -> collections.Counter:
+  """Op types over every TensorFlow graph in `computation`, function libraries included."""
+  counts = collections.Counter()
+
+  def walk(message):
+    for field, value in message.ListFields():
+      if field.message_type is None:
+        continue
+      for item in (value if field.label == field.LABEL_REPEATED else [value]):
+        if field.name == 'tensorflow':
+          graph = tf.compat.v1.GraphDef()
+          item.graph_def.Unpack(graph)
+          counts.update(node.op for node in graph.node)
+          for function in graph.library.function:
+            counts.update(node.op for node in function.node_def)
+        else:
+          walk(item)
+
+  walk(tff.framework.ConcreteComputation.get_proto(computation))
+  return counts
+
+
+def _broadcast_type(config, weights_type, covered):
+  @tff.tensorflow.computation(weights_type)
+  def encode(weights):
+    return process.encode_for_clients(config, covered, weights, tf.constant(1))
+
+  return encode.type_signature.result
+
+
+class ClientGraphTest(absltest.TestCase):
+
+  def test_compressed_clients_have_no_more_conditionals_than_fedavg_client(self):
+    # Inside the client's dataset reduction, a functional conditional runs each branch as a
+    # function call of its own: one per matrix and step cost a quarter of a tiny model's
+    # client step. The client's selection of compressed matrices is arithmetic instead.
+    sgd = optimizers.build_optimizer('sgd', 0.05)
+    blocks = fedavg.fedavg_blocks(_model_fn, sgd, sgd)
+    reference = _tensorflow_op_counts(blocks['client_work'].next)
+    self.assertGreater(sum(reference.values()), 100)  # The walk reached the client's graph.
+    weights_type = blocks['initial_model_weights_fn'].type_signature.result
+    configs = {
+        'omc': process.CompressionConfig(codecs.OmcCodec(ff.parse('S1E4M6'))),
+        'omc partial, stochastic': process.CompressionConfig(
+            codecs.OmcCodec(ff.parse('S1E4M6'), rounding='stochastic'), fraction=0.5),
+        'fedaqt': process.aqt_config({'bits': 8, 'activations': False}),
+    }
+    for name, config in configs.items():
+      covered = process.covered_variables(config, weights_type)
+      broadcast_type = _broadcast_type(config, weights_type, covered)
+      client_work, _ = process.client_blocks(_model_fn, config, sgd, weights_type,
+                                             broadcast_type, covered)
+      counts = _tensorflow_op_counts(client_work.next)
+      with self.subTest(name):
+        self.assertLessEqual(sum(counts[op] for op in _CONDITIONALS),
+                             sum(reference[op] for op in _CONDITIONALS))
+        # The selection and codec are in this graph: it differs from FedAvg's.
+        self.assertGreater(sum(counts.values()), sum(reference.values()))
 
 
 class CompressedProcessTest(absltest.TestCase):
