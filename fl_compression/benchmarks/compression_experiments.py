@@ -48,6 +48,16 @@ def aqt_key(bits: int, variant: str, rounding: str = 'nearest') -> str:
   return f'fedaqt/{bits}/{variant}' + ('' if rounding == 'nearest' else f'/{rounding}')
 
 
+def partial_key(rounding: str = 'nearest', seed: int = 0) -> str:
+  """The 11-bit partial run (`PARTIAL_FRACTION` of the matrices per client)."""
+  return omc_key('S1E4M6', 'partial' + ('' if rounding == 'nearest' else f'/{rounding}'), seed)
+
+
+def comparison_key(rounding: str = 'nearest', seed: int = 0) -> str:
+  """The 13-bit all-variable run the partial one is compared with."""
+  return omc_key('S1E5M7', '' if rounding == 'nearest' else rounding, seed)
+
+
 def pruned_key(compressed: bool) -> str:
   return (f'fp+omc/column/{STACKED_SPARSITY:g}/{STACKED_FORMAT}' if compressed
           else f'fp/column/{STACKED_SPARSITY:g}')
@@ -81,6 +91,13 @@ def plan_runs(experiments: Sequence[str]) -> list[common.RunSpec]:
         rounding='stochastic')
     for fmt, _ in ROUNDING_FORMATS:
       add(omc_key(fmt, 'stochastic'), 'omc', format=fmt, rounding='stochastic')
+    # 11-bit partial against 13-bit all-variable with stochastic requantization in both.
+    for seed in COMPARISON_SEEDS:
+      sampler = {'sampler_seed': seed} if seed else {}
+      add(partial_key('stochastic', seed), 'omc', format='S1E4M6', fraction=PARTIAL_FRACTION,
+          rounding='stochastic', **sampler)
+      add(comparison_key('stochastic', seed), 'omc', format='S1E5M7',
+          rounding='stochastic', **sampler)
   if 'variants' in experiments:
     add(omc_key('S1E4M6', 'partial'), 'omc', format='S1E4M6', fraction=PARTIAL_FRACTION)
     add(omc_key('S1E4M6', 'no_transform'), 'omc', format='S1E4M6', transform=False)
@@ -150,7 +167,7 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows.append(('OMC 16-bit: WER equal to float32 within run-to-run noise',
                  f'{common.pct(omc16)} vs {common.pct(dense)} (noise {100 * spread:.2f} points)',
                  common.check(abs(omc16 - dense) <= spread)))
-  rows += _partial_check(results)
+  rows += _partial_check(results, 'nearest') + _partial_check(results, 'stochastic')
   ratios = cost_ratios(results, omc_key('S1E4M6'))
   timing = results.get('round_timing')
   for name, label, limit in (('held_parameter_bytes', 'client parameter bytes', 0.40),
@@ -218,19 +235,22 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
   return rows
 
 
-def _partial_check(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-  """11-bit partial against 13-bit all-variable, on the mean test WER of the seeds both
-  have (the two are a few words apart, within run-to-run noise)."""
-  pairs = [(common.wer(results, omc_key('S1E4M6', 'partial', seed)),
-            common.wer(results, omc_key('S1E5M7', seed=seed)), seed) for seed in COMPARISON_SEEDS]
+def _partial_check(results: dict[str, Any], rounding: str) -> list[tuple[str, str, str]]:
+  """11-bit partial against 13-bit all-variable, both requantizing with `rounding`, on the
+  mean test WER of the seeds both have (the two are a few words apart, within run-to-run
+  noise)."""
+  pairs = [(common.wer(results, partial_key(rounding, seed)),
+            common.wer(results, comparison_key(rounding, seed)), seed)
+           for seed in COMPARISON_SEEDS]
   pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
   if not pairs:
     return []
   partial = sum(p for p, _, _ in pairs) / len(pairs)
   omc13 = sum(q for _, q, _ in pairs) / len(pairs)
   seeds = ', '.join(f'seed {seed}: {common.pct(p)} vs {common.pct(q)}' for p, q, seed in pairs)
-  return [(f'OMC 11-bit partial: WER no worse than 13-bit all-variable (mean of {len(pairs)} '
-           f'client-sampling seed{"s" if len(pairs) > 1 else ""})',
+  both = '' if rounding == 'nearest' else f', {rounding} requantization in both'
+  return [(f'OMC 11-bit partial: WER no worse than 13-bit all-variable{both} (mean of '
+           f'{len(pairs)} client-sampling seed{"s" if len(pairs) > 1 else ""})',
            f'{common.pct(partial)} vs {common.pct(omc13)} ({seeds})',
            common.check(partial <= omc13))]
 
@@ -414,6 +434,10 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
        [row for (fmt, bits) in ROUNDING_FORMATS for row in (
            (f'OMC {fmt}, nearest even', omc_key(fmt), bits),
            (f'OMC {fmt}, stochastic', omc_key(fmt, 'stochastic'), bits))] +
+       [row for rounding in ('nearest', 'stochastic') for row in (
+           (f'OMC S1E4M6 partial ({PARTIAL_FRACTION:.0%}), {rounding}', partial_key(rounding),
+            11),
+           (f'OMC S1E5M7, {rounding}', comparison_key(rounding), 13))] +
        [('FedAQT int8 (FedAvg), nearest', aqt_key(8, 'fedavg'), 8),
         ('FedAQT int8 (FedAvg), stochastic', aqt_key(8, 'fedavg', 'stochastic'), 8)]),
       (f'Stacked: federated pruning ({STACKED_SPARSITY:.0%} column, weight magnitude) with OMC '
@@ -425,7 +449,10 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
         ('S1E5M10, seed 1', omc_key('S1E5M10', seed=NOISE_SEED), 16),
         ('S1E5M7, seed 1', omc_key('S1E5M7', seed=NOISE_SEED), 13),
         (f'S1E4M6 partial ({PARTIAL_FRACTION:.0%}), seed 1',
-         omc_key('S1E4M6', 'partial', NOISE_SEED), 11)]),
+         omc_key('S1E4M6', 'partial', NOISE_SEED), 11),
+        ('S1E5M7, stochastic, seed 1', comparison_key('stochastic', NOISE_SEED), 13),
+        (f'S1E4M6 partial ({PARTIAL_FRACTION:.0%}), stochastic, seed 1',
+         partial_key('stochastic', NOISE_SEED), 11)]),
   ]
   for title, entries in sections:
     body = [r for r in (row(*e) for e in entries) if r]
