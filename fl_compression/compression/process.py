@@ -144,18 +144,23 @@ def _shapes(type_list) -> list[tuple[int, ...]]:
   return [tuple(int(d) for d in t.shape) for t in type_list]
 
 
+def batch_fingerprint(batch) -> tf.Tensor:
+  """An int32 fingerprint of a batch: the bits of the float32 sum of all its values."""
+  total = tf.constant(0.0, tf.float32) + tf.add_n(
+      [tf.reduce_sum(tf.cast(leaf, tf.float32)) for leaf in tf.nest.flatten(batch)])
+  return tf.bitcast(total, tf.int32)
+
+
 def fingerprint(dataset: tf.data.Dataset) -> tf.Tensor:
-  """An int32 fingerprint of a client's data: the bits of the sum of its first batch.
+  """A client's fingerprint: `batch_fingerprint` of its first batch (0 for no data).
 
-  A dataset reduction rather than a Python loop over the dataset: traced without AutoGraph
-  (which falls back to plain Python when it cannot read a function's source), a Python loop
-  over a dataset never ends.
+  The client work takes it from the first batch it trains on, without reading the data twice;
+  this is the same value for a dataset. A dataset reduction rather than a Python loop over the
+  dataset: traced without AutoGraph (which falls back to plain Python when it cannot read a
+  function's source), a Python loop over a dataset never ends.
   """
-  def add(total, batch):
-    return total + tf.add_n([tf.reduce_sum(tf.cast(leaf, tf.float32))
-                             for leaf in tf.nest.flatten(batch)])
-
-  return tf.bitcast(dataset.take(1).reduce(tf.constant(0.0, tf.float32), add), tf.int32)
+  return dataset.take(1).reduce(tf.constant(0, tf.int32),
+                                lambda _, batch: batch_fingerprint(batch))
 
 
 def covered_variables(config: CompressionConfig, weights_type) -> list[bool]:
@@ -244,22 +249,29 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
       v.assign(x)
     # Which covered variables this client holds compressed this round: all or none are known
     # when the program is built; a partial selection is drawn from the round number and the
-    # client's fingerprint, which stochastic rounding also seeds from. Without either, the
-    # fingerprint (a pass over the client's first batch) is not computed.
+    # client's fingerprint, which stochastic rounding also seeds from. The fingerprint is
+    # taken from the first batch as it is trained on (the data is read once), and only when
+    # a partial selection or stochastic rounding needs it.
     partial = 0.0 < config.fraction < 1.0
-    if partial or codec.rounding != 'nearest':
-      client_fingerprint = fingerprint(dataset)
-    else:
-      client_fingerprint = tf.constant(0, tf.int32)
-    selected: list = [c and config.fraction == 1.0 for c in covered]
-    if partial:
-      chosen = omc.select_compressed(len(covered_index), config.fraction,
-                                     tf.stack([broadcast['round'], client_fingerprint]))
-      for j, i in enumerate(covered_index):
-        selected[i] = chosen[j]
+    needs_fingerprint = partial or codec.rounding != 'nearest'
     trainable = model.trainable_variables
 
-    def recompress(values, examples_so_far):
+    def selection(client_fingerprint) -> list:
+      selected: list = [c and config.fraction == 1.0 for c in covered]
+      if partial:
+        chosen = omc.select_compressed(len(covered_index), config.fraction,
+                                       tf.stack([broadcast['round'], client_fingerprint]))
+        for j, i in enumerate(covered_index):
+          selected[i] = chosen[j]
+      return selected
+
+    def with_fingerprint(client_fingerprint, num_examples, batch):
+      if not needs_fingerprint:
+        return client_fingerprint
+      # tf.equal: in the graph TFF traces, `==` on tensors compares identity, not values.
+      return tf.where(tf.equal(num_examples, 0), batch_fingerprint(batch), client_fingerprint)
+
+    def recompress(values, client_fingerprint, examples_so_far):
       # A distinct stateless seed per (round, client, step, variable) for stochastic rounding.
       def seed(i):
         return tf.stack([tf.cast(broadcast['round'], tf.int64) * 1_000_003 + i,
@@ -268,6 +280,7 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
       # A drawn selection picks with `tf.where`, not `tf.cond`: inside the dataset reduction a
       # cond runs each branch as a separate function call, which cost a quarter of a tiny
       # model's client step for 60 matrices; requantizing all of them is cheaper.
+      selected = selection(client_fingerprint)
       out = []
       for i, x in enumerate(values):
         if isinstance(selected[i], bool):
@@ -278,38 +291,43 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
 
     # The received values are format values already; the unselected ones train in float32.
     def train_step(state, batch):
-      num_examples, opt_state = state
+      num_examples, client_fingerprint, opt_state = state
+      client_fingerprint = with_fingerprint(client_fingerprint, num_examples, batch)
       with tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, trainable)
       opt_state, updated = optimizer.next(opt_state, tuple(trainable), tuple(grads))
-      for v, x in zip(trainable, recompress(updated, num_examples)):
+      for v, x in zip(trainable, recompress(updated, client_fingerprint, num_examples)):
         v.assign(x)
-      return num_examples + tf.cast(output.num_examples, tf.int64), opt_state
+      return (num_examples + tf.cast(output.num_examples, tf.int64), client_fingerprint,
+              opt_state)
 
     def gradient_step(state, batch):
-      num_examples, grad_sum = state
+      num_examples, client_fingerprint, grad_sum = state
+      client_fingerprint = with_fingerprint(client_fingerprint, num_examples, batch)
       with tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, trainable)
       n = tf.cast(output.num_examples, tf.float32)
-      return (num_examples + tf.cast(output.num_examples, tf.int64),
+      return (num_examples + tf.cast(output.num_examples, tf.int64), client_fingerprint,
               tuple(s + n * g for s, g in zip(grad_sum, grads)))
 
-    zero_examples = tf.constant(0, tf.int64)
+    start = (tf.constant(0, tf.int64), tf.constant(0, tf.int32))
     if config.client_mode == 'fedavg':
       specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-      num_examples, _ = dataset.reduce((zero_examples, optimizer.initialize(specs)), train_step)
+      num_examples, client_fingerprint, _ = dataset.reduce(
+          start + (optimizer.initialize(specs),), train_step)
       update = [a - b for a, b in zip(initial, trainable)]
     else:
-      num_examples, grad_sum = dataset.reduce(
-          (zero_examples, tuple(tf.zeros_like(v) for v in trainable)), gradient_step)
+      num_examples, client_fingerprint, grad_sum = dataset.reduce(
+          start + (tuple(tf.zeros_like(v) for v in trainable),), gradient_step)
       denominator = tf.maximum(tf.cast(num_examples, tf.float32), 1.0)
       update = [s / denominator for s in grad_sum]
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
     update = [tf.where(finite, u, tf.zeros_like(u)) for u in update]
     weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
     update = encode_update(config, covered, update)
+    selected = selection(client_fingerprint)
     held = tf.add_n([tf.where(selected[i], float(codec_bytes[i]), float(float_bytes[i]))
                      for i in range(len(shapes))]) + float(non_trainable_bytes)
     return (tff.learning.templates.ClientResult(update=update, update_weight=weight),

@@ -10,6 +10,7 @@ import tensorflow_federated as tff
 from fl_compression.compression import aqt
 from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
+from fl_compression.compression import omc
 from fl_compression.compression import process
 from fl_compression.learning import algorithms
 from fl_compression.learning import fedavg
@@ -223,6 +224,13 @@ class CompressedProcessTest(absltest.TestCase):
     self.assertEqual(held[1.0], all_bytes)
     self.assertLess(held[1.0], held[0.5])
     self.assertLess(held[0.5], held[0.0])
+    # The client draws its half from round 1 and the fingerprint of its first batch, which it
+    # takes while training on it: the same draw as from the dataset's own fingerprint.
+    chosen = iter(omc.select_compressed(
+        sum(covered), 0.5, tf.stack([1, process.fingerprint(_client_data(4))])).numpy())
+    self.assertEqual(held[0.5], sum(
+        (codec.nbytes(w.shape) if next(chosen) else w.nbytes) if c else w.nbytes
+        for w, c in zip(weights.trainable, covered)))
 
   def test_fedaqt_client_weights_stay_on_the_integer_grid(self):
     # One client, server SGD at rate 1, float upload: new = old - (initial - trained), so
