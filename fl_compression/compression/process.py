@@ -217,6 +217,11 @@ def _distributor(config: CompressionConfig, weights_type, covered: list[bool]
   return tff.learning.templates.DistributionProcess(init_fn, next_fn)
 
 
+def broadcast_type(config: CompressionConfig, weights_type, covered: list[bool]) -> tff.Type:
+  """The type of what one client receives: `encode_for_clients`'s value."""
+  return _distributor(config, weights_type, covered).next.type_signature.result.result.member
+
+
 def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
                  optimizer: tff.learning.optimizers.Optimizer, weights_type, broadcast_type,
                  covered: list[bool]) -> tff.learning.templates.ClientWorkProcess:
@@ -424,9 +429,9 @@ def build_compressed_fed_avg(model_fn: fedavg.ModelFn, config: CompressionConfig
   weights_type = blocks['initial_model_weights_fn'].type_signature.result
   covered = covered_variables(config, weights_type)
   distributor = _distributor(config, weights_type, covered)
-  broadcast_type = distributor.next.type_signature.result.result.member
   client_work, aggregator = client_blocks(model_fn, config, client_optimizer, weights_type,
-                                          broadcast_type, covered)
+                                          distributor.next.type_signature.result.result.member,
+                                          covered)
   return composition.compose(
       initial_model_weights_fn=blocks['initial_model_weights_fn'], distributor=distributor,
       client_work=client_work, aggregator=aggregator, finalizer=blocks['finalizer'])

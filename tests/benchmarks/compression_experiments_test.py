@@ -30,10 +30,6 @@ def _results():
   }
 
 
-def by_key_of(specs):
-  return {s.key: s for s in specs}
-
-
 class CompressionExperimentsTest(absltest.TestCase):
 
   def test_every_run_once_targets_first(self):
@@ -45,12 +41,12 @@ class CompressionExperimentsTest(absltest.TestCase):
     # partial) + 3 bit widths x 2 variants + pruning alone and stacked with OMC + stochastic
     # rounding (OMC 11 and 8 bits, FedAQT 8; 11-bit partial and 13 bits on both seeds) + dense.
     self.assertLen(specs, 1 + 5 + 3 + 4 + 6 + 2 + 3 + 4)
-    self.assertEqual(by_key_of(specs)[experiments.partial_key('stochastic', 1)].option_dict,
+    by_key = {s.key: s for s in specs}
+    self.assertEqual(by_key[experiments.partial_key('stochastic', 1)].option_dict,
                      {'format': 'S1E4M6', 'fraction': experiments.PARTIAL_FRACTION,
                       'rounding': 'stochastic', 'sampler_seed': 1})
-    self.assertEqual(by_key_of(specs)[experiments.comparison_key('stochastic')].option_dict,
+    self.assertEqual(by_key[experiments.comparison_key('stochastic')].option_dict,
                      {'format': 'S1E5M7', 'rounding': 'stochastic'})
-    by_key = {s.key: s for s in specs}
     self.assertEqual(by_key[experiments.omc_key('S1E4M6', 'partial')].option_dict['fraction'],
                      experiments.PARTIAL_FRACTION)
     self.assertEqual(by_key[experiments.dense_key(1)].option_dict, {'sampler_seed': 1})

@@ -113,14 +113,6 @@ def _tensorflow_op_counts(computation: tff.Computation) -> collections.Counter:
   return counts
 
 
-def _broadcast_type(config, weights_type, covered):
-  @tff.tensorflow.computation(weights_type)
-  def encode(weights):
-    return process.encode_for_clients(config, covered, weights, tf.constant(1))
-
-  return encode.type_signature.result
-
-
 class ClientGraphTest(absltest.TestCase):
 
   def test_compressed_clients_have_no_more_conditionals_than_fedavg_client(self):
@@ -140,9 +132,9 @@ class ClientGraphTest(absltest.TestCase):
     }
     for name, config in configs.items():
       covered = process.covered_variables(config, weights_type)
-      broadcast_type = _broadcast_type(config, weights_type, covered)
-      client_work, _ = process.client_blocks(_model_fn, config, sgd, weights_type,
-                                             broadcast_type, covered)
+      client_work, _ = process.client_blocks(
+          _model_fn, config, sgd, weights_type,
+          process.broadcast_type(config, weights_type, covered), covered)
       counts = _tensorflow_op_counts(client_work.next)
       with self.subTest(name):
         self.assertLessEqual(sum(counts[op] for op in _CONDITIONALS),
