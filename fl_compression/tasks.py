@@ -66,6 +66,9 @@ class TaskOptions:
   # Speech tasks: a named model configuration (`asr.NAMED_CONFIGS`, e.g. 'conformer_s') in
   # place of the task's own model; empty: the task's.
   model: str = ''
+  # Speech tasks: the corpus domain whose splits the task trains and evaluates on
+  # (`corpus.DOMAINS`: main, or the held-out short-form domain).
+  domain: str = corpus.MAIN
 
 
 def build_synthetic_mlp(options: TaskOptions) -> Task:
@@ -103,13 +106,28 @@ def build_synthetic_mlp(options: TaskOptions) -> Task:
               train_preprocess, eval_preprocess, make_model_fn=make_model_fn)
 
 
+def ensure_domain(data_dir: str, domain: str, seed: int = 0, log=print) -> corpus.Domain:
+  """The corpus domain `domain`; generates the embedded corpus under `data_dir` if the
+  directory does not exist, and adds the domain to an embedded corpus that lacks it. A
+  directory with neither (real LibriSpeech, say) is used as it is."""
+  spec = corpus.domain(domain)
+  manifest = corpus.read_manifest(data_dir) if os.path.isdir(data_dir) else None
+  if not os.path.exists(data_dir):
+    corpus.generate(data_dir, corpus.CorpusConfig(seed=seed), log=log)
+  elif manifest is not None and domain not in manifest['domains']:
+    # Only the missing domain, at its default size, with the corpus's own seed.
+    default = corpus.CorpusConfig(seed=manifest['seed']).restricted_to([domain])
+    corpus.generate(data_dir, default, log=log)
+  return spec
+
+
 def load_speech_splits(options: TaskOptions, tokenizer: features.CharTokenizer, log=print
                        ) -> dict[str, librispeech.ScanReport]:
-  """Scans train/dev/test of `options.data_dir`, generating the embedded corpus if absent."""
-  if not os.path.exists(options.data_dir):
-    corpus.generate(options.data_dir, corpus.CorpusConfig(seed=options.seed), log=log)
+  """Scans the train/dev/test splits of `options.domain` in `options.data_dir` (generating
+  the embedded corpus, or its missing domain, where `ensure_domain` does)."""
+  spec = ensure_domain(options.data_dir, options.domain, options.seed, log)
   reports = {}
-  for split in corpus.SPLITS:
+  for split in spec.splits:
     report = librispeech.scan_split(os.path.join(options.data_dir, split), tokenizer.alphabet,
                                     strict=options.strict_data)
     if report.problems:
@@ -133,12 +151,13 @@ def build_speech_transducer(options: TaskOptions) -> Task:
 def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task:
   """A speech model on a LibriSpeech-layout corpus; clients are speakers.
 
-  Training clients are `train-clean-100`'s speakers; evaluation clients are `test-clean`'s,
-  who never appear in training.
+  Training clients are the speakers of the domain's training split (`train-clean-100` in the
+  main domain); evaluation clients are its test split's, who never appear in training.
   """
   tokenizer = features.CharTokenizer()
   feature_config = features.FeatureConfig()
   reports = load_speech_splits(options, tokenizer)
+  spec = corpus.domain(options.domain)
   cache_root = options.data_dir.rstrip(os.sep) + '.features'
   bins = feature_config.num_mel_bins
 
@@ -147,8 +166,8 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
     cache = speech_data.build_feature_cache(clients, cache_root, tokenizer, feature_config)
     return speech_data.make_client_data(cache, bins)
 
-  train_data = client_data(corpus.TRAIN_SPLIT, options.partition)
-  eval_data = client_data(corpus.TEST_SPLIT, 'speaker')
+  train_data = client_data(spec.train_split, options.partition)
+  eval_data = client_data(spec.test_split, 'speaker')
   model_config = asr.named_config(options.model or model_name, tokenizer.vocab_size,
                                   seed=options.seed)
   augment = features.SpecAugmentConfig()
@@ -176,7 +195,7 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
   def transcription_eval(weights, config=None):
     if not evaluator:
       evaluator.append(speech_eval.SplitEvaluator(
-          {split: reports[split].utterances for split in (corpus.DEV_SPLIT, corpus.TEST_SPLIT)}))
+          {split: reports[split].utterances for split in (spec.dev_split, spec.test_split)}))
     return evaluator[0](weights, config or model_config)
 
   return Task(task_name, model_config, train_data, eval_data, make_model_fn(model_config),

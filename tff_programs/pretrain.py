@@ -1,14 +1,20 @@
-"""Centralized (server-side) pretraining of a dense `tiny` model on train-clean-100.
+"""Centralized (server-side) pretraining of a dense speech model on the main domain's
+train-clean-100, until its dev WER plateaus.
 
-  bazel run //tff_programs:pretrain -- --root_output_dir=runs/pretrain --max_minutes=30
+  bazel run //tff_programs:pretrain -- --root_output_dir=runs/pretrain --max_minutes=120
 
-`--model=tiny` is the Conformer-CTC the demo ships; `--model=tiny_transducer` the same encoder
-with a transducer head.
+`--model=tiny` is the Conformer-CTC the demo ships, `--model=wide` the same at twice the width;
+`--model=tiny_transducer` the tiny encoder with a transducer head.
 
 This is the labelled, non-federated mode: the server trains on the pooled training split (the
 same utterances the federated clients hold), as the papers start their methods from one
-pretrained dense model. The best model by dev WER is written to <root_output_dir>/final_model;
-`curve.csv` holds step, loss, dev WER/CER and elapsed time. A run resumes from its checkpoint.
+pretrained dense model; the held-out short-form domain is never read. Training stops at the
+first of: the dev plateau (`plateau_reached`: over the last `--plateau_fraction` of the steps,
+the best dev WER improved on the best before them by less than `--plateau_min_improvement`,
+relative), `--max_steps`, `--max_minutes` (wall time summed over resumed invocations).
+The best model by dev WER is written to <root_output_dir>/final_model with its initial weights;
+`curve.csv` holds step, loss, dev WER/CER and cumulative elapsed time. Run the same command
+again to resume from the last checkpoint.
 """
 
 import os
@@ -41,14 +47,23 @@ from tff_programs import program_main
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
                                 'LibriSpeech-layout corpus (generated here if absent).')
 _ROOT_OUTPUT_DIR = flags.DEFINE_string('root_output_dir', 'runs/pretrain', 'Output directory.')
-_MAX_MINUTES = flags.DEFINE_float('max_minutes', 20.0, 'Wall-time budget for training.')
+_MAX_MINUTES = flags.DEFINE_float(
+    'max_minutes', 120.0, 'Wall-time budget for training, summed over resumed invocations.')
 _MAX_STEPS = flags.DEFINE_integer('max_steps', 100000, 'Step budget for training.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Utterances per step.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning rate.')
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 300, 'Linear warm-up steps.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every_steps', 250, 'Dev evaluation period.')
-_MODEL = flags.DEFINE_enum('model', 'tiny', ['tiny', 'tiny_transducer'],
+_MODEL = flags.DEFINE_enum('model', 'tiny', ['tiny', 'wide', 'tiny_transducer'],
                            'Model configuration (fl_compression.models.asr.named_config).')
+_PLATEAU_FRACTION = flags.DEFINE_float(
+    'plateau_fraction', 0.25, 'Plateau rule: the trailing fraction of the steps, in (0, 1).')
+_PLATEAU_MIN_IMPROVEMENT = flags.DEFINE_float(
+    'plateau_min_improvement', 0.01, 'Plateau rule: relative dev WER improvement that the '
+    'trailing steps must bring to go on.')
+_PLATEAU_MIN_EVALUATIONS = flags.DEFINE_integer(
+    'plateau_min_evaluations', 4, 'Plateau rule: dev evaluations the trailing steps must hold '
+    'before a plateau can be declared.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the model, data order and augmentation.')
 
 
@@ -79,10 +94,48 @@ class WarmupInverseSqrt(tf.keras.optimizers.schedules.LearningRateSchedule):
     return {'peak': self.peak, 'warmup_steps': self.warmup_steps}
 
 
+def plateau_reached(curve: list[tuple[int, float]], fraction: float, min_improvement: float,
+                    min_evaluations: int) -> bool:
+  """Whether dev WER has plateaued: `curve` is (step, dev WER) in step order; the trailing
+  `fraction` of the steps holds at least `min_evaluations` evaluations and its best WER is
+  not below `(1 - min_improvement)` times the best WER before it."""
+  if not curve:
+    return False
+  cut = curve[-1][0] * (1.0 - fraction)
+  before = [wer for step, wer in curve if step <= cut]
+  trailing = [wer for step, wer in curve if step > cut]
+  if not before or len(trailing) < min_evaluations:
+    return False
+  return min(trailing) > (1.0 - min_improvement) * min(before)
+
+
+def _read_curve(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='') as f:
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _write_curve(path: str, rows: list[dict]) -> None:
+  with open(path + '.tmp', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=['step', 'loss', 'dev_wer', 'dev_cer',
+                                           'elapsed_seconds'])
+    writer.writeheader()
+    writer.writerows({**row, 'step': int(row['step'])} for row in rows)
+  os.replace(path + '.tmp', path)
+
+
 def run() -> None:
-  for name in ('batch_size', 'max_steps', 'warmup_steps', 'eval_every_steps'):
+  for name in ('batch_size', 'max_steps', 'warmup_steps', 'eval_every_steps',
+               'plateau_min_evaluations'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
   flag_utils.require_positive('max_minutes', _MAX_MINUTES.value)
+  if not 0 < _PLATEAU_FRACTION.value < 1:
+    raise flag_utils.FlagError(f'--plateau_fraction must be in (0, 1), got '
+                               f'{_PLATEAU_FRACTION.value}')
+  if not 0 <= _PLATEAU_MIN_IMPROVEMENT.value < 1:
+    raise flag_utils.FlagError(f'--plateau_min_improvement must be in [0, 1), got '
+                               f'{_PLATEAU_MIN_IMPROVEMENT.value}')
   root = flag_utils.ensure_writable_dir('root_output_dir',
                                         flag_utils.resolve_path(_ROOT_OUTPUT_DIR.value))
   data_dir = flag_utils.resolve_path(_DATA_DIR.value)
@@ -97,6 +150,12 @@ def run() -> None:
                                           tokenizer, features.FeatureConfig())
   model_config = asr.named_config(_MODEL.value, tokenizer.vocab_size, seed=_SEED.value)
   model = registry.build_keras_model(model_config)
+  # The exact starting weights, kept from the first invocation on (a resumed run restores the
+  # trained ones over them).
+  initial_path = os.path.join(root, checkpoint.INITIAL_WEIGHTS_FILE)
+  if not os.path.exists(initial_path):
+    checkpoint.save_weights(initial_path, _model_weights(model))
+  initial_weights = checkpoint.read_weights(initial_path)
   optimizer = tf.keras.optimizers.Adam(
       learning_rate=WarmupInverseSqrt(_LEARNING_RATE.value, _WARMUP_STEPS.value), beta_2=0.98)
   step = tf.Variable(0, dtype=tf.int64)
@@ -123,15 +182,30 @@ def run() -> None:
   if os.path.exists(best_path):
     with open(best_path) as f:
       best = json.load(f)
+  curve = _read_curve(curve_path)
+  if curve and curve[-1]['step'] > int(step.numpy()):
+    # Rows written after the last checkpoint: that training is redone.
+    curve = [row for row in curve if row['step'] <= int(step.numpy())]
+    _write_curve(curve_path, curve)
+  dev_curve = [(int(row['step']), row['dev_wer']) for row in curve]
+  plateau = lambda: plateau_reached(dev_curve, _PLATEAU_FRACTION.value,  # noqa: E731
+                                    _PLATEAU_MIN_IMPROVEMENT.value,
+                                    _PLATEAU_MIN_EVALUATIONS.value)
+  earlier_seconds = curve[-1]['elapsed_seconds'] if curve else 0.0
   started = time.monotonic()
   losses = []
-  print(f'centralized pretraining of {_MODEL.value} ({model_config["name"]}) on {sum(map(len, clients.values()))} '
-        f'utterances; budget {_MAX_MINUTES.value} min', flush=True)
+  print(f'centralized pretraining of {_MODEL.value} ({model_config["name"]}, '
+        f'{model.count_params():,} parameters) on {sum(map(len, clients.values()))} '
+        f'utterances; budget {_MAX_MINUTES.value} min, {_MAX_STEPS.value} steps, or the dev '
+        f'plateau', flush=True)
+  if plateau() or int(step.numpy()) >= _MAX_STEPS.value:
+    print(f'already finished at step {int(step.numpy())}', flush=True)
+    return
   for batch in _train_dataset(cache, _BATCH_SIZE.value, _SEED.value + int(step.numpy())):
     losses.append(float(train_step(batch)))
     step.assign_add(1)
     current = int(step.numpy())
-    elapsed = time.monotonic() - started
+    elapsed = earlier_seconds + time.monotonic() - started
     done = current >= _MAX_STEPS.value or elapsed > 60 * _MAX_MINUTES.value
     if current % _EVAL_EVERY.value == 0 or done:
       hypotheses = speech_eval.transcribe(model, dev_data, tokenizer)
@@ -144,23 +218,35 @@ def run() -> None:
         if new_file:
           writer.writeheader()
         writer.writerow(row)
+      dev_curve.append((current, rates.wer))
       print(f'step {current:>6} | loss {row["loss"]:.3f} | dev WER {100 * rates.wer:.2f}% '
             f'CER {100 * rates.cer:.2f}% | {elapsed / 60:.1f} min', flush=True)
-      manager.save(checkpoint_number=current)
       if rates.wer < best['dev_wer']:
         best = {'dev_wer': rates.wer, 'dev_cer': rates.cer, 'step': current}
-        weights = tff.learning.models.ModelWeights(
-            trainable=[v.numpy() for v in model.trainable_variables],
-            non_trainable=[v.numpy() for v in model.non_trainable_variables])
-        checkpoint.save_model(os.path.join(root, 'final_model'), model_config, weights, {
+        checkpoint.save_model(os.path.join(root, 'final_model'), model_config,
+                              _model_weights(model), {
             'mode': 'centralized pretraining (server-side, train-clean-100)',
-            'round': current, 'seed': _SEED.value, 'dev_wer': rates.wer})
+            'round': current, 'seed': _SEED.value, 'dev_wer': rates.wer},
+                              initial_weights=initial_weights)
         with open(best_path, 'w') as f:
           json.dump(best, f)
+      # Saved after the best model, so a crash in between redoes this evaluation on resume.
+      manager.save(checkpoint_number=current)
+      if plateau():
+        print(f'dev WER plateaued: the best of the last {100 * _PLATEAU_FRACTION.value:g}% of '
+              f'the steps is not {100 * _PLATEAU_MIN_IMPROVEMENT.value:g}% below the best '
+              'before them', flush=True)
+        done = True
     if done:
       break
   print(f'best dev WER {100 * best["dev_wer"]:.2f}% at step {best.get("step")}; model in '
         f'{os.path.join(root, "final_model")}', flush=True)
+
+
+def _model_weights(model: tf.keras.Model) -> tff.learning.models.ModelWeights:
+  return tff.learning.models.ModelWeights(
+      trainable=[v.numpy() for v in model.trainable_variables],
+      non_trainable=[v.numpy() for v in model.non_trainable_variables])
 
 
 if __name__ == '__main__':

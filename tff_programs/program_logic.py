@@ -48,6 +48,10 @@ class TrainingResult:
   mean_round_seconds: Optional[float]
   # The evaluation of the starting model, when this run started at round 0.
   initial_eval_metrics: Optional[dict[str, Any]] = None
+  # Speech tasks: per split, the word errors of each utterance (`UtteranceErrors.as_dict`) in
+  # the last evaluation and in that of the starting model.
+  utterance_errors: Optional[dict[str, Any]] = None
+  initial_utterance_errors: Optional[dict[str, Any]] = None
 
 
 def eval_round_metrics(eval_output_metrics) -> Any:
@@ -67,6 +71,7 @@ async def train_model(
     evaluation_metrics_manager: Optional[tff.program.ReleaseManager],
     model_output_manager: tff.program.ReleaseManager,
     initial_model_weights: Optional[tff.learning.models.ModelWeights] = None,
+    utterance_errors_manager: Optional[tff.program.ReleaseManager] = None,
     evaluate_clients: bool = True,  # False: no federated evaluation (transcripts still scored).
     evaluate_initial: bool = True,
 ) -> TrainingResult:
@@ -79,7 +84,9 @@ async def train_model(
   (key = round number) with `round_time_seconds` added; evaluation on all held-out clients
   before the first round (key 0, the starting model), every `evaluation_period` rounds and after
   the last round; the final model once, with key `total_rounds`, as
-  `(model_config, weights)` of the model clients hold. A new run starts from
+  `(model_config, weights)` of the model clients hold. Speech tasks release the word errors
+  of every evaluated utterance (per split) to `utterance_errors_manager` with the evaluation's
+  key, for paired comparisons. A new run starts from
   `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
   `evaluate_initial=False` skips the evaluation of the starting model (e.g. when many runs
   share it).
@@ -111,6 +118,8 @@ async def train_model(
 
   eval_datasets = [task.eval_dataset(c) for c in task.eval_data.client_ids]
 
+  utterance_errors: dict[int, dict[str, Any]] = {}
+
   async def evaluate(round_num: int, stage: stages.Stage) -> dict[str, Any]:
     metrics = {}
     weights = stage.model_weights(state)
@@ -121,8 +130,11 @@ async def train_model(
       metrics['eval'] = await tff.program.materialize_value(eval_round_metrics(output.metrics))
     if task.transcription_eval is not None:
       weights = await tff.program.materialize_value(weights)
-      metrics['transcription'] = {split: rates.as_dict() for split, rates in
-                                  task.transcription_eval(weights, stage.model_config).items()}
+      rates = task.transcription_eval(weights, stage.model_config)
+      metrics['transcription'] = {split: r.as_dict() for split, r in rates.items()}
+      utterance_errors[round_num] = {split: r.utterances.as_dict() for split, r in rates.items()}
+      if utterance_errors_manager is not None:
+        await utterance_errors_manager.release(utterance_errors[round_num], key=round_num)
     if metrics and evaluation_metrics_manager is not None:
       await evaluation_metrics_manager.release(metrics, key=round_num)
     return metrics
@@ -164,4 +176,6 @@ async def train_model(
       rounds=total_rounds, resumed_from_round=start_round, train_metrics=train_metrics,
       eval_metrics=eval_metrics,
       mean_round_seconds=float(np.mean(round_times)) if round_times else None,
-      initial_eval_metrics=initial_eval_metrics)
+      initial_eval_metrics=initial_eval_metrics,
+      utterance_errors=utterance_errors.get(total_rounds),
+      initial_utterance_errors=utterance_errors.get(0) if initial_eval_metrics else None)

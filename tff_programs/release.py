@@ -1,5 +1,8 @@
-"""Release managers of the training program: progress display and final-model output."""
+"""Release managers of the training program: progress display, per-utterance errors and
+final-model output."""
 
+import json
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -62,6 +65,41 @@ class EvaluationLineReleaseManager(tff.program.ReleaseManager):
         rate = float(flat[f'transcription/{split}/{kind}'])
         parts.append(f'{kind.upper()} {split} {100 * rate:.2f}%')
     self._print(' | '.join(parts))
+
+
+class JsonFileReleaseManager(tff.program.ReleaseManager):
+  """Writes each released value as `<directory>/round_<key>.json` (replaced atomically).
+
+  The training program releases per-utterance word errors here, for paired comparisons.
+  """
+
+  def __init__(self, directory: str):
+    self._directory = directory
+
+  async def release(self, value, key: int) -> None:
+    value = await tff.program.materialize_value(value)
+    os.makedirs(self._directory, exist_ok=True)
+    path = os.path.join(self._directory, f'round_{int(key):04d}.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(value, f, default=_json_scalar)
+    os.replace(path + '.tmp', path)
+
+  def read(self) -> dict[int, Any]:
+    """Every released value by key."""
+    if not os.path.isdir(self._directory):
+      return {}
+    found = {}
+    for name in sorted(os.listdir(self._directory)):
+      if name.startswith('round_') and name.endswith('.json'):
+        with open(os.path.join(self._directory, name)) as f:
+          found[int(name[len('round_'):-len('.json')])] = json.load(f)
+    return found
+
+
+def _json_scalar(value):
+  if hasattr(value, 'item'):
+    return value.item()
+  raise TypeError(f'not JSON serializable: {value!r}')
 
 
 class ModelDirReleaseManager(tff.program.ReleaseManager):

@@ -3,7 +3,9 @@
   bazel run //tff_programs:train -- --root_output_dir=runs/demo --total_rounds=10
 
 Writes under --root_output_dir: program_state/ (resumable), metrics.csv,
-evaluation_metrics.csv, tensorboard/, final_model/ (config.json + weights.npz), summary.json.
+evaluation_metrics.csv, tensorboard/, final_model/ (config.json + weights.npz), summary.json;
+speech tasks also utterance_errors/round_<r>.json (the word errors of every evaluated
+utterance, per split, for paired comparisons with `fl_compression.evaluation.bootstrap`).
 Run again with the same --root_output_dir to resume after the last saved round.
 """
 
@@ -21,6 +23,9 @@ from absl import flags
 import tensorflow_federated as tff
 
 from fl_compression import tasks
+from fl_compression.data import corpus
+from fl_compression.evaluation import bootstrap
+from fl_compression.evaluation import error_rates
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
@@ -69,6 +74,11 @@ _DATA_DIR = flags.DEFINE_string(
     'data_dir', 'data/embedded_corpus',
     'Speech tasks: LibriSpeech-layout directory (train-clean-100/, dev-clean/, test-clean/); '
     'the embedded corpus is generated there if it does not exist.')
+_DOMAIN = flags.DEFINE_enum(
+    'domain', corpus.MAIN, list(corpus.DOMAINS),
+    'Speech tasks: the corpus domain to train and evaluate on: main (train-clean-100, '
+    'dev-clean, test-clean) or the held-out short-form domain (train-short, dev-short, '
+    'test-short; added to an embedded corpus that lacks it).')
 _PARTITION = flags.DEFINE_enum('partition', 'speaker', ['speaker', 'iid'],
                                'Speech tasks: one client per speaker, or an IID partition.')
 _STRICT_DATA = flags.DEFINE_bool(
@@ -217,13 +227,17 @@ def _result_rows(result: program_logic.TrainingResult, final_model_dir: str):
 
 
 def _error_rate_table(result: program_logic.TrainingResult) -> str:
-  """Per split: utterances, words, and WER/CER of the initial (if known) and final model."""
+  """Per split: utterances, words, and WER/CER of the initial (if known) and final model, with
+  the relative WER change and its paired bootstrap 95% interval over utterances."""
   final = (result.eval_metrics or {}).get('transcription')
   if not final:
     return ''
   initial = (result.initial_eval_metrics or {}).get('transcription') or {}
   header = ['split', 'utterances', 'words']
-  header += ['initial WER', 'final WER', 'initial CER', 'final CER'] if initial else ['WER', 'CER']
+  if initial:
+    header += ['initial WER', 'final WER', 'WER change [95% CI]', 'initial CER', 'final CER']
+  else:
+    header += ['WER', 'CER']
   rows = [header]
   for split, rates in final.items():
     row = [split, str(int(rates['num_utterances'])), str(int(rates['num_reference_words']))]
@@ -231,10 +245,23 @@ def _error_rate_table(result: program_logic.TrainingResult) -> str:
       if initial:
         row.append(f'{100 * float(initial[split][kind]):.2f}%')
       row.append(f'{100 * float(rates[kind]):.2f}%')
+      if initial and kind == 'wer':
+        row.append(_wer_change(result, split))
     rows.append(row)
   widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
   return '\n'.join('  '.join(c.ljust(w) if i == 0 else c.rjust(w)
                               for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def _wer_change(result: program_logic.TrainingResult, split: str) -> str:
+  """Relative WER change from the initial to the final model, with its paired interval."""
+  before = (result.initial_utterance_errors or {}).get(split)
+  after = (result.utterance_errors or {}).get(split)
+  if not before or not after:
+    return 'n/a'
+  return bootstrap.paired_bootstrap(
+      error_rates.UtteranceErrors.from_dict(before),
+      error_rates.UtteranceErrors.from_dict(after)).describe_relative()
 
 
 def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
@@ -267,7 +294,7 @@ _RUN_DEFINING_FLAGS = (
     'task', 'model', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
     'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
-    'initial_model_dir') + _RUN_DEFINING_ALGORITHM_FLAGS
+    'domain', 'initial_model_dir') + _RUN_DEFINING_ALGORITHM_FLAGS
 _RUN_CONFIG = 'run_config.json'
 
 
@@ -329,7 +356,7 @@ def run() -> None:
       num_train_clients=_NUM_TRAIN_CLIENTS.value, num_eval_clients=_NUM_EVAL_CLIENTS.value,
       examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value,
       data_dir=flag_utils.resolve_path(_DATA_DIR.value), partition=_PARTITION.value,
-      strict_data=_STRICT_DATA.value, model=_MODEL.value)
+      strict_data=_STRICT_DATA.value, model=_MODEL.value, domain=_DOMAIN.value)
   run_config = _check_run_config(root)
   try:
     task = tasks.build_task(_TASK.value, options)
@@ -367,7 +394,10 @@ def run() -> None:
     result = asyncio.run(program_logic.train_model(
         training=training, task=task, sampler=sampler,
         total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
-        initial_model_weights=initial_weights, **_output_managers(root, task, metadata)))
+        initial_model_weights=initial_weights,
+        utterance_errors_manager=release.JsonFileReleaseManager(
+            os.path.join(root, 'utterance_errors')),
+        **_output_managers(root, task, metadata)))
   final_model_dir = os.path.join(root, 'final_model')
   rows = _result_rows(result, final_model_dir)
   with open(os.path.join(root, 'summary.json'), 'w') as f:

@@ -63,9 +63,15 @@ class SplitEvaluator:
       variable.assign(value)
     for variable, value in zip(model.non_trainable_variables, non_trainable):
       variable.assign(value)
-    return {split: error_rates.error_rates([u.transcript for u in utterances],
-                                           transcribe(model, dataset, self._tokenizer))
+    return {split: score(utterances, transcribe(model, dataset, self._tokenizer))
             for split, (utterances, dataset) in self._splits.items()}
+
+
+def score(utterances: Sequence[librispeech.Utterance], hypotheses: Sequence[str]
+          ) -> error_rates.ErrorRates:
+  """Error rates of `hypotheses` against the utterances' transcripts, kept per utterance id."""
+  return error_rates.error_rates([u.transcript for u in utterances], hypotheses,
+                                 [u.utterance_id for u in utterances])
 
 
 def evaluate_splits(model: tf.keras.Model, data_dir: str, splits: Sequence[str], *,
@@ -84,8 +90,7 @@ def evaluate_splits(model: tf.keras.Model, data_dir: str, splits: Sequence[str],
       raise librispeech.CorpusError(f'{report.split_dir}: no usable utterances')
     hypotheses = transcribe(model, utterance_dataset(report.utterances, config, batch_size),
                             tokenizer)
-    results[split] = error_rates.error_rates([u.transcript for u in report.utterances],
-                                             hypotheses)
+    results[split] = score(report.utterances, hypotheses)
   return results
 
 

@@ -47,6 +47,13 @@ _TINY_ENCODER = dataclasses.asdict(conformer.ConformerConfig(
     num_blocks=4, model_dim=96, num_heads=4, conv_kernel_size=15, num_groups=8))
 
 
+def wide_config(vocab_size: int, seed: int = 0) -> registry.ModelConfig:
+  """`tiny` at twice the width (4 blocks of dimension 192): about 4x its parameters, for
+  measuring how the cost of pruning changes with model size."""
+  return {'name': 'conformer_ctc', 'encoder': dict(_TINY_ENCODER, model_dim=192),
+          'vocab_size': vocab_size, 'seed': seed}
+
+
 def _encoder(num_blocks, model_dim, num_heads):
   """Gulati et al. 2020, Table 1: convolution kernel 32; GroupNorm with 8 groups."""
   return dataclasses.asdict(conformer.ConformerConfig(
@@ -98,6 +105,7 @@ def _paper_transducer(vocab_size, seed):
 NAMED_CONFIGS = {
     'tiny': lambda vocab_size, seed: tiny_config(vocab_size or 29, seed),
     'tiny_transducer': _tiny_transducer,
+    'wide': lambda vocab_size, seed: wide_config(vocab_size or 29, seed),
     'conformer_s': _published(_encoder(16, 144, 4), 320),
     'conformer_m': _published(_encoder(16, 256, 4), 640),
     'conformer_l': _published(_encoder(17, 512, 8), 640),

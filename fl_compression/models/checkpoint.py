@@ -2,7 +2,9 @@
 
 A model directory holds `config.json` ({"format_version", "model": <model config>, ...
 free-form metadata}) and `weights.npz` (arrays `trainable/0000`, ...,
-`non_trainable/0000`, ..., in the order of `tff.learning.models.ModelWeights`).
+`non_trainable/0000`, ..., in the order of `tff.learning.models.ModelWeights`). Models that
+training produced also hold `initial_weights.npz`: the exact weights training started from
+(same keys), so a layer can be reset to its initial values exactly.
 """
 
 import json
@@ -20,22 +22,25 @@ from fl_compression.models import registry
 FORMAT_VERSION = 1
 CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'weights.npz'
+INITIAL_WEIGHTS_FILE = 'initial_weights.npz'
 
 
 def save_model(model_dir: str, model_config: registry.ModelConfig,
                weights: tff.learning.models.ModelWeights,
-               metadata: dict[str, Any] | None = None) -> None:
-  """Writes `model_dir` atomically: a crash leaves either the old directory or the new one."""
+               metadata: dict[str, Any] | None = None,
+               initial_weights: tff.learning.models.ModelWeights | None = None) -> None:
+  """Writes `model_dir` atomically: a crash leaves either the old directory or the new one.
+
+  `initial_weights` (the weights training started from) go to `initial_weights.npz`.
+  """
   model_dir = os.path.abspath(model_dir)
   parent = os.path.dirname(model_dir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.staging_', dir=parent)
   try:
-    arrays = {}
-    for group in ('trainable', 'non_trainable'):
-      for i, value in enumerate(getattr(weights, group)):
-        arrays[f'{group}/{i:04d}'] = np.asarray(value)
-    np.savez(os.path.join(staging, WEIGHTS_FILE), **arrays)
+    save_weights(os.path.join(staging, WEIGHTS_FILE), weights)
+    if initial_weights is not None:
+      save_weights(os.path.join(staging, INITIAL_WEIGHTS_FILE), initial_weights)
     config = {'format_version': FORMAT_VERSION, 'model': model_config, **(metadata or {})}
     with open(os.path.join(staging, CONFIG_FILE), 'w') as f:
       json.dump(config, f, indent=2, sort_keys=True, default=_json_default)
@@ -50,6 +55,15 @@ def save_model(model_dir: str, model_config: registry.ModelConfig,
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
+
+
+def save_weights(path: str, weights: tff.learning.models.ModelWeights) -> None:
+  """Writes `weights` to the .npz file `path` (keys `trainable/0000`, ...)."""
+  arrays = {}
+  for group in ('trainable', 'non_trainable'):
+    for i, value in enumerate(getattr(weights, group)):
+      arrays[f'{group}/{i:04d}'] = np.asarray(value)
+  np.savez(path, **arrays)
 
 
 def load_config(model_dir: str) -> dict[str, Any]:
@@ -67,10 +81,17 @@ def load_config(model_dir: str) -> dict[str, Any]:
   return config
 
 
-def load_weights(model_dir: str) -> tff.learning.models.ModelWeights:
-  path = os.path.join(model_dir, WEIGHTS_FILE)
+def load_weights(model_dir: str, file_name: str = WEIGHTS_FILE
+                 ) -> tff.learning.models.ModelWeights:
+  """The weights of `model_dir` (`file_name`: `INITIAL_WEIGHTS_FILE` for the initial ones)."""
+  path = os.path.join(model_dir, file_name)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{model_dir}: {WEIGHTS_FILE} is missing')
+    raise FileNotFoundError(f'{model_dir}: {file_name} is missing')
+  return read_weights(path)
+
+
+def read_weights(path: str) -> tff.learning.models.ModelWeights:
+  """The weights in the .npz file `path` (as `save_weights` writes them)."""
   with np.load(path) as npz:
     groups = {'trainable': [], 'non_trainable': []}
     for key in sorted(npz.files):

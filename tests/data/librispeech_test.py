@@ -11,9 +11,11 @@ from fl_compression.data import features
 from fl_compression.data import librispeech
 from fl_compression.data import speech_data
 
-_TINY = corpus.CorpusConfig(num_train_speakers=3, num_test_speakers=1,
-                            train_utterances_per_speaker=3, dev_utterances_per_speaker=1,
-                            test_utterances_per_speaker=1, seed=3)
+_TINY = corpus.CorpusConfig(
+    main=corpus.DomainSize(num_train_speakers=3, num_test_speakers=1,
+                           train_utterances_per_speaker=3, dev_utterances_per_speaker=1,
+                           test_utterances_per_speaker=1),
+    short_form=None, seed=3)
 _ALPHABET = features.CharTokenizer().alphabet
 
 

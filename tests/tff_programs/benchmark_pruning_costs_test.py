@@ -17,9 +17,11 @@ from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from tests import tff_test_utils
 
-_TINY = corpus.CorpusConfig(num_train_speakers=2, num_test_speakers=1,
-                            train_utterances_per_speaker=2, dev_utterances_per_speaker=1,
-                            test_utterances_per_speaker=2, seed=5)
+_TINY = corpus.CorpusConfig(
+    main=corpus.DomainSize(num_train_speakers=2, num_test_speakers=1,
+                           train_utterances_per_speaker=2, dev_utterances_per_speaker=1,
+                           test_utterances_per_speaker=2),
+    short_form=None, seed=5)
 
 
 class BenchmarkPruningCostsTest(absltest.TestCase):

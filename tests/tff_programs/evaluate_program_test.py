@@ -14,9 +14,11 @@ from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from tests import tff_test_utils
 
-_TINY = corpus.CorpusConfig(num_train_speakers=2, num_test_speakers=1,
-                            train_utterances_per_speaker=1, dev_utterances_per_speaker=2,
-                            test_utterances_per_speaker=3, seed=4)
+_TINY = corpus.CorpusConfig(
+    main=corpus.DomainSize(num_train_speakers=2, num_test_speakers=1,
+                           train_utterances_per_speaker=1, dev_utterances_per_speaker=2,
+                           test_utterances_per_speaker=3),
+    short_form=None, seed=4)
 
 
 class EvaluateProgramTest(absltest.TestCase):
@@ -48,9 +50,31 @@ class EvaluateProgramTest(absltest.TestCase):
     with open(self.json_path) as f:
       table = json.load(f)
     self.assertEqual(table['test-clean']['num_utterances'], 3)
+    utterances = table['test-clean']['utterances']
+    self.assertLen(utterances['utterance_ids'], 3)
+    self.assertEqual(sum(utterances['words']), table['test-clean']['num_reference_words'])
+    self.assertAlmostEqual(sum(utterances['errors']) / sum(utterances['words']),
+                           table['test-clean']['wer'])
     # An untrained model transcribes nothing right: its WER is far from zero.
     self.assertGreater(table['dev-clean']['wer'], 0.5)
     self.assertTrue(np.isfinite(table['test-clean']['cer']))
+
+  def test_compares_with_a_baseline_on_the_same_utterances(self):
+    # The model against itself: the same transcripts, so a zero difference with a zero-width
+    # interval; the default splits are the main domain's dev and test.
+    result = self._run(f'--model_dir={self.model_dir}', f'--data_dir={self.data_dir}',
+                       f'--baseline_model_dir={self.model_dir}',
+                       f'--output_json={self.json_path}')
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    self.assertRegex(result.stdout, r'test-clean +\d+\.\d\d% +\d+\.\d\d% +\+0\.00 +'
+                     r'\+0\.0% \[\+0\.0%, \+0\.0%\]')
+    with open(self.json_path) as f:
+      table = json.load(f)
+    self.assertEqual(set(table), {'dev-clean', 'test-clean'})
+    comparison = table['dev-clean']['comparison']
+    self.assertEqual(comparison['absolute_interval'], [0.0, 0.0])
+    self.assertEqual(comparison['num_utterances'], 4)
+    self.assertEqual(comparison['num_resamples'], 1000)
 
   def test_bad_input_is_named_in_one_line(self):
     cases = [
@@ -58,6 +82,11 @@ class EvaluateProgramTest(absltest.TestCase):
         ([f'--model_dir={self.model_dir}', '--splits=train-other-500',
           f'--data_dir={self.data_dir}'], 'train-other-500: no such corpus split directory'),
         ([], '--model_dir is required'),
+        ([f'--model_dir={self.model_dir}', '--baseline_model_dir=/nonexistent',
+          f'--data_dir={self.data_dir}'], '--baseline_model_dir=/nonexistent: /nonexistent is '
+         'not a model'),
+        ([f'--model_dir={self.model_dir}', '--domain=short-form',
+          f'--data_dir={self.data_dir}'], 'dev-short: no such corpus split directory'),
     ]
     for flags, message in cases:
       tff_test_utils.assert_one_line_error(self, self._run(*flags), message, flags)

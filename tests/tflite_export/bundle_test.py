@@ -28,9 +28,11 @@ from tflite_export import bundle as bundle_lib
 from tflite_export import flatbuffer
 from tflite_export import signatures
 
-_CORPUS = corpus.CorpusConfig(num_train_speakers=1, num_test_speakers=1,
-                              train_utterances_per_speaker=1, dev_utterances_per_speaker=1,
-                              test_utterances_per_speaker=4, seed=11)
+_CORPUS = corpus.CorpusConfig(
+    main=corpus.DomainSize(num_train_speakers=1, num_test_speakers=1,
+                           train_utterances_per_speaker=1, dev_utterances_per_speaker=1,
+                           test_utterances_per_speaker=4),
+    short_form=None, seed=11)
 # TensorFlow kernels the training signature may need: gradients with no TFLite builtin
 # (broadcasting, convolutions) and the in-place updates of TensorFlow's CTC loss.
 _ALLOWED_TRAIN_FLEX = {'BroadcastGradientArgs', 'Conv2DBackpropFilter',

@@ -19,9 +19,11 @@ from fl_compression.models import registry
 from tflite_export import bundle
 from tflite_export import flatbuffer
 
-_CORPUS = corpus.CorpusConfig(num_train_speakers=1, num_test_speakers=1,
-                              train_utterances_per_speaker=1, dev_utterances_per_speaker=1,
-                              test_utterances_per_speaker=3, seed=5)
+_CORPUS = corpus.CorpusConfig(
+    main=corpus.DomainSize(num_train_speakers=1, num_test_speakers=1,
+                           train_utterances_per_speaker=1, dev_utterances_per_speaker=1,
+                           test_utterances_per_speaker=3),
+    short_form=None, seed=5)
 
 
 def _export_command() -> list[str]:
