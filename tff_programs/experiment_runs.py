@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from fl_compression import tasks
+from fl_compression.data import corpus
 from fl_compression.benchmarks import fresh_process
 from fl_compression.benchmarks import pruning_experiments as experiments
 from fl_compression.benchmarks import traffic
@@ -23,6 +24,7 @@ from fl_compression.pruning import plan as plan_lib
 from tff_programs import backends
 from tff_programs import flag_utils
 from tff_programs import program_logic
+from tff_programs import release
 
 
 class Collector(tff.program.ReleaseManager):
@@ -54,10 +56,10 @@ def parameter_bytes(weights) -> int:
 
 
 def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, seed: int,
-                     model: str = '') -> tuple[tasks.Task, Any]:
-  """The speech task on `data_dir` (its tiny CTC model, or the named `model`) and the
-  pretrained weights (None without `initial_model_dir`: the model's initialization); errors
-  name the flag."""
+                     model: str = '', domain: str = corpus.MAIN) -> tuple[tasks.Task, Any]:
+  """The speech task on `data_dir`'s `domain` (its tiny CTC model, or the named `model`) and
+  the pretrained weights (None without `initial_model_dir`: the model's initialization);
+  errors name the flag."""
   initial_config = initial_weights = None
   if initial_model_dir:
     model_dir = flag_utils.resolve_path(initial_model_dir)
@@ -67,7 +69,8 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
     except (OSError, ValueError) as e:
       raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir}: {e}') from None
   options = tasks.TaskOptions(batch_size=batch_size, seed=seed,
-                              data_dir=flag_utils.resolve_path(data_dir), model=model)
+                              data_dir=flag_utils.resolve_path(data_dir), model=model,
+                              domain=domain)
   try:
     task = tasks.build_task('speech_ctc', options)
   except (ValueError, OSError, RuntimeError) as e:
@@ -82,8 +85,15 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
 
 def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
                   hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
-                  state_dir: str, total_rounds: int) -> dict[str, Any]:
-  """One run of `spec` from the pretrained weights; a killed run resumes from `state_dir`."""
+                  state_dir: str, total_rounds: int, evaluation_period: int = 0,
+                  select_from_round: int = 1, domain: str = corpus.MAIN) -> dict[str, Any]:
+  """One run of `spec` from the pretrained weights; a killed run resumes from `state_dir`.
+
+  The model is transcribed every `evaluation_period` rounds (0: after the last round only) on
+  the domain's dev and test splits; the run's result is the evaluated round from
+  `select_from_round` on with the lowest dev WER (`selected_round`; ties: the earliest), whose
+  test WER is its reported one. Evaluations are kept in `state_dir` as they are made.
+  """
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
       total_rounds=total_rounds, options=spec.option_dict, initial_weights=initial_weights)
@@ -92,13 +102,30 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
   training = algorithms.get(spec.algorithm).staged(context)
   construction_seconds = time.monotonic() - started
   train, model = Collector(), Collector()
+  evaluations = release.JsonFileReleaseManager(os.path.join(state_dir, 'evaluations'))
+  utterances = release.JsonFileReleaseManager(os.path.join(state_dir, 'utterance_errors'))
+  evaluated = task.transcription_eval is not None
   result = asyncio.run(program_logic.train_model(
       training=training, task=task, sampler=sampler, total_rounds=total_rounds,
-      evaluation_period=total_rounds,
+      evaluation_period=evaluation_period or total_rounds,
       program_state_manager=tff.program.FileProgramStateManager(state_dir, keep_total=1),
-      train_metrics_manager=train, evaluation_metrics_manager=None,
+      train_metrics_manager=train,
+      evaluation_metrics_manager=evaluations if evaluated else None,
+      utterance_errors_manager=utterances if evaluated else None,
       model_output_manager=model, initial_model_weights=initial_weights,
       evaluate_clients=False, evaluate_initial=False))
+  selection = {}
+  if evaluated:
+    curves = {r: v['transcription'] for r, v in evaluations.read().items()}
+    dev_split = corpus.domain(domain).dev_split
+    selected = select_round({r: c[dev_split]['wer'] for r, c in curves.items()},
+                            select_from_round)
+    selection = {
+        'error_rates': curves[selected], 'selected_round': selected,
+        'utterance_errors': utterances.read()[selected],
+        'final_error_rates': curves[total_rounds],
+        'wer_curves': {split: {str(r): curves[r][split]['wer'] for r in sorted(curves)}
+                       for split in curves[total_rounds]}}
   rounds = [flatten(train.values[k]) for k in sorted(train.values)]
   model_config, weights = model.values[total_rounds]
   built = [r['stage_build_seconds'] for r in rounds]
@@ -108,7 +135,7 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
           if 'client_work/held_parameter_bytes' in r]
   return {
       'algorithm': spec.algorithm, 'options': spec.option_dict,
-      'error_rates': result.eval_metrics.get('transcription'),
+      'error_rates': None, **selection,
       'model_parameters': parameter_count(weights),
       'model_parameter_bytes': parameter_bytes(weights),
       'client_parameters': parameter_count(weights) if spec.algorithm != 'fd' else None,
@@ -127,6 +154,15 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       if 'pruning' in model_config else None,
       'wall_seconds': time.monotonic() - started,
   }
+
+
+def select_round(dev_wer: dict[int, float], select_from_round: int = 1) -> int:
+  """The round with the lowest dev WER among those from `select_from_round` on (ties: the
+  earliest)."""
+  candidates = sorted(r for r in dev_wer if r >= select_from_round)
+  if not candidates:
+    raise ValueError(f'no evaluated round from round {select_from_round} on')
+  return min(candidates, key=lambda r: (dev_wer[r], r))
 
 
 async def interleaved_round_times(specs: Sequence[experiments.RunSpec], task: tasks.Task,
@@ -188,8 +224,9 @@ def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultS
     store.put(spec.key, result)
     shutil.rmtree(state_dir, ignore_errors=True)
     if result['error_rates']:
-      rates = {k: result['error_rates'][v]['wer'] for k, v in experiments.SPLITS.items()}
-      scored = f'test WER {100 * rates["test"]:6.2f}% dev WER {100 * rates["dev"]:6.2f}%'
+      scored = 'WER ' + ' '.join(f'{split} {100 * rates["wer"]:.2f}%'
+                                 for split, rates in result['error_rates'].items())
+      scored += f' (round {result["selected_round"]}, chosen by dev)'
     else:
       scored = 'not evaluated'
     print(f'[{i + 1}/{len(pending)}] {spec.key:<36} {scored} | build '
@@ -217,6 +254,9 @@ class RunJob:
   log_dir: str
   model: str = ''  # A named model in place of the tiny CTC one (`load_speech_task`).
   evaluate: bool = True  # False: no transcription of the final model (cost runs).
+  evaluation_period: int = 0  # Rounds between dev/test evaluations (0: the last round only).
+  select_from_round: int = 1  # The first round the dev selection may choose.
+  domain: str = corpus.MAIN
 
 
 def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
@@ -262,7 +302,7 @@ def traffic_in_subprocess(model_names: Sequence[str], timeout: float = 1800) -> 
 def _child_task(job, model: str = ''):
   """A child's task, starting weights and client sampler (`RunJob` and `TimingJob` alike)."""
   task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
-                                           job.seed, model)
+                                           job.seed, model, getattr(job, 'domain', corpus.MAIN))
   sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
                                         job.clients_per_round, job.sampler_seed)
   return task, initial_weights, sampler
@@ -293,7 +333,8 @@ def _run_job(job: RunJob) -> dict[str, Any]:
   with _local_context(job):
     return federated_run(_spec(job.key, job.algorithm, job.options), task, initial_weights,
                          algorithms.Hyperparameters(**job.hparams), sampler, job.state_dir,
-                         job.total_rounds)
+                         job.total_rounds, job.evaluation_period, job.select_from_round,
+                         job.domain)
 
 
 def _main(request: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ compression comparison, so they come from the types of the values actually sent,
 """
 
 import collections
+from typing import Optional
 
 import numpy as np
 import tensorflow_federated as tff
@@ -32,12 +33,46 @@ def type_nbytes(type_spec: tff.Type) -> int:
 
 
 def client_traffic(distributor: tff.templates.MeasuredProcess,
-                   client_work: tff.learning.templates.ClientWorkProcess
+                   client_work: tff.learning.templates.ClientWorkProcess,
+                   aggregator: Optional[tff.templates.AggregationProcess] = None
                    ) -> collections.OrderedDict:
-  """Bytes one client receives (distributor output) and sends (client work result)."""
+  """Bytes one client receives (distributor output) and sends: the client work result, or,
+  with `aggregator` (one that encodes on the clients), what its aggregations take from each
+  client (`aggregated_client_bytes`)."""
   received = distributor.next.type_signature.result.result
-  sent = client_work.next.type_signature.result.result
+  sent = (type_nbytes(client_work.next.type_signature.result.result) if aggregator is None
+          else aggregated_client_bytes(aggregator))
   return collections.OrderedDict(
       client_bytes_down=type_nbytes(received),
-      client_bytes_up=type_nbytes(sent),
+      client_bytes_up=sent,
   )
+
+
+def aggregated_client_bytes(aggregator: tff.templates.AggregationProcess) -> int:
+  """Bytes one client contributes to the aggregations of `aggregator.next`.
+
+  Walks the computation for every intrinsic that takes values placed at CLIENTS to the
+  SERVER (federated_aggregate, federated_sum, federated_mean, secure sums, ...) and sums one
+  member of each CLIENTS-placed operand: for an aggregator that encodes on the clients
+  (`tff.learning.compression_aggregator`), the encoded tensors as they leave the client.
+  """
+  calls = []
+
+  def visit(comp):
+    if (isinstance(comp, tff.framework.Call) and isinstance(comp.function, tff.framework.Intrinsic)
+        and isinstance(comp.type_signature, tff.FederatedType)
+        and comp.type_signature.placement == tff.SERVER and comp.argument is not None):
+      calls.append(comp.argument.type_signature)
+    return comp, False
+
+  tff.framework.transform_preorder(aggregator.next.to_building_block(), visit)
+
+  def client_operands(type_spec):
+    if isinstance(type_spec, tff.FederatedType):
+      return [type_spec] if type_spec.placement == tff.CLIENTS else []
+    if isinstance(type_spec, tff.StructType):
+      return [t for _, member in tff.structure.iter_elements(type_spec)
+              for t in client_operands(member)]
+    return []
+
+  return sum(type_nbytes(t) for argument in calls for t in client_operands(argument))

@@ -105,6 +105,17 @@ def _build_fedavg(model_fn: fedavg.ModelFn, hparams: Hyperparameters):
           hparams.server_optimizer, hparams.server_learning_rate))
 
 
+@register('tff_compression', 'FedAvg with TFF\'s own tff.learning.compression_aggregator() '
+          '(adaptive zeroing and clipping, 8-bit uniform quantization of large update tensors)')
+def _build_fedavg_tff_compression(model_fn: fedavg.ModelFn, hparams: Hyperparameters):
+  return fedavg.build_fed_avg_with_tff_compression(
+      model_fn,
+      client_optimizer=optimizers.build_optimizer(
+          hparams.client_optimizer, hparams.client_learning_rate),
+      server_optimizer=optimizers.build_optimizer(
+          hparams.server_optimizer, hparams.server_learning_rate))
+
+
 @register_staged('fp', 'federated pruning: clients train a physically smaller model '
                  '(--fp_* flags)')
 def _build_federated_pruning(context: BuildContext) -> stages.StagedTraining:

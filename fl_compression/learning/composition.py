@@ -17,16 +17,20 @@ def compose(initial_model_weights_fn: tff.Computation,
             distributor: tff.templates.MeasuredProcess,
             client_work: tff.learning.templates.ClientWorkProcess,
             aggregator: tff.templates.AggregationProcess,
-            finalizer: tff.learning.templates.FinalizerProcess
+            finalizer: tff.learning.templates.FinalizerProcess,
+            *, aggregator_encodes: bool = False
             ) -> tff.learning.templates.LearningProcess:
   """Returns the composed learning process with a `communication` measurement.
 
   The type signature of `next` is that of `compose_learning_process`, except that `metrics`
-  gains `communication: <client_bytes_down=int64, client_bytes_up=int64>@SERVER`.
+  gains `communication: <client_bytes_down=int64, client_bytes_up=int64>@SERVER`. Bytes up are
+  the client work's result, or with `aggregator_encodes` (an aggregator that encodes updates
+  on the clients), what the aggregator's intrinsics take from each client.
   """
   process = tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
-  traffic = accounting.client_traffic(distributor, client_work)
+  traffic = accounting.client_traffic(distributor, client_work,
+                                      aggregator if aggregator_encodes else None)
   state_type, data_type = process.next.type_signature.parameter
 
   @tff.tensorflow.computation

@@ -1,0 +1,393 @@
+"""Every method against dense FedAvg at one equal, converged budget: runs, targets and report.
+
+All runs start from the same pretrained model, sample the same clients each round and train
+the same number of rounds, long enough for dense FedAvg to plateau on dev. Each run is
+transcribed every few rounds; its result is the round with the lowest dev WER, whose test WER
+is reported once and compared with dense FedAvg's on the same utterances (paired bootstrap).
+
+Rows: federated pruning (column pattern, magnitude importance, adaptive per-layer sparsity) at
+10/30/50%; federated dropout (random column units, full-size result) at the same rates; OMC
+S1E4M6 partial (90% of the matrices per client, stochastic requantization); FedAQT 8-bit with
+round-to-nearest and stochastic requantization; 30% pruning with OMC stacked; FedAvg with TFF's
+own `tff.learning.compression_aggregator()`; dense FedAvg with a second client-sampling seed
+(run-to-run noise). On the `wide` model (4x the parameters): dense and pruning at 30/50%.
+"""
+
+import math
+import os
+from typing import Any, Optional, Sequence
+
+from fl_compression.benchmarks import pruning_experiments as common
+from fl_compression.evaluation import bootstrap
+from fl_compression.evaluation import error_rates
+
+MODELS = ('tiny', 'wide')
+RATES = (0.1, 0.3, 0.5)
+WIDE_RATES = (0.3, 0.5)
+NOISE_SEED = 1
+OMC_FORMAT = 'S1E4M6'
+PARTIAL_FRACTION = 0.9
+AQT_BITS = 8
+STACKED_SPARSITY = 0.3
+DENSE = 'fedavg'
+# Options the program reads; the rest go to the algorithm.
+PROGRAM_OPTIONS = ('sampler_seed', 'model', 'select_from_round')
+# Plateau rule of the dense baseline on dev (the same rule as pretraining): over the last
+# quarter of the rounds, the best dev WER improves on the best before them by less than 1%.
+PLATEAU_FRACTION = 0.25
+PLATEAU_MIN_IMPROVEMENT = 0.01
+
+
+def phases(total_rounds: int) -> dict[str, int]:
+  """Federated pruning's phases for a budget: pruning in the first twelfth of the rounds,
+  mask refinement up to a quarter, fine-tuning of the reduced model for the rest (60 rounds:
+  1-5, 6-15, 16-60)."""
+  refine = min(total_rounds, 1 + max(1, total_rounds // 12))
+  finetune = min(total_rounds, max(refine + 1, 1 + total_rounds // 4))
+  return {'refine_start': refine, 'finetune_start': finetune}
+
+
+def fp_key(sparsity: float, model: str = 'tiny') -> str:
+  return _prefix(model) + f'fp/column/adaptive/{sparsity:g}'
+
+
+def fd_key(sparsity: float) -> str:
+  return f'fd/column/{sparsity:g}'
+
+
+def dense_key(model: str = 'tiny', seed: int = 0) -> str:
+  return _prefix(model) + DENSE + (f'/seed{seed}' if seed else '')
+
+
+OMC_KEY = f'omc/{OMC_FORMAT}/partial/stochastic'
+STACKED_KEY = f'fp+omc/column/adaptive/{STACKED_SPARSITY:g}/{OMC_FORMAT}'
+TFF_KEY = 'tff_compression'
+
+
+def aqt_key(rounding: str) -> str:
+  return f'fedaqt/{AQT_BITS}/{rounding}'
+
+
+def _prefix(model: str) -> str:
+  return '' if model == 'tiny' else f'{model}/'
+
+
+def plan_runs(total_rounds: int, models: Sequence[str] = MODELS) -> list[common.RunSpec]:
+  """The runs, ordered so that the targets' runs come first."""
+  unknown = sorted(set(models) - set(MODELS))
+  if unknown:
+    raise ValueError(f'--models: unknown {", ".join(unknown)}; known: {", ".join(MODELS)}')
+  runs: dict[str, common.RunSpec] = {}
+  pruning_phases = phases(total_rounds)
+
+  def add(key, algorithm, **options):
+    runs.setdefault(key, common.RunSpec(key, algorithm, tuple(sorted(options.items()))))
+
+  def fp(key, sparsity, **extra):
+    # Chosen among the fine-tuning rounds: before them the clients' model is still changing.
+    add(key, 'fp', pattern='column', importance='magnitude', adaptive=True, sparsity=sparsity,
+        select_from_round=pruning_phases['finetune_start'], **pruning_phases, **extra)
+
+  omc = dict(format=OMC_FORMAT, fraction=PARTIAL_FRACTION, rounding='stochastic')
+  if 'tiny' in models:
+    add(dense_key(), 'fedavg')
+    fp(fp_key(0.3), 0.3)
+    fp(fp_key(0.5), 0.5)
+    add(OMC_KEY, 'omc', **omc)
+    add(aqt_key('nearest'), 'fedaqt', bits=AQT_BITS, variant='fedavg', rounding='nearest')
+    add(TFF_KEY, 'tff_compression')
+    add(aqt_key('stochastic'), 'fedaqt', bits=AQT_BITS, variant='fedavg',
+        rounding='stochastic')
+    fp(fp_key(0.1), 0.1)
+    for sparsity in (0.3, 0.5, 0.1):
+      add(fd_key(sparsity), 'fd', pattern='column', sparsity=sparsity)
+    fp(STACKED_KEY, STACKED_SPARSITY, compress='omc', format=OMC_FORMAT)
+    add(dense_key(seed=NOISE_SEED), 'fedavg', sampler_seed=NOISE_SEED)
+  if 'wide' in models:
+    add(dense_key('wide'), 'fedavg', model='wide')
+    for sparsity in WIDE_RATES:
+      fp(fp_key(sparsity, 'wide'), sparsity, model='wide')
+  return list(runs.values())
+
+
+def algorithm_options(spec: common.RunSpec) -> dict[str, Any]:
+  return {k: v for k, v in spec.option_dict.items() if k not in PROGRAM_OPTIONS}
+
+
+# Reading results.
+
+
+def test_split(results: dict[str, Any]) -> str:
+  return results['initial']['splits']['test']
+
+
+def dev_split(results: dict[str, Any]) -> str:
+  return results['initial']['splits']['dev']
+
+
+def utterances(run: Optional[dict[str, Any]], split: str
+               ) -> Optional[error_rates.UtteranceErrors]:
+  if not run or not run.get('utterance_errors'):
+    return None
+  return error_rates.UtteranceErrors.from_dict(run['utterance_errors'][split])
+
+
+def compare(results: dict[str, Any], key: str, baseline: str, split: Optional[str] = None
+            ) -> Optional[bootstrap.WerComparison]:
+  """`key` against `baseline` on the test split (paired bootstrap, seed 0, 1,000 resamples);
+  None until both runs are done."""
+  split = split or test_split(results)
+  system, base = utterances(results.get(key), split), utterances(results.get(baseline), split)
+  if system is None or base is None:
+    return None
+  return bootstrap.paired_bootstrap(base, system)
+
+
+def client_bytes(run: dict[str, Any]) -> float:
+  """Bytes one client exchanges per round (down + up), averaged over the rounds."""
+  return run['client_bytes_down'] + run['client_bytes_up']
+
+
+def held_bytes(run: dict[str, Any]) -> float:
+  """Parameter bytes a client holds: its compressed model, else the model it receives."""
+  return run.get('client_held_parameter_bytes') or run['client_bytes_down']
+
+
+def plateau(curve: dict[str, float], fraction: float = PLATEAU_FRACTION,
+            min_improvement: float = PLATEAU_MIN_IMPROVEMENT) -> Optional[dict[str, Any]]:
+  """The plateau rule on a dev WER curve {round: WER}: the best WER of the last `fraction` of
+  the rounds against the best before them."""
+  points = sorted((int(r), w) for r, w in curve.items())
+  if len(points) < 2:
+    return None
+  cut = points[-1][0] * (1 - fraction)
+  before = [w for r, w in points if r <= cut]
+  after = [w for r, w in points if r > cut]
+  if not before or not after:
+    return None
+  improvement = 1 - min(after) / min(before)
+  return {'cut_round': cut, 'best_before': min(before), 'best_after': min(after),
+          'improvement': improvement, 'plateaued': improvement < min_improvement}
+
+
+# Targets: (key, label, kind, limit); `within`: the interval's upper end of the relative
+# difference is at most `limit`; `not_worse`: its lower end is at most 0.
+TARGETS = (
+    (fp_key(0.3), 'FP column 30% within +10% relative of dense', 'within', 0.10),
+    (fp_key(0.5), 'FP column 50% within +25% relative of dense', 'within', 0.25),
+    (OMC_KEY, 'OMC 11-bit (S1E4M6) partial no worse than float32', 'not_worse', 0.0),
+    (aqt_key('nearest'), 'FedAQT 8-bit (round to nearest) within +5% relative of dense',
+     'within', 0.05),
+    (aqt_key('stochastic'), 'FedAQT 8-bit (stochastic) within +5% relative of dense',
+     'within', 0.05),
+)
+
+
+def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+  rows = []
+  for key, label, kind, limit in TARGETS:
+    comparison = compare(results, key, dense_key())
+    if comparison is None:
+      rows.append((label, 'not run yet', 'n/a'))
+      continue
+    met = (comparison.within_relative(limit) if kind == 'within' else comparison.not_worse())
+    rows.append((label, f'{common.pct(comparison.system_wer)} vs '
+                 f'{common.pct(comparison.baseline_wer)}: {comparison.describe_relative()}',
+                 common.check(met)))
+  return rows
+
+
+LABELS = {
+    DENSE: 'dense FedAvg',
+    OMC_KEY: 'OMC S1E4M6 partial (90%), stochastic',
+    aqt_key('nearest'): 'FedAQT 8-bit, nearest',
+    aqt_key('stochastic'): 'FedAQT 8-bit, stochastic',
+    TFF_KEY: 'FedAvg + TFF compression_aggregator (8-bit)',
+    STACKED_KEY: 'FP 30% + OMC S1E4M6',
+    dense_key(seed=NOISE_SEED): 'dense FedAvg, sampling seed 1',
+}
+
+
+def label(key: str) -> str:
+  if key in LABELS:
+    return LABELS[key]
+  parts = key.split('/')
+  if parts[0] == 'wide':
+    return 'wide: ' + label('/'.join(parts[1:]))
+  if parts[0] == 'fp':
+    return f'FP column {100 * float(parts[-1]):g}% (adaptive)'
+  if parts[0] == 'fd':
+    return f'FD column {100 * float(parts[-1]):g}% (random, full model)'
+  return key
+
+
+def table_keys(results: dict[str, Any], model: str = 'tiny') -> list[str]:
+  """The run keys of one model's table, in plan order."""
+  order = [s.key for s in plan_runs(int(results.get('total_rounds', 60) or 60), [model])]
+  return [k for k in order if k in results]
+
+
+def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Sequence[str]
+                  ) -> str:
+  """The Markdown report."""
+  lines = ['# Every method against dense FedAvg at an equal, converged budget', '',
+           f'`{settings["command"]}`', '']
+  initial = results.get('initial')
+  rounds = settings['total_rounds']
+  pruning = phases(rounds)
+  lines += [
+      f'All runs start from `{settings["initial_model_dir"]}` (the `wide` rows from '
+      f'`{settings["wide_model_dir"]}`), train {rounds} rounds of '
+      f'{settings["clients_per_round"]} speakers (the same speakers each round in every run), '
+      f'batch {settings["batch_size"]}, client Adam {settings["client_learning_rate"]:g}, '
+      'server SGD 1.0. Every run is transcribed every '
+      f'{settings["evaluation_period"]} rounds; its result is the round with the lowest dev '
+      'WER (for pruning, among the fine-tuning rounds), and its test WER at that round is '
+      f'reported once. Federated pruning phases: pruning rounds 1..{pruning["refine_start"] - 1}, '
+      f'refining {pruning["refine_start"]}..{pruning["finetune_start"] - 1}, fine-tuning of the '
+      f'reduced model {pruning["finetune_start"]}..{rounds}. Machine: {settings["machine"]}.', '']
+  if initial:
+    test, dev = test_split(results), dev_split(results)
+    lines.append(f'Starting model: test WER {common.pct(initial["tiny"][test]["wer"])} '
+                 f'({initial["tiny"][test]["num_reference_words"]:,} words, '
+                 f'{initial["tiny"][test]["num_utterances"]} utterances of speakers never seen '
+                 f'in training), dev WER {common.pct(initial["tiny"][dev]["wer"])} '
+                 f'({initial["tiny"][dev]["num_reference_words"]:,} words).')
+    lines.append('')
+  lines += ['**Rule.** Every difference is the test WER of the row against dense FedAvg\'s on '
+            'the same utterances, relative to dense, with its paired bootstrap 95% interval '
+            '(1,000 resamples of the test utterances, seed 0). A "within +x%" target is met '
+            'only when the interval\'s upper end is at most +x%; "no worse" is met when the '
+            'interval\'s lower end is at most 0 (the data do not show it worse).', '']
+  lines += ['## Targets', '', '| target | measured: test WER, relative difference [95% CI] | |',
+            '|---|---|---|']
+  lines += [f'| {a} | {b} | {c} |' for a, b, c in target_rows(results)]
+  lines.append('')
+  dense = results.get(dense_key())
+  if dense and dense.get('wer_curves'):
+    lines += _plateau_lines(results, dense, 'Dense FedAvg')
+  for figure in figures:
+    lines += [f'![{figure}]({figure})', '']
+  for model in MODELS:
+    keys = table_keys(results, model)
+    if keys:
+      lines += _method_table(results, keys, model)
+  noise = compare(results, dense_key(seed=NOISE_SEED), dense_key())
+  if noise is not None:
+    lines += ['## Run-to-run noise', '',
+              'Dense FedAvg with client-sampling seed 1 against seed 0 (same start, same '
+              f'budget): test WER {common.pct(noise.system_wer)} vs '
+              f'{common.pct(noise.baseline_wer)}, {noise.describe_relative()} relative. '
+              'Differences of this size between two rows are within what resampling the '
+              'clients alone produces.', '']
+  missing = settings.get('missing_runs') or []
+  if missing:
+    lines += ['## Not run yet', '', ', '.join(f'`{k}`' for k in missing), '']
+  return '\n'.join(lines)
+
+
+def _plateau_lines(results, run, what) -> list[str]:
+  dev = dev_split(results)
+  curve = run['wer_curves'][dev]
+  rule = plateau(curve)
+  points = ', '.join(f'{r}: {100 * w:.2f}%' for r, w in sorted(curve.items(),
+                                                               key=lambda x: int(x[0])))
+  lines = [f'{what} dev WER by round: {points}.']
+  if rule:
+    lines.append(
+        f'Plateau rule (best dev WER of the last {100 * PLATEAU_FRACTION:g}% of the rounds at '
+        f'least {100 * PLATEAU_MIN_IMPROVEMENT:g}% relative below the best before them, else '
+        f'plateaued): {100 * rule["best_after"]:.2f}% after round {rule["cut_round"]:g} against '
+        f'{100 * rule["best_before"]:.2f}% before ({100 * rule["improvement"]:+.1f}%): '
+        + ('**plateaued**.' if rule['plateaued'] else '**still improving**.'))
+  return lines + ['']
+
+
+def _method_table(results, keys, model) -> list[str]:
+  baseline = dense_key(model)
+  base = results.get(baseline)
+  title = {'tiny': '`tiny` (1.16M parameters)', 'wide': '`wide` (4.6M parameters)'}[model]
+  lines = [f'## Methods on {title}', '',
+           '| method | test WER | vs dense [95% CI] | dev WER | round | final model parameters '
+           '| client bytes per round (down + up) | client parameter bytes |',
+           '|---|---|---|---|---|---|---|---|']
+  test, dev = test_split(results), dev_split(results)
+  for key in keys:
+    run = results[key]
+    comparison = compare(results, key, baseline) if key != baseline else None
+    ratio = (lambda a, b: f' ({a / b:.2f}x)' if base and b else '')  # noqa: E731
+    lines.append(
+        f'| {label(key)} | {common.pct(run["error_rates"][test]["wer"])} | '
+        f'{comparison.describe_relative() if comparison else "(baseline)"} | '
+        f'{common.pct(run["error_rates"][dev]["wer"])} | {run["selected_round"]} | '
+        f'{run["model_parameters"]:,} | {client_bytes(run):,.0f}'
+        f'{ratio(client_bytes(run), client_bytes(base) if base else 0)} | '
+        f'{held_bytes(run):,.0f}{ratio(held_bytes(run), held_bytes(base) if base else 0)} |')
+  lines += ['', 'Federated dropout trains random sub-models but ends with the full model: '
+            'its final model is dense-sized, unlike pruning\'s.' if model == 'tiny' else '', '']
+  return lines
+
+
+def plot(results: dict[str, Any], output_dir: str) -> list[str]:
+  """WER (with interval bars) against client bytes per round, one point per run."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  points = pareto_points(results, 'client_bytes')
+  if not points:
+    return []
+  fig, ax = plt.subplots(figsize=(7.2, 4.6))
+  draw_points(ax, points)
+  ax.set_xlabel('client bytes per round (down + up, MB)')
+  ax.set_ylabel('test WER (%)')
+  ax.set_title('Test WER against client traffic (bars: 95% paired interval)')
+  fig.tight_layout()
+  fig.savefig(os.path.join(output_dir, 'wer_vs_bytes.png'), dpi=110)
+  plt.close(fig)
+  return ['wer_vs_bytes.png']
+
+
+def pareto_points(results: dict[str, Any], axis: str, model: str = 'tiny'
+                  ) -> list[dict[str, Any]]:
+  """Per run of `model`: label, test WER, its interval (from the paired comparison with dense,
+  shifted to the run's WER) and the x value (`client_bytes`, `model_bytes` or `held_bytes`)."""
+  found = []
+  baseline = dense_key(model)
+  for key in table_keys(results, model):
+    run = results[key]
+    x = {'client_bytes': client_bytes, 'held_bytes': held_bytes,
+         'model_bytes': lambda r: r['model_parameter_bytes']}[axis](run)
+    wer = run['error_rates'][test_split(results)]['wer']
+    comparison = compare(results, key, baseline) if key != baseline else None
+    low, high = ((wer, wer) if comparison is None else
+                 (comparison.baseline_wer + comparison.absolute_interval[0],
+                  comparison.baseline_wer + comparison.absolute_interval[1]))
+    found.append({'key': key, 'label': label(key), 'wer': wer, 'low': low, 'high': high,
+                  'x': float(x)})
+  return found
+
+
+def draw_points(ax, points: Sequence[dict[str, Any]], scale: float = 1e6) -> None:
+  """Scatter with interval bars and labels; the lower-left (Pareto) front joined by a line."""
+  for p in points:
+    ax.errorbar(p['x'] / scale, 100 * p['wer'],
+                yerr=[[100 * (p['wer'] - p['low'])], [100 * (p['high'] - p['wer'])]],
+                fmt='o', capsize=3, markersize=4)
+    ax.annotate(p['label'], (p['x'] / scale, 100 * p['wer']), fontsize=6,
+                xytext=(3, 3), textcoords='offset points')
+  front = pareto_front(points)
+  ax.plot([p['x'] / scale for p in front], [100 * p['wer'] for p in front], '--',
+          color='gray', linewidth=0.8, label='Pareto front')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+
+
+def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The points no other point beats in both x and WER (ascending x)."""
+  front, best = [], math.inf
+  for p in sorted(points, key=lambda p: (p['x'], p['wer'])):
+    if p['wer'] < best:
+      front.append(p)
+      best = p['wer']
+  return front

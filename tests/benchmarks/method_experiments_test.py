@@ -1,0 +1,66 @@
+from absl.testing import absltest
+
+from fl_compression.benchmarks import method_experiments as experiments
+
+
+def _run(errors, words=5):
+  ids = [f'u{i}' for i in range(len(errors))]
+  return {'error_rates': {'test-clean': {'wer': sum(errors) / (words * len(errors))},
+                          'dev-clean': {'wer': 0.1}},
+          'utterance_errors': {'test-clean': {'utterance_ids': ids, 'errors': list(errors),
+                                              'words': [words] * len(errors)}}}
+
+
+class MethodExperimentsTest(absltest.TestCase):
+
+  def test_phases_fit_the_budget(self):
+    self.assertEqual(experiments.phases(60), {'refine_start': 6, 'finetune_start': 16})
+    for rounds in range(2, 80):
+      p = experiments.phases(rounds)
+      self.assertTrue(1 < p['refine_start'] <= p['finetune_start'] <= rounds, (rounds, p))
+
+  def test_plan_orders_targets_first_and_keeps_program_options_apart(self):
+    specs = experiments.plan_runs(60)
+    keys = [s.key for s in specs]
+    self.assertEqual(keys[:3], ['fedavg', 'fp/column/adaptive/0.3', 'fp/column/adaptive/0.5'])
+    self.assertLen(set(keys), len(keys))
+    wide = next(s for s in specs if s.key == 'wide/fp/column/adaptive/0.5')
+    self.assertEqual(wide.option_dict['model'], 'wide')
+    self.assertEqual(wide.option_dict['select_from_round'], 16)
+    self.assertNotIn('model', experiments.algorithm_options(wide))
+    self.assertNotIn('select_from_round', experiments.algorithm_options(wide))
+    with self.assertRaisesRegex(ValueError, 'unknown huge'):
+      experiments.plan_runs(60, ['huge'])
+
+  def test_targets_are_decided_by_the_interval(self):
+    base = [1, 2, 1, 0, 2, 1, 1, 2] * 10
+    results = {'initial': {'splits': {'test': 'test-clean', 'dev': 'dev-clean'}},
+               'fedavg': _run(base),
+               # Identical to dense: the interval is [0, 0], within any limit and no worse.
+               experiments.fp_key(0.3): _run(base),
+               # One extra error in every utterance: about +80%, outside +25%.
+               experiments.fp_key(0.5): _run([e + 1 for e in base]),
+               experiments.OMC_KEY: _run([e + 1 for e in base])}
+    rows = {label: (measured, verdict) for label, measured, verdict
+            in experiments.target_rows(results)}
+    self.assertEqual(rows['FP column 30% within +10% relative of dense'][1], 'met')
+    self.assertIn('+0.0% [+0.0%, +0.0%]', rows['FP column 30% within +10% relative of dense'][0])
+    self.assertEqual(rows['FP column 50% within +25% relative of dense'][1], '**missed**')
+    self.assertEqual(rows['OMC 11-bit (S1E4M6) partial no worse than float32'][1], '**missed**')
+    self.assertEqual(
+        rows['FedAQT 8-bit (round to nearest) within +5% relative of dense'],
+        ('not run yet', 'n/a'))
+
+  def test_plateau_rule_and_pareto_front(self):
+    flat = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.0499, '40': 0.0500})
+    self.assertTrue(flat['plateaued'])
+    falling = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.045, '40': 0.040})
+    self.assertFalse(falling['plateaued'])
+    self.assertAlmostEqual(falling['improvement'], 1 - 0.040 / 0.045)
+    points = [{'x': 1, 'wer': 0.3}, {'x': 2, 'wer': 0.2}, {'x': 3, 'wer': 0.25},
+              {'x': 4, 'wer': 0.1}, {'x': 0.5, 'wer': 0.5}]
+    self.assertEqual([p['x'] for p in experiments.pareto_front(points)], [0.5, 1, 2, 4])
+
+
+if __name__ == '__main__':
+  absltest.main()
