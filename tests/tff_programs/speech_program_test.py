@@ -1,4 +1,5 @@
-"""//tff_programs:train on a speech task end to end: transducer rounds on TFF, WER reports."""
+"""//tff_programs:train on a speech task end to end: transducer rounds on TFF on the held-out
+short-form domain, WER reports with per-utterance errors."""
 
 import csv
 import json
@@ -14,10 +15,13 @@ from fl_compression.data import corpus
 from tests import tff_test_utils
 
 _TINY = corpus.CorpusConfig(
-    main=corpus.DomainSize(num_train_speakers=2, num_test_speakers=1,
-                           train_utterances_per_speaker=2, dev_utterances_per_speaker=1,
-                           test_utterances_per_speaker=2),
-    short_form=None, seed=5)
+    main=corpus.DomainSize(num_train_speakers=1, num_test_speakers=1,
+                           train_utterances_per_speaker=1, dev_utterances_per_speaker=1,
+                           test_utterances_per_speaker=1),
+    short_form=corpus.DomainSize(num_train_speakers=2, num_test_speakers=1,
+                                 train_utterances_per_speaker=2, dev_utterances_per_speaker=1,
+                                 test_utterances_per_speaker=2),
+    seed=5)
 
 
 class SpeechProgramTest(absltest.TestCase):
@@ -30,34 +34,53 @@ class SpeechProgramTest(absltest.TestCase):
     result = subprocess.run(
         tff_test_utils.program_command('train') + [
             '--task=speech_transducer', f'--data_dir={data_dir}', f'--root_output_dir={root}',
-            '--total_rounds=1', '--clients_per_round=2', '--batch_size=2'],
+            '--domain=short-form', '--total_rounds=1', '--clients_per_round=2',
+            '--batch_size=2'],
         capture_output=True, text=True, env=env, timeout=900)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     out = result.stdout
     self.assertRegex(out, r'evaluation of the initial model \| held-out loss [\d.]+ \| '
-                          r'WER dev-clean [\d.]+% \| CER dev-clean [\d.]+% \| WER test-clean')
+                          r'WER dev-short [\d.]+% \| CER dev-short [\d.]+% \| WER test-short')
+    self.assertNotIn('clean', out.split('evaluation of the initial model')[1])
     self.assertRegex(out, r'round 1/1 \| loss [\d.]+')
-    # The final WER table: both splits, initial and final rates.
-    row = re.search(r'test-clean +2 +(\d+) +([\d.]+)% +([\d.]+)% +([\d.]+)% +([\d.]+)%', out)
+    # The final WER table: both splits, initial and final rates, the change with its interval.
+    row = re.search(r'test-short +2 +(\d+) +([\d.]+)% +([\d.]+)% +[+-][\d.]+% '
+                    r'\[[+-][\d.]+%, [+-][\d.]+%\] +([\d.]+)% +([\d.]+)%', out)
     self.assertIsNotNone(row, out)
+    # The short-form domain's speakers were the clients: only their features were cached
+    # (one file per client), none of the main domain's.
+    cached = {name[:-len('.tfrecord')] for cache in os.listdir(data_dir + '.features')
+              for name in os.listdir(os.path.join(data_dir + '.features', cache))}
+    short_speakers = (set(os.listdir(os.path.join(data_dir, 'train-short'))) |
+                      set(os.listdir(os.path.join(data_dir, 'test-short'))))
+    self.assertEqual(cached, short_speakers)
+    self.assertLen(short_speakers, 3)
+    with open(os.path.join(root, 'run_config.json')) as f:
+      self.assertEqual(json.load(f)['domain'], 'short-form')
+    # Per-utterance errors of each evaluation, matching the released rate.
+    with open(os.path.join(root, 'utterance_errors', 'round_0001.json')) as f:
+      errors = json.load(f)['test-short']
+    self.assertLen(errors['utterance_ids'], 2)
+    self.assertAlmostEqual(100 * sum(errors['errors']) / sum(errors['words']),
+                           float(row.group(3)), places=2)
 
     with open(os.path.join(root, 'final_model', 'config.json')) as f:
       self.assertEqual(json.load(f)['model']['name'], 'conformer_transducer')
     with open(os.path.join(root, 'evaluation_metrics.csv')) as f:
       rows = list(csv.DictReader(f))
     self.assertEqual([int(r['key']) for r in rows], [0, 1])
-    final_wer = float(rows[-1]['transcription/test-clean/wer'])
+    final_wer = float(rows[-1]['transcription/test-short/wer'])
     self.assertAlmostEqual(100 * final_wer, float(row.group(3)), places=2)
 
     # The evaluation program scores the saved model the same way.
     evaluated = subprocess.run(
         tff_test_utils.program_command('evaluate') + [
             f'--model_dir={os.path.join(root, "final_model")}', f'--data_dir={data_dir}',
-            '--splits=test-clean', f'--output_json={os.path.join(tmp, "wer.json")}'],
+            '--domain=short-form', f'--output_json={os.path.join(tmp, "wer.json")}'],
         capture_output=True, text=True, env=env, timeout=300)
     self.assertEqual(evaluated.returncode, 0, evaluated.stderr[-3000:])
     with open(os.path.join(tmp, 'wer.json')) as f:
-      self.assertAlmostEqual(json.load(f)['test-clean']['wer'], final_wer, places=6)
+      self.assertAlmostEqual(json.load(f)['test-short']['wer'], final_wer, places=6)
 
 
 if __name__ == '__main__':
