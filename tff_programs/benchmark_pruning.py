@@ -80,6 +80,7 @@ def _tfmot_run(sparsity: float, task: tasks.Task, weights, steps: int) -> dict[s
   rates = task.transcription_eval(pruned.weights, task.model_config)
   return {'algorithm': 'tfmot prune_low_magnitude (centralized)', 'sparsity': sparsity,
           'error_rates': {split: r.as_dict() for split, r in rates.items()},
+          'utterance_errors': {split: r.utterances.as_dict() for split, r in rates.items()},
           'achieved_sparsity': pruned.achieved_sparsity, 'steps': pruned.steps,
           'model_parameters': experiment_runs.parameter_count(pruned.weights),
           'wall_seconds': time.monotonic() - started}

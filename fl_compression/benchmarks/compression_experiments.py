@@ -148,25 +148,16 @@ def cost_ratios(results: dict[str, Any], key: str) -> dict[str, Optional[float]]
   }
 
 
-def noise(results: dict[str, Any]) -> Optional[float]:
-  """Run-to-run noise of test WER: the larger of the two seed pairs' differences."""
-  pairs = [(dense_key(), dense_key(NOISE_SEED)),
-           (omc_key('S1E5M10'), omc_key('S1E5M10', seed=NOISE_SEED))]
-  diffs = [abs(common.wer(results, a) - common.wer(results, b)) for a, b in pairs
-           if common.wer(results, a) is not None and common.wer(results, b) is not None]
-  return max(diffs) if diffs else None
-
-
 def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
   """The issue's numbers to reach: (target, measured, met/missed/n/a)."""
   rows = []
   dense = common.wer(results, DENSE)
-  omc16 = common.wer(results, omc_key('S1E5M10'))
-  spread = noise(results)
-  if dense is not None and omc16 is not None and spread is not None:
-    rows.append(('OMC 16-bit: WER equal to float32 within run-to-run noise',
-                 f'{common.pct(omc16)} vs {common.pct(dense)} (noise {100 * spread:.2f} points)',
-                 common.check(abs(omc16 - dense) <= spread)))
+  omc16 = common.paired(results, omc_key('S1E5M10'))
+  if omc16 is not None:
+    low, high = omc16.relative_interval
+    rows.append(('OMC 16-bit: WER equal to float32 (the interval of the difference includes 0)',
+                 f'{common.pct(omc16.system_wer)} vs {common.pct(omc16.baseline_wer)}: '
+                 f'{omc16.describe_relative()}', common.check(low <= 0 <= high)))
   rows += _partial_check(results, 'nearest') + _partial_check(results, 'stochastic')
   ratios = cost_ratios(results, omc_key('S1E4M6'))
   timing = results.get('round_timing')
@@ -198,12 +189,10 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                  f'{omc11["ratio_of_totals"]:.3f}x)',
                  common.check(omc11['median_paired_ratio'] <= 1.15)))
   for rounding in ('nearest', 'stochastic'):
-    aqt8 = common.wer(results, aqt_key(8, 'fedavg', rounding))
-    if aqt8 is not None and dense is not None:
+    key = aqt_key(8, 'fedavg', rounding)
+    if results.get(key) and dense is not None:
       rows.append((f'FedAQT 8-bit ({rounding} requantization): WER within 10% relative of '
-                   'float32', f'{common.pct(aqt8)} vs {common.pct(dense)} '
-                   f'({100 * (aqt8 / dense - 1):+.1f}% relative)',
-                   common.check(aqt8 <= 1.1 * dense)))
+                   'float32', *common.within(results, key, DENSE, 0.10)))
   down = cost_ratios(results, aqt_key(8, 'fedavg')).get('client_bytes_down')
   if down is not None:
     rows.append(('FedAQT 8-bit: downlink bytes at most 0.30x', f'{down:.3f}x',
@@ -236,23 +225,25 @@ def summary_checks(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _partial_check(results: dict[str, Any], rounding: str) -> list[tuple[str, str, str]]:
-  """11-bit partial against 13-bit all-variable, both requantizing with `rounding`, on the
-  mean test WER of the seeds both have (the two are a few words apart, within run-to-run
-  noise)."""
-  pairs = [(common.wer(results, partial_key(rounding, seed)),
-            common.wer(results, comparison_key(rounding, seed)), seed)
-           for seed in COMPARISON_SEEDS]
-  pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
-  if not pairs:
+  """11-bit partial against 13-bit all-variable, both requantizing with `rounding`, on each
+  client-sampling seed both have: met when no seed's interval shows the partial run worse
+  (its lower end at most 0)."""
+  found = [(seed, common.paired(results, partial_key(rounding, seed),
+                                comparison_key(rounding, seed)))
+           for seed in COMPARISON_SEEDS
+           if results.get(partial_key(rounding, seed))
+           and results.get(comparison_key(rounding, seed))]
+  if not found:
     return []
-  partial = sum(p for p, _, _ in pairs) / len(pairs)
-  omc13 = sum(q for _, q, _ in pairs) / len(pairs)
-  seeds = ', '.join(f'seed {seed}: {common.pct(p)} vs {common.pct(q)}' for p, q, seed in pairs)
   both = '' if rounding == 'nearest' else f', {rounding} requantization in both'
-  return [(f'OMC 11-bit partial: WER no worse than 13-bit all-variable{both} (mean of '
-           f'{len(pairs)} client-sampling seed{"s" if len(pairs) > 1 else ""})',
-           f'{common.pct(partial)} vs {common.pct(omc13)} ({seeds})',
-           common.check(partial <= omc13))]
+  title = (f'OMC 11-bit partial: WER no worse than 13-bit all-variable{both} (client-sampling '
+           f'seed{"s" if len(found) > 1 else ""} {", ".join(str(seed) for seed, _ in found)})')
+  if any(c is None for _, c in found):
+    return [(title, 'no per-utterance errors stored', 'n/a (no intervals)')]
+  measured = '; '.join(f'seed {seed}: {common.pct(c.system_wer)} vs '
+                       f'{common.pct(c.baseline_wer)}, {c.describe_relative()}'
+                       for seed, c in found)
+  return [(title, measured, common.check(all(c.not_worse() for _, c in found)))]
 
 
 def wire_ratio(entry: dict[str, Any], setting: str, direction: str = 'both') -> float:
@@ -401,7 +392,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     lines.append(f'Starting model: test WER {pct(initial[SPLITS["test"]]["wer"])}, dev WER '
                  f'{pct(initial[SPLITS["dev"]]["wer"])}.')
     lines.append('')
-  lines += ['## Numbers to reach', '', '| target | measured | |', '|---|---|---|']
+  lines += ['## Numbers to reach', '', common.INTERVAL_RULE, '', '| target | measured | |',
+            '|---|---|---|']
   lines += [f'| {t} | {m} | {c} |' for t, m, c in summary_checks(results)]
   if settings.get('missing_runs'):
     lines += ['', f'Runs not done yet: {", ".join(settings["missing_runs"])} (the same command '
@@ -413,12 +405,14 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
       return None
     ratios = cost_ratios(results, key)
     fmt = lambda v: '' if v is None else f'{v:.2f}x'  # noqa: E731
-    return (f'| {label} | {bits} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} | '
+    difference = common.relative(results, key) if key != DENSE else ''
+    return (f'| {label} | {bits} | {pct(wer(results, key))} | {difference} | '
+            f'{pct(wer(results, key, "dev"))} | '
             f'{fmt(ratios.get("client_bytes_down"))} | {fmt(ratios.get("client_bytes_up"))} | '
             f'{fmt(ratios.get("held_parameter_bytes"))} | {fmt(ratios.get("round_seconds"))} |')
 
-  header = ['| run | bits | test WER | dev WER | bytes down | bytes up | client parameter bytes '
-            '| round time |', '|---|---|---|---|---|---|---|---|']
+  header = ['| run | bits | test WER | vs float32 [95% CI] | dev WER | bytes down | bytes up | '
+            'client parameter bytes | round time |', '|---|---|---|---|---|---|---|---|---|']
   sections = [
       ('OMC: WER against the float format (every client compresses every weight matrix)',
        [('float32 (FedAvg)', DENSE, 32)] + [(fmt, omc_key(fmt), bits) for fmt, bits in FORMATS]),

@@ -15,6 +15,8 @@ import os
 from typing import Any, Optional, Sequence
 
 from fl_compression.data import corpus
+from fl_compression.evaluation import bootstrap
+from fl_compression.evaluation import error_rates
 
 EXPERIMENTS = ('patterns', 'importance', 'adaptive', 'refinement', 'anchors', 'costs',
                'recovery')
@@ -184,6 +186,56 @@ def wer(results, key, split='test') -> Optional[float]:
   return run['error_rates'][SPLITS[split]]['wer']
 
 
+def paired(results, key, baseline=DENSE, split='test') -> Optional[bootstrap.WerComparison]:
+  """`key`'s WER against `baseline`'s on the same utterances of `split` (paired bootstrap 95%
+  interval); None where either run is missing or predates per-utterance errors."""
+  runs = [results.get(k) for k in (baseline, key)]
+  if not all(run and run.get('utterance_errors') for run in runs):
+    return None
+  split_name = SPLITS.get(split, split)
+  base, system = (error_rates.UtteranceErrors.from_dict(run['utterance_errors'][split_name])
+                  for run in runs)
+  return bootstrap.paired_bootstrap(base, system)
+
+
+def relative(results, key, baseline=DENSE, split='test') -> str:
+  """`+4.1% [-1.3%, +9.8%]`: the relative WER difference to `baseline` with its interval."""
+  comparison = paired(results, key, baseline, split)
+  return comparison.describe_relative() if comparison else ''
+
+
+def wer_cell(results, key, baseline=DENSE) -> str:
+  """A table cell: test WER, and below it the difference to `baseline` with its interval."""
+  difference = relative(results, key, baseline) if key != baseline else ''
+  return pct(wer(results, key)) + (f'<br>{difference}' if difference else '')
+
+
+def better(results, key, other) -> tuple[str, str]:
+  """(measured, verdict) of "`key` beats `other`": met when the interval of the relative
+  difference lies below 0."""
+  comparison = paired(results, key, other)
+  if comparison is None:
+    return f'{pct(wer(results, key))} vs {pct(wer(results, other))}', 'n/a (no intervals)'
+  return (f'{pct(comparison.system_wer)} vs {pct(comparison.baseline_wer)}: '
+          f'{comparison.describe_relative()}', check(comparison.relative_interval[1] < 0))
+
+
+def within(results, key, baseline, limit) -> tuple[str, str]:
+  """(measured, verdict) of "`key` within `limit` relative of `baseline`": met when the
+  interval's upper end is at most `limit`."""
+  comparison = paired(results, key, baseline)
+  if comparison is None:
+    return f'{pct(wer(results, key))} vs {pct(wer(results, baseline))}', 'n/a (no intervals)'
+  return (f'{pct(comparison.system_wer)} vs {pct(comparison.baseline_wer)}: '
+          f'{comparison.describe_relative()}', check(comparison.within_relative(limit)))
+
+
+INTERVAL_RULE = ('Differences are relative to the baseline\'s test WER on the same utterances, '
+                 'with their paired bootstrap 95% interval (1,000 resamples). A "within x%" '
+                 'target is met only when the upper end of the interval is at most x%; "beats" '
+                 'when the whole interval is below 0.')
+
+
 def ratio(a: Optional[float], b: Optional[float]) -> str:
   return '' if a is None or not b else f'{a / b:.2f}x'
 
@@ -216,31 +268,22 @@ def paired_steady_rounds(base: dict[str, Any], other: dict[str, Any], finetune_s
 def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str, str]]:
   """The issue's numbers to reach: (target, measured, met/missed)."""
   rows = []
-  dense = wer(results, DENSE)
-  at30 = wer(results, fp_key('column', 'magnitude', 0.3))
-  if dense is not None and at30 is not None:
+  if results.get(fp_key('column', 'magnitude', 0.3)) and results.get(DENSE):
     rows.append(('30% column (magnitude): test WER within 10% relative of dense',
-                 f'{pct(at30)} vs {pct(dense)} ({100 * (at30 / dense - 1):+.1f}% relative)',
-                 check(at30 <= 1.1 * dense)))
-  long_dense = wer(results, recovery_key(None))
+                 *within(results, fp_key('column', 'magnitude', 0.3), DENSE, 0.10)))
   for schedule in RECOVERY_SCHEDULES:
-    long_pruned = wer(results, recovery_key(schedule))
-    if long_dense is not None and long_pruned is not None:
+    if results.get(recovery_key(schedule)) and results.get(recovery_key(None)):
       rows.append((f'30% column (magnitude), {RECOVERY_ROUNDS} rounds, {schedule} schedule: '
                    f'test WER within 10% relative of dense over {RECOVERY_ROUNDS} rounds',
-                   f'{pct(long_pruned)} vs {pct(long_dense)} '
-                   f'({100 * (long_pruned / long_dense - 1):+.1f}% relative)',
-                   check(long_pruned <= 1.1 * long_dense)))
-  unified = wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY))
-  adaptive = wer(results, fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))
-  if unified is not None and adaptive is not None:
-    rows.append(('adaptive beats unified at 50%', f'{pct(adaptive)} vs {pct(unified)}',
-                 check(adaptive < unified)))
-  refine = wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY))
-  no_refine = wer(results, fp_key('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement'))
-  if refine is not None and no_refine is not None:
-    rows.append(('refinement beats no refinement at 40%', f'{pct(refine)} vs {pct(no_refine)}',
-                 check(refine < no_refine)))
+                   *within(results, recovery_key(schedule), recovery_key(None), 0.10)))
+  unified = fp_key('column', 'magnitude', ADAPTIVE_SPARSITY)
+  adaptive = fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive')
+  if results.get(unified) and results.get(adaptive):
+    rows.append(('adaptive beats unified at 50%', *better(results, adaptive, unified)))
+  refine = fp_key('column', 'magnitude', REFINEMENT_SPARSITY)
+  no_refine = fp_key('column', 'magnitude', REFINEMENT_SPARSITY, 'no_refinement')
+  if results.get(refine) and results.get(no_refine):
+    rows.append(('refinement beats no refinement at 40%', *better(results, refine, no_refine)))
   for costs in (results.get('costs'), results.get('scale_costs')):
     if not costs:
       continue
@@ -313,7 +356,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
               f'them): ' + ', '.join(f'`{k}`' for k in settings['missing_runs']) + '.', '']
   checks = summary_checks(results, settings)
   if checks:
-    lines += ['## Numbers to reach', '', '| target | measured | |', '|---|---|---|']
+    lines += ['## Numbers to reach', '', INTERVAL_RULE, '', '| target | measured | |',
+              '|---|---|---|']
     lines += [f'| {a} | {b} | {c} |' for a, b, c in checks]
     lines.append('')
   for figure in figures:
@@ -322,16 +366,17 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   header = '| | ' + ' | '.join(f'{s:g}' for s in sparsities) + ' |'
   rule = '|---' * (len(sparsities) + 1) + '|'
   lines += ['## 1. Test WER against sparsity, per pattern (weight magnitude, L2)', '',
-            f'Dense FedAvg, same rounds: test {pct(dense)}, dev {pct(wer(results, DENSE, "dev"))}.',
+            f'Dense FedAvg, same rounds: test {pct(dense)}, dev {pct(wer(results, DENSE, "dev"))}. '
+            'Under each WER: its difference to dense, relative, with the paired 95% interval.',
             '', header, rule]
   for pattern in PATTERNS:
-    cells = [pct(wer(results, fp_key(pattern, 'magnitude', s))) for s in sparsities]
+    cells = [wer_cell(results, fp_key(pattern, 'magnitude', s)) for s in sparsities]
     if any(cells):
       lines.append(f'| {pattern} | ' + ' | '.join(cells) + ' |')
   for label, key_fn in (('federated dropout (random column units; full model)',
                          lambda s: fd_key('column', s)),
                         ('tfmot prune_low_magnitude, centralized (unstructured)', tfmot_key)):
-    cells = [pct(wer(results, key_fn(s))) for s in sparsities]
+    cells = [wer_cell(results, key_fn(s)) for s in sparsities]
     if any(cells):
       lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   removed = results.get('zero_parameter_ratio', {})
@@ -351,7 +396,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
 
   lines += ['', '## 2. Importance methods (column pattern, L2), test WER', '', header, rule]
   for method in IMPORTANCE_METHODS:
-    cells = [pct(wer(results, fp_key('column', method, s))) for s in sparsities]
+    cells = [wer_cell(results, fp_key('column', method, s)) for s in sparsities]
     if any(cells):
       lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
   lines += ['', 'gradient: momentum of the gradient magnitude; weight_gradient: weight magnitude '
@@ -360,25 +405,25 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
             'magnitude.']
 
   lines += ['', f'## 3. Unified against adaptive sparsity at {ADAPTIVE_SPARSITY:g} (column, '
-            'magnitude)', '', '| sparsity | test WER | dev WER | client parameters |',
-            '|---|---|---|---|']
+            'magnitude)', '', '| sparsity | test WER | vs dense [95% CI] | dev WER | '
+            'client parameters |', '|---|---|---|---|---|']
   for label, key in (('unified', fp_key('column', 'magnitude', ADAPTIVE_SPARSITY)),
                      ('adaptive', fp_key('column', 'magnitude', ADAPTIVE_SPARSITY, 'adaptive'))):
     run = results.get(key)
     if run:
-      lines.append(f'| {label} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} '
-                   f'| {run["client_parameters"]:,} |')
+      lines.append(f'| {label} | {pct(wer(results, key))} | {relative(results, key)} | '
+                   f'{pct(wer(results, key, "dev"))} | {run["client_parameters"]:,} |')
 
   lines += ['', f'## 4. With and without mask refinement at {REFINEMENT_SPARSITY:g} (column, '
-            'magnitude)', '', '| | test WER | dev WER | mask changes (all rounds) |',
-            '|---|---|---|---|']
+            'magnitude)', '', '| | test WER | vs dense [95% CI] | dev WER | mask changes (all '
+            'rounds) |', '|---|---|---|---|---|']
   for label, key in (('with refinement', fp_key('column', 'magnitude', REFINEMENT_SPARSITY)),
                      ('without', fp_key('column', 'magnitude', REFINEMENT_SPARSITY,
                                         'no_refinement'))):
     run = results.get(key)
     if run:
-      lines.append(f'| {label} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} '
-                   f'| {int(sum(run.get("mask_changes", [])))} |')
+      lines.append(f'| {label} | {pct(wer(results, key))} | {relative(results, key)} | '
+                   f'{pct(wer(results, key, "dev"))} | {int(sum(run.get("mask_changes", [])))} |')
 
   costs = results.get('costs')
   if costs:
@@ -430,26 +475,26 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
               f'{phases["finetune_start"] - 1}, fine-tuning {phases["finetune_start"]}..'
               f'{RECOVERY_ROUNDS}. The step schedule raises the sparsity in 4 equal steps over '
               'the pruning rounds; the constant one prunes to the target in round 1.', '',
-              '| run | test WER | dev WER | relative to dense (test) | client parameters |',
-              '|---|---|---|---|---|']
-    long_dense = wer(results, recovery_key(None))
+              '| run | test WER | dev WER | relative to dense (test) [95% CI] | client '
+              'parameters |', '|---|---|---|---|---|']
     for label, key, run in recovery:
       if run:
-        relative = (f'{100 * (wer(results, key) / long_dense - 1):+.1f}%'
-                    if long_dense and key != recovery_key(None) else '')
+        difference = (relative(results, key, recovery_key(None))
+                      if key != recovery_key(None) else '')
         lines.append(f'| {label} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} '
-                     f'| {relative} | {run["model_parameters"]:,} |')
+                     f'| {difference} | {run["model_parameters"]:,} |')
 
   lines += ['', '## All runs', '',
-            '| run | test WER | dev WER | test CER | model parameters | build s | '
-            'mean round s | wall s |', '|---|---|---|---|---|---|---|---|']
+            '| run | test WER | vs dense [95% CI] | dev WER | test CER | model parameters | '
+            'build s | mean round s | wall s |', '|---|---|---|---|---|---|---|---|---|']
   for key, run in results.items():
     if not isinstance(run, dict) or 'error_rates' not in run:
       continue
     rates = run['error_rates'] or {}  # None: a cost run, not evaluated.
     cer = rates.get(SPLITS['test'], {}).get('cer')
     lines.append(
-        f'| {key} | {pct(wer(results, key))} | {pct(wer(results, key, "dev"))} | '
+        f'| {key} | {pct(wer(results, key))} | '
+        f'{relative(results, key) if key != DENSE else ""} | {pct(wer(results, key, "dev"))} | '
         f'{pct(cer)} | {run.get("model_parameters") or 0:,} | '
         f'{run.get("build_seconds") or 0:.1f} | {run.get("mean_round_seconds") or 0:.1f} | '
         f'{run.get("wall_seconds") or 0:.0f} |')

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 
 from absl.testing import absltest
@@ -14,6 +15,15 @@ TEST, DEV = experiments.SPLITS['test'], experiments.SPLITS['dev']
 
 def _rates(test_wer, dev_wer=0.05):
   return {TEST: {'wer': test_wer, 'cer': test_wer / 4}, DEV: {'wer': dev_wer, 'cer': 0.01}}
+
+
+def _run(test_wer, **fields):
+  """A run's stored result: rates, and per-utterance errors that give the same test WER (200
+  utterances of 5 words; the errors fall on the first utterances, one each)."""
+  errors = round(1000 * test_wer)
+  utterances = {'utterance_ids': [f'u{i:03d}' for i in range(200)],
+                'errors': [1 if i < errors else 0 for i in range(200)], 'words': [5] * 200}
+  return {'error_rates': _rates(test_wer), 'utterance_errors': {TEST: utterances}, **fields}
 
 
 def _settings():
@@ -84,7 +94,7 @@ class ResultStoreTest(absltest.TestCase):
   def test_results_survive_a_restart_and_other_settings_are_refused(self):
     path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'r.json')
     store = experiments.ResultStore(path, _settings())
-    store.put('fedavg', {'error_rates': _rates(0.1)})
+    store.put('fedavg', _run(0.1))
     again = experiments.ResultStore(path, _settings())
     self.assertEqual(again.get('fedavg')['error_rates'][TEST]['wer'], 0.1)
     self.assertIsNone(again.get('fp/row/magnitude/0.1'))
@@ -122,17 +132,16 @@ class RoundTimeTest(absltest.TestCase):
 class ReportTest(absltest.TestCase):
 
   def _results(self):
-    results = {experiments.DENSE: {'error_rates': _rates(0.10), 'model_parameters': 100},
+    results = {experiments.DENSE: _run(0.10, model_parameters=100),
                'initial': _rates(0.11)}
     for pattern_index, pattern in enumerate(experiments.PATTERNS):
       for s in SPARSITIES:
-        results[experiments.fp_key(pattern, 'magnitude', s)] = {
-            'error_rates': _rates(0.10 + s / 10 + pattern_index / 100),
-            'client_parameters': 50, 'model_parameters': 50, 'mask_changes': [3.0, 1.0]}
-    results[experiments.fp_key('column', 'magnitude', 0.5, 'adaptive')] = {
-        'error_rates': _rates(0.13), 'client_parameters': 51, 'model_parameters': 51}
-    results[experiments.tfmot_key(0.3)] = {'error_rates': _rates(0.2), 'steps': 40,
-                                           'achieved_sparsity': 0.3}
+        results[experiments.fp_key(pattern, 'magnitude', s)] = _run(
+            0.10 + s / 10 + pattern_index / 100, client_parameters=50, model_parameters=50,
+            mask_changes=[3.0, 1.0])
+    results[experiments.fp_key('column', 'magnitude', 0.5, 'adaptive')] = _run(
+        0.13, client_parameters=51, model_parameters=51)
+    results[experiments.tfmot_key(0.3)] = _run(0.2, steps=40, achieved_sparsity=0.3)
     results['costs'] = {'fedavg': {'client_bytes_down': 100, 'client_bytes_up': 100,
                                    'finetune_round_seconds': 10.0},
                         'pruned': {'client_bytes_down': 60, 'client_bytes_up': 40,
@@ -140,22 +149,24 @@ class ReportTest(absltest.TestCase):
                         'rounds': {'finetune_round_seconds': [6]},
                         'ratios': {'client_bytes': 0.5, 'round_seconds': 0.7,
                                    'finetune_round_seconds': 0.9}}
-    results[experiments.recovery_key(None)] = {'error_rates': _rates(0.09),
-                                               'model_parameters': 100}
-    results[experiments.recovery_key('step')] = {'error_rates': _rates(0.099),
-                                                 'model_parameters': 80}
+    results[experiments.recovery_key(None)] = _run(0.09, model_parameters=100)
+    results[experiments.recovery_key('step')] = _run(0.093, model_parameters=80)
     return results
 
   def test_report_tables_and_targets(self):
     settings = dict(_settings(), command='bazel run x', machine='2 CPU cores',
                     recovery_phases={'refine_start': 7, 'finetune_start': 13})
     report = experiments.render_report(self._results(), settings, ['wer_vs_sparsity.png'])
-    self.assertRegex(report, r'\| column \| 12\.00% \| 14\.00% \| 16\.00% \|')
-    self.assertRegex(report, r'\| row \| 11\.00% \| 13\.00% \| 15\.00% \|')
+    interval = r'[+-]\d+\.\d% \[[+-]\d+\.\d%, [+-]\d+\.\d%\]'
+    self.assertRegex(report, rf'\| column \| 12\.00%<br>\+20\.0% \[[^|]*\] \| 14\.00%<br>'
+                             rf'\+40\.0% \[[^|]*\] \| 16\.00%<br>{interval} \|')
+    self.assertRegex(report, r'\| row \| 11\.00%<br>\+10\.0% \[')
     # 30% column is 14.00% against dense 10.00%: 40% worse, so that target is missed.
-    self.assertRegex(report, r'within 10% relative of dense \| 14\.00% vs 10\.00% '
-                             r'\(\+40\.0% relative\) \| \*\*missed\*\*')
-    self.assertRegex(report, r'adaptive beats unified at 50% \| 13\.00% vs 16\.00% \| met')
+    self.assertRegex(report, rf'within 10% relative of dense \| 14\.00% vs 10\.00%: '
+                             rf'\+40\.0% \[[^|]*\] \| \*\*missed\*\*')
+    # Adaptive makes a subset of unified's errors: the whole interval is below 0.
+    self.assertRegex(report, r'adaptive beats unified at 50% \| 13\.00% vs 16\.00%: '
+                             r'-18\.8% \[-[\d.]+%, -[\d.]+%\] \| met')
     self.assertRegex(report, r'client bytes per round \(down \+ up\) at most 0\.45x FedAvg\'s '
                              r'\| 0\.50x \| \*\*missed\*\*')
     self.assertRegex(report, r'round time at most 0\.8x FedAvg\'s \| 0\.70x \| met')
@@ -163,13 +174,17 @@ class ReportTest(absltest.TestCase):
                              r'\| \*\*missed\*\*')
     self.assertIn('| round time, s: fine-tuning rounds (reduced server model) (round 6) | '
                   '10.00 | 9.00 | 0.90x |', report)
-    # Over the longer budget 9.90% against 9.00% is exactly 10% worse: met; the constant
-    # schedule's run is missing, so it has no row.
-    self.assertRegex(report, r'18 rounds, step schedule: test WER within 10% relative of dense '
-                             r'over 18 rounds \| 9\.90% vs 9\.00% \(\+10\.0% relative\) \| met')
+    # Over the longer budget 9.30% against 9.00% is 3.3% worse, and the interval's upper end
+    # stays below 10%: met; the constant schedule's run is missing, so it has no row.
+    match = re.search(r'18 rounds, step schedule: test WER within 10% relative of dense over 18 '
+                      r'rounds \| 9\.30% vs 9\.00%: \+3\.3% \[\+[\d.]+%, \+([\d.]+)%\] \| met',
+                      report)
+    self.assertIsNotNone(match, report)
+    self.assertLess(float(match.group(1)), 10.0)
     self.assertNotIn('constant schedule: test WER', report)
     self.assertIn('pruning rounds 1..6, refining 7..12, fine-tuning 13..18', report)
-    self.assertRegex(report, r'\| 30% column, step schedule \| 9\.90% \| 5\.00% \| \+10\.0% \| 80 \|')
+    self.assertRegex(report, r'\| 30% column, step schedule \| 9\.30% \| 5\.00% \| \+3\.3% \[[^|]*\] '
+                             r'\| 80 \|')
     self.assertIn('tfmot prune_low_magnitude, centralized', report)
     self.assertIn('0.3: 40 steps, 30.0% of prunable weights zero', report)
     self.assertIn('![wer_vs_sparsity.png](wer_vs_sparsity.png)', report)
@@ -198,7 +213,7 @@ class ReportTest(absltest.TestCase):
     self.assertIn('### The same costs with `conformer_s` (10,000,000 parameters)', report)
     self.assertIn('| steady-state round time, s (rounds 2, 3, 4, 6) | 40.00 | 28.00 | 0.70x |',
                   report)
-    self.assertIn('| costs/conformer_s/fedavg |  |  |  | 10,000,000 | 60.0 |', report)
+    self.assertIn('| costs/conformer_s/fedavg |  |  |  |  | 10,000,000 | 60.0 |', report)
 
   def test_figures_are_written(self):
     out = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
