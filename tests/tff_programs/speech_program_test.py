@@ -82,6 +82,25 @@ class SpeechProgramTest(absltest.TestCase):
     with open(os.path.join(tmp, 'wer.json')) as f:
       self.assertAlmostEqual(json.load(f)['test-short']['wer'], final_wer, places=6)
 
+    # The side-by-side comparison of two runs (here the run with itself, and a bundle file
+    # listed in the run's TFLite manifest): no difference, a zero-width interval.
+    os.makedirs(os.path.join(root, 'tflite'))
+    with open(os.path.join(root, 'tflite', 'manifest.json'), 'w') as f:
+      json.dump({'files': {'model.tflite': {'bytes': 1234}, 'vocab.txt': {'bytes': 9}}}, f)
+    compared = subprocess.run(
+        tff_test_utils.program_command('compare') + [
+            f'--baseline_run={root}', f'--run={root}'],
+        capture_output=True, text=True, env=env, timeout=300)
+    self.assertEqual(compared.returncode, 0, compared.stderr[-3000:])
+    self.assertRegex(compared.stdout, rf'test-short WER +{100 * final_wer:.2f}% +'
+                     rf'{100 * final_wer:.2f}% +\+0\.0% \[\+0\.0%, \+0\.0%\]')
+    self.assertRegex(compared.stdout, r'TFLite model\.tflite +1,234 +1,234 +1\.00x')
+    self.assertIn('test-short: fedavg is within +10% relative WER of fedavg', compared.stdout)
+    missing = tff_test_utils.run_program('compare', f'--baseline_run={root}',
+                                         f'--run={tmp}/nowhere')
+    tff_test_utils.assert_one_line_error(self, missing, f'--run={tmp}/nowhere: '
+                                         f'{tmp}/nowhere/summary.json is missing')
+
 
 if __name__ == '__main__':
   absltest.main()
