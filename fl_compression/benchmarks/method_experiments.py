@@ -263,6 +263,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
             '|---|---|---|']
   lines += [f'| {a} | {b} | {c} |' for a, b, c in target_rows(results)]
   lines.append('')
+  lines += _why_missed(results)
   dense = results.get(dense_key())
   if dense and dense.get('wer_curves'):
     lines += _plateau_lines(results, dense, 'Dense FedAvg')
@@ -272,6 +273,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     keys = table_keys(results, model)
     if keys:
       lines += _method_table(results, keys, model)
+  lines += _size_section(results)
   noise = compare(results, dense_key(seed=NOISE_SEED), dense_key())
   if noise is not None:
     lines += ['## Run-to-run noise', '',
@@ -284,6 +286,58 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   if missing:
     lines += ['## Not run yet', '', ', '.join(f'`{k}`' for k in missing), '']
   return '\n'.join(lines)
+
+
+def _why_missed(results: dict[str, Any]) -> list[str]:
+  """For each missed target, what the runs measured about it: whether its dev WER was still
+  falling at the end of the budget (the plateau rule on its own curve), and how far it stood
+  from dense at each evaluation."""
+  lines = []
+  dev = dev_split(results) if results.get('initial') else None
+  dense = results.get(dense_key())
+  for key, label, kind, limit in TARGETS:
+    comparison = compare(results, key, dense_key())
+    if comparison is None:
+      continue
+    met = (comparison.within_relative(limit) if kind == 'within' else comparison.not_worse())
+    run = results[key]
+    if met or not run.get('wer_curves') or not dense.get('wer_curves'):
+      continue
+    curve = run['wer_curves'][dev]
+    rule = plateau({r: w for r, w in curve.items()
+                    if int(r) >= run['options'].get('finetune_start', 1)})
+    gaps = ', '.join(f'{r}: {100 * (w / dense["wer_curves"][dev][r] - 1):+.0f}%'
+                     for r, w in sorted(curve.items(), key=lambda x: int(x[0]))
+                     if r in dense['wer_curves'][dev])
+    trend = ''
+    if rule:
+      trend = (f' Over the last {100 * PLATEAU_FRACTION:g}% of its '
+               + ('fine-tuning ' if 'finetune_start' in run['options'] else '')
+               + f'rounds its best dev WER moved {100 * -rule["improvement"]:+.1f}% '
+               + ('(plateaued: more rounds of this budget\'s kind would not close the gap).'
+                  if rule['plateaued'] else '(still falling: a longer budget would narrow '
+                  'the gap).'))
+    lines.append(f'- **{label}**: missed. Dev WER relative to dense by round: {gaps}.{trend}')
+  return (['Why the missed targets are missed (measured on the runs themselves):', ''] + lines
+          + ['']) if lines else []
+
+
+def _size_section(results: dict[str, Any]) -> list[str]:
+  """The cost of pruning at each model size: relative test WER against that size's dense run."""
+  if not any(results.get(fp_key(sparsity, 'wide')) for sparsity in WIDE_RATES):
+    return []
+  rows = []
+  for sparsity in WIDE_RATES:
+    cells = []
+    for model in MODELS:
+      comparison = compare(results, fp_key(sparsity, model), dense_key(model))
+      cells.append(comparison.describe_relative() if comparison else 'not run yet')
+    rows.append(f'| {100 * sparsity:g}% column (adaptive) | ' + ' | '.join(cells) + ' |')
+  return ['## The cost of pruning by model size', '',
+          'Test WER of federated pruning relative to dense FedAvg of the same model (same '
+          'budget, clients and seed), with the paired 95% interval. `wide` has the same depth '
+          'and twice the width of `tiny` (4x the parameters).', '',
+          '| | `tiny` | `wide` |', '|---|---|---|'] + rows + ['']
 
 
 def _plateau_lines(results, run, what) -> list[str]:

@@ -51,6 +51,40 @@ class MethodExperimentsTest(absltest.TestCase):
         rows['FedAQT 8-bit (round to nearest) within +5% relative of dense'],
         ('not run yet', 'n/a'))
 
+  def test_report_explains_a_missed_target_from_the_curves(self):
+    base = [1, 2, 1, 0, 2, 1, 1, 2] * 10
+    dense = dict(_run(base), selected_round=20, model_parameters=100, model_parameter_bytes=400,
+                 client_bytes_down=400, client_bytes_up=400, options={},
+                 wer_curves={'dev-clean': {'5': 0.060, '10': 0.050, '15': 0.049, '20': 0.049}})
+    pruned = dict(_run([e + 1 for e in base]), selected_round=20, model_parameters=70,
+                  model_parameter_bytes=280, client_bytes_down=280, client_bytes_up=280,
+                  options={'finetune_start': 6},
+                  wer_curves={'dev-clean': {'5': 0.120, '10': 0.090, '15': 0.080,
+                                            '20': 0.070}})
+    initial = {'test-clean': {'wer': 0.1, 'num_reference_words': 400, 'num_utterances': 80},
+               'dev-clean': {'wer': 0.06, 'num_reference_words': 300}}
+    results = {'initial': {'splits': {'test': 'test-clean', 'dev': 'dev-clean'},
+                           'tiny': initial},
+               'total_rounds': 20, 'fedavg': dense, experiments.fp_key(0.3): pruned,
+               experiments.dense_key('wide'): dense, experiments.fp_key(0.3, 'wide'): dense}
+    settings = {'command': 'c', 'initial_model_dir': 'i', 'wide_model_dir': 'w',
+                'total_rounds': 20, 'clients_per_round': 8, 'batch_size': 8,
+                'client_learning_rate': 2e-4, 'evaluation_period': 5, 'machine': '2'}
+    report = experiments.render_report(results, settings, [])
+    self.assertIn('- **FP column 30% within +10% relative of dense**: missed. Dev WER relative '
+                  'to dense by round: 5: +100%, 10: +80%, 15: +63%, 20: +43%. Over the last 25% '
+                  'of its fine-tuning rounds its best dev WER moved -12.5% (still falling', report)
+    # Dense's own curve: -2.0% over its last quarter, under the 1% rule? No: 0.049 vs 0.050.
+    self.assertIn('Plateau rule', report)
+    self.assertIn('**plateaued**', report)
+    # By model size: 30% costs +80% on tiny and nothing on wide (constructed); 50% not run.
+    self.assertIn('| 30% column (adaptive) | +80.0% [', report)
+    self.assertIn('| +0.0% [+0.0%, +0.0%] |', report)
+    self.assertIn('| 50% column (adaptive) | not run yet | not run yet |', report)
+    self.assertRegex(report, r'\| FP column 30% \(adaptive\) \| 45\.00% \| \+80\.0% \[[^|]*\] \| '
+                     r'10\.00% \| 20 \| 70 \| 560 \(0\.70x\) \| 280 \(0\.70x\) \|')
+    self.assertIn('## Methods on `wide` (4.6M parameters)', report)
+
   def test_plateau_rule_and_pareto_front(self):
     flat = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.0499, '40': 0.0500})
     self.assertTrue(flat['plateaued'])
