@@ -27,9 +27,8 @@ class ClientSampler:
 
   def __post_init__(self):
     if not 0 < self.clients_per_round <= len(self.client_ids):
-      raise ValueError(f'--clients_per_round must be in [1, {len(self.client_ids)}] (the number '
-                       'of training clients), '
-                       f'got {self.clients_per_round}')
+      raise ValueError(f'must be between 1 and {len(self.client_ids)}, the number of '
+                       'training clients')
 
   def sample(self, round_num: int) -> list[str]:
     rng = np.random.default_rng([self.seed, round_num])

@@ -16,6 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import asyncio
 import dataclasses
 import json
+import shutil
 import subprocess
 
 from absl import app
@@ -348,8 +349,10 @@ def _write_run_config(root: str, config: dict) -> None:
 
 def run() -> None:
   _validated_flags()
-  root = flag_utils.ensure_writable_dir('root_output_dir',
-                                        flag_utils.resolve_path(_ROOT_OUTPUT_DIR.value))
+  # Checked here, created only once every other check has passed: a run that fails on a flag
+  # leaves no directory behind.
+  root = flag_utils.check_writable_dir('root_output_dir',
+                                       flag_utils.resolve_path(_ROOT_OUTPUT_DIR.value))
   workers = backends.parse_worker_addresses(_WORKERS.value) if _BACKEND.value == 'workers' else []
   options = tasks.TaskOptions(
       batch_size=_BATCH_SIZE.value, local_epochs=_LOCAL_EPOCHS.value,
@@ -360,12 +363,15 @@ def run() -> None:
   run_config = _check_run_config(root)
   try:
     task = tasks.build_task(_TASK.value, options)
-    sampler = program_logic.ClientSampler(
-        tuple(task.train_data.client_ids), _CLIENTS_PER_ROUND.value, _SEED.value)
   except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as e:
     # Bad data (librispeech.CorpusError names the file), an unusable corpus directory, or a
     # corpus generator that failed.
     raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
+  try:
+    sampler = program_logic.ClientSampler(
+        tuple(task.train_data.client_ids), _CLIENTS_PER_ROUND.value, _SEED.value)
+  except ValueError as e:
+    raise flag_utils.FlagError(f'--clients_per_round={_CLIENTS_PER_ROUND.value}: {e}') from None
   hparams = algorithms.Hyperparameters(
       client_optimizer=_CLIENT_OPTIMIZER.value, client_learning_rate=_CLIENT_LEARNING_RATE.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_learning_rate=_SERVER_LEARNING_RATE.value)
@@ -379,6 +385,8 @@ def run() -> None:
     training = algorithms.get(_ALGORITHM.value).staged(context)
   except (plan_lib.PlanError, compression_process.ConfigError) as e:
     raise flag_utils.FlagError(str(e)) from None
+  new_root = not os.path.exists(root)
+  flag_utils.ensure_writable_dir('root_output_dir', root)
   _write_run_config(root, run_config)
   # The algorithm's own flags go with the final model: an export needs, e.g., FedAQT's bits.
   metadata = {'task': _TASK.value, 'algorithm': _ALGORITHM.value, 'seed': _SEED.value,
@@ -387,17 +395,24 @@ def run() -> None:
   print(f'Training {_ALGORITHM.value} on {_TASK.value}: {_TOTAL_ROUNDS.value} rounds, '
         f'{_CLIENTS_PER_ROUND.value} clients/round, backend {_BACKEND.value}, output {root}',
         flush=True)
-  # The backend is reached before anything is written, so a bad backend changes no saved run.
-  with backends.federated_context(_BACKEND.value, workers=workers, log_dir=root,
-                                  default_num_clients=_CLIENTS_PER_ROUND.value,
-                                  connect_timeout=_WORKER_CONNECT_TIMEOUT.value):
-    result = asyncio.run(program_logic.train_model(
-        training=training, task=task, sampler=sampler,
-        total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
-        initial_model_weights=initial_weights,
-        utterance_errors_manager=release.JsonFileReleaseManager(
-            os.path.join(root, 'utterance_errors')),
-        **_output_managers(root, task, metadata)))
+  # The backend is reached before any round runs, so a bad backend changes no saved run; a
+  # directory this invocation made for a run that never saved a round is removed again.
+  try:
+    with backends.federated_context(_BACKEND.value, workers=workers, log_dir=root,
+                                    default_num_clients=_CLIENTS_PER_ROUND.value,
+                                    connect_timeout=_WORKER_CONNECT_TIMEOUT.value):
+      result = asyncio.run(program_logic.train_model(
+          training=training, task=task, sampler=sampler,
+          total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
+          initial_model_weights=initial_weights,
+          utterance_errors_manager=release.JsonFileReleaseManager(
+              os.path.join(root, 'utterance_errors')),
+          **_output_managers(root, task, metadata)))
+  except backends.BackendError:
+    state_dir = os.path.join(root, 'program_state')
+    if new_root and not (os.path.isdir(state_dir) and os.listdir(state_dir)):
+      shutil.rmtree(root, ignore_errors=True)
+    raise
   final_model_dir = os.path.join(root, 'final_model')
   rows = _result_rows(result, final_model_dir)
   with open(os.path.join(root, 'summary.json'), 'w') as f:

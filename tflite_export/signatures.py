@@ -18,6 +18,7 @@ convert to TFLite builtins only; `train`, `save` and `restore` need a few Tensor
 """
 
 import dataclasses
+import math
 import re
 
 import tensorflow as tf
@@ -57,8 +58,8 @@ class TrainingOptions:
     if self.optimizer not in OPTIMIZERS:
       raise ExportError(f'--optimizer={self.optimizer} is unknown; known: '
                         f'{", ".join(OPTIMIZERS)}')
-    if not self.learning_rate > 0:
-      raise ExportError(f'--learning_rate must be positive, got {self.learning_rate}')
+    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+      raise ExportError(f'--learning_rate must be positive and finite, got {self.learning_rate}')
 
 
 def variable_name(variable: tf.Variable) -> str:

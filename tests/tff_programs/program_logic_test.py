@@ -25,7 +25,7 @@ class ClientSamplerTest(absltest.TestCase):
     self.assertNotEqual(a.sample(1), program_logic.ClientSampler(ids, 4, seed=4).sample(1))
 
   def test_clients_per_round_out_of_range(self):
-    with self.assertRaisesRegex(ValueError, r'--clients_per_round must be in \[1, 3\]'):
+    with self.assertRaisesRegex(ValueError, r'must be between 1 and 3, the number of training'):
       program_logic.ClientSampler(('a', 'b', 'c'), 4, seed=0)
 
 
