@@ -49,6 +49,7 @@ from fl_compression.compression import omc
 from fl_compression.learning import accounting
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
+from fl_compression.learning import non_finite
 from fl_compression.models import pruned_dense
 from fl_compression.models import registry
 
@@ -296,39 +297,43 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
 
     # The received values are format values already; the unselected ones train in float32.
     def train_step(state, batch):
-      num_examples, client_fingerprint, opt_state = state
+      num_examples, client_fingerprint, finite, opt_state = state
       client_fingerprint = with_fingerprint(client_fingerprint, num_examples, batch)
       with tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, trainable)
       opt_state, updated = optimizer.next(opt_state, tuple(trainable), tuple(grads))
+      # Checked before requantizing: a codec can turn NaN into finite values (an integer
+      # quantizer casts NaN to 0), which would hide a diverged client from the check below.
+      finite = tf.logical_and(finite, non_finite.all_finite(updated))
       for v, x in zip(trainable, recompress(updated, client_fingerprint, num_examples)):
         v.assign(x)
       return (num_examples + tf.cast(output.num_examples, tf.int64), client_fingerprint,
-              opt_state)
+              finite, opt_state)
 
     def gradient_step(state, batch):
-      num_examples, client_fingerprint, grad_sum = state
+      num_examples, client_fingerprint, finite, grad_sum = state
       client_fingerprint = with_fingerprint(client_fingerprint, num_examples, batch)
       with tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, trainable)
       n = tf.cast(output.num_examples, tf.float32)
       return (num_examples + tf.cast(output.num_examples, tf.int64), client_fingerprint,
+              tf.logical_and(finite, non_finite.all_finite(grads)),
               tuple(s + n * g for s, g in zip(grad_sum, grads)))
 
-    start = (tf.constant(0, tf.int64), tf.constant(0, tf.int32))
+    start = (tf.constant(0, tf.int64), tf.constant(0, tf.int32), tf.constant(True))
     if config.client_mode == 'fedavg':
       specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-      num_examples, client_fingerprint, _ = dataset.reduce(
+      num_examples, client_fingerprint, finite, _ = dataset.reduce(
           start + (optimizer.initialize(specs),), train_step)
       update = [a - b for a, b in zip(initial, trainable)]
     else:
-      num_examples, client_fingerprint, grad_sum = dataset.reduce(
+      num_examples, client_fingerprint, finite, grad_sum = dataset.reduce(
           start + (tuple(tf.zeros_like(v) for v in trainable),), gradient_step)
       denominator = tf.maximum(tf.cast(num_examples, tf.float32), 1.0)
       update = [s / denominator for s in grad_sum]
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
+    finite = tf.logical_and(finite, non_finite.all_finite(update))
     update = [tf.where(finite, u, tf.zeros_like(u)) for u in update]
     weight = tf.where(finite, tf.cast(num_examples, tf.float32), 0.0)
     update = encode_update(config, covered, update)
@@ -336,7 +341,8 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
     held = tf.add_n([tf.where(selected[i], float(codec_bytes[i]), float(float_bytes[i]))
                      for i in range(len(shapes))]) + float(non_trainable_bytes)
     return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
-            model.report_local_unfinalized_metrics(), held)
+            model.report_local_unfinalized_metrics(), held,
+            tf.cast(tf.logical_not(finite), tf.int32))
 
   @tff.tensorflow.computation(broadcast_type, data_type)
   def client_update_tf(broadcast, dataset):
@@ -350,9 +356,10 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
                              tff.FederatedType(broadcast_type, tff.CLIENTS),
                              tff.FederatedType(data_type, tff.CLIENTS))
   def next_fn(state, broadcast, data):
-    result, metrics, held = tff.federated_map(client_update_tf, (broadcast, data))
+    result, metrics, held, dropped = tff.federated_map(client_update_tf, (broadcast, data))
     measurements = tff.federated_zip(collections.OrderedDict(
-        train=metrics_aggregation(metrics), held_parameter_bytes=tff.federated_mean(held)))
+        train=metrics_aggregation(metrics), held_parameter_bytes=tff.federated_mean(held),
+        non_finite_clients=tff.federated_sum(dropped)))
     return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
@@ -385,8 +392,10 @@ def _decoding_mean(codec: Codec, upload_type, shapes, covered: list[bool]
 
   @tff.tensorflow.computation(accumulator_type)
   def report(accumulator):
+    # No division guard: with every client dropped (weight 0) the mean is 0/0, which the
+    # finalizer rejects, leaving the server model unchanged (as TFF's MeanFactory does).
     total, weight_sum = accumulator
-    return [tf.math.divide_no_nan(t, weight_sum) for t in total]
+    return [t / weight_sum for t in total]
 
   @tff.federated_computation
   def init_fn():

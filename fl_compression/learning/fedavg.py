@@ -1,7 +1,8 @@
 """Weighted Federated Averaging, composed from TFF's own learning blocks.
 
 The baseline every compressed variant is compared against: broadcast, local training with a
-`tff.learning.optimizers` client optimizer, example-weighted mean, server optimizer.
+`tff.learning.optimizers` client optimizer, example-weighted mean, server optimizer. Clients
+whose update is not finite are dropped (`non_finite.py`).
 """
 
 from typing import Callable
@@ -10,6 +11,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from fl_compression.learning import composition
+from fl_compression.learning import non_finite
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
@@ -59,9 +61,10 @@ def fedavg_blocks(model_fn: ModelFn,
   return dict(
       initial_model_weights_fn=initial_model_weights_fn,
       distributor=tff.learning.templates.build_broadcast_process(weights_type),
-      client_work=tff.learning.templates.build_model_delta_client_work(
-          model_fn, client_optimizer,
-          client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES),
+      client_work=non_finite.with_non_finite_count(
+          tff.learning.templates.build_model_delta_client_work(
+              model_fn, client_optimizer,
+              client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES)),
       aggregator=tff.aggregators.MeanFactory().create(
           weights_type.trainable, tff.TensorType(np.float32)),
       finalizer=tff.learning.templates.build_apply_optimizer_finalizer(

@@ -42,6 +42,7 @@ import tensorflow_federated as tff
 from fl_compression.compression import process as compression_process
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
+from fl_compression.learning import non_finite
 from fl_compression.learning import stages
 from fl_compression.models import registry
 from fl_compression.pruning import plan as plan_lib
@@ -145,19 +146,27 @@ def _finalizer(reducer: reduce_lib.Reducer, config: PruningConfig,
   def next_tf(optimizer_state, server, update):
     indices = reducer.indices(server, config.mode_at(server['rounds_done'] + 1))
     full_update = reducer.expand(list(update), indices)
-    optimizer_state, trainable = server_optimizer.next(
+    # A non-finite aggregate (every client dropped: 0/0) is rejected, as TFF's own finalizer
+    # does: the model, its optimizer state and the gradient momentum stay as they were.
+    finite = non_finite.all_finite(full_update)
+    new_optimizer_state, trainable = server_optimizer.next(
         optimizer_state, list(server['model'].trainable), full_update)
+    optimizer_state = non_finite.keep_if(finite, new_optimizer_state, optimizer_state)
+    trainable = non_finite.keep_if(finite, trainable, list(server['model'].trainable))
     masks = [reducer.masks(indices, i) for i in range(len(reducer.layers))]
     changed = tf.add_n([tf.reduce_sum(tf.abs(new - old)) for layer_new, layer_old in
                         zip(masks, server['masks']) for new, old in zip(layer_new, layer_old)])
     new_server = collections.OrderedDict(
         model=tff.learning.models.ModelWeights(trainable=trainable,
                                                non_trainable=server['model'].non_trainable),
-        momentum=reducer.update_momentum(list(server['momentum']), full_update, indices),
+        momentum=non_finite.keep_if(
+            finite, reducer.update_momentum(list(server['momentum']), full_update, indices),
+            list(server['momentum'])),
         masks=masks,
         rounds_done=server['rounds_done'] + 1)
     # Units whose mask changed this round: pruned plus regrown (0 when masks are frozen).
-    return optimizer_state, new_server, collections.OrderedDict(mask_changes=changed)
+    return optimizer_state, new_server, collections.OrderedDict(
+        mask_changes=changed, update_non_finite=tf.cast(tf.logical_not(finite), tf.int32))
 
   @tff.federated_computation(init_fn.type_signature.result,
                              tff.FederatedType(server_type, tff.SERVER),
@@ -304,9 +313,10 @@ class FederatedPruning(stages.StagedTraining):
     reduced_type = reduced_weights_spec.type_signature.result
     if self.compression is None:
       distributor = _distributor(reducer, self.config, server_type)
-      client_work = tff.learning.templates.build_model_delta_client_work(
-          reduced_model_fn, self._client_optimizer,
-          client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES)
+      client_work = non_finite.with_non_finite_count(
+          tff.learning.templates.build_model_delta_client_work(
+              reduced_model_fn, self._client_optimizer,
+              client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES))
       aggregator = tff.aggregators.MeanFactory().create(
           reduced_type.trainable, tff.TensorType(np.float32))
     else:
