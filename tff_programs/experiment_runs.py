@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow_federated as tff
 
+from fl_compression import variants  # pylint: disable=unused-import
 from fl_compression import tasks
 from fl_compression.data import corpus
 from fl_compression.benchmarks import fresh_process

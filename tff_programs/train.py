@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 import tensorflow_federated as tff
 
+from fl_compression import variants  # pylint: disable=unused-import
 from fl_compression import tasks
 from fl_compression.data import corpus
 from fl_compression.evaluation import bootstrap

@@ -50,7 +50,6 @@ LOSS_RTOL = 1e-4
 class ExportOptions:
   training: signatures.TrainingOptions = signatures.TrainingOptions()
   quantize: str = 'none'
-  verify: bool = True
   measure_memory: bool = True
   memory_batch_size: int = 4
   memory_seconds: float = 4.0
@@ -125,9 +124,16 @@ def _parameter_count(variables) -> int:
   return int(sum(np.prod(v.shape) for v in variables))
 
 
+# (bundle directory, Keras reference, int8 model path or None, its Keras reference or None)
+# -> verification results, recorded in the manifest (`tflite_export.verify.verify`).
+Verifier = Callable[[str, tf.keras.Model, Any, Any], dict[str, Any]]
+
+
 def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = ExportOptions(),
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Writes the bundle of `model_dir` to `output_dir` (see the module docstring)."""
+                  log: Callable[[str], None] = print,
+                  verifier: Verifier | None = None) -> dict[str, Any]:
+  """Writes the bundle of `model_dir` to `output_dir` (see the module docstring); with a
+  `verifier`, checks the bundle before it is published and records the result."""
   model, config = load_source_model(model_dir)
   model_config = config['model']
   vocab = vocabulary(model_config)
@@ -208,13 +214,10 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
           vocab_size=len(vocab), num_mel_bins=module.num_mel_bins)
       manifest['memory'].pop('model_path')
     _write_manifest(staging, manifest)
-    if options.verify:
+    if verifier is not None:
       log('verifying the bundle against the Keras model ...')
-      from tflite_export import verify  # pylint: disable=g-import-not-at-top
       reference, _ = load_source_model(model_dir)
-      manifest['verification'] = verify.verify(staging, reference, options.data_dir,
-                                               int8_path=int8_path,
-                                               int8_reference=int8_reference)
+      manifest['verification'] = verifier(staging, reference, int8_path, int8_reference)
       _write_manifest(staging, manifest)
     _publish(staging, output_dir)
   except BaseException:

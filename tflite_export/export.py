@@ -19,6 +19,7 @@ from tff_programs import flag_utils
 from tff_programs import program_main
 from tflite_export import bundle
 from tflite_export import signatures
+from tflite_export import verify
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None,
                                  'Saved model to export (config.json + weights.npz).')
@@ -82,10 +83,16 @@ def run() -> None:
         training=signatures.TrainingOptions(optimizer=_OPTIMIZER.value,
                                             learning_rate=_LEARNING_RATE.value,
                                             trainable=_TRAINABLE.value),
-        quantize=_QUANTIZE.value, verify=_VERIFY.value, measure_memory=_MEASURE_MEMORY.value,
+        quantize=_QUANTIZE.value, measure_memory=_MEASURE_MEMORY.value,
         data_dir=flag_utils.resolve_path(_DATA_DIR.value))
+
+    def verifier(bundle_dir, reference, int8_path, int8_reference):
+      return verify.verify(bundle_dir, reference, options.data_dir, int8_path=int8_path,
+                           int8_reference=int8_reference)
+
     manifest = bundle.export_bundle(model_dir, output_dir, options,
-                                    log=lambda line: print(line, flush=True))
+                                    log=lambda line: print(line, flush=True),
+                                    verifier=verifier if _VERIFY.value else None)
   except signatures.ExportError as e:
     raise flag_utils.FlagError(str(e)) from None
   print(_summary(manifest, output_dir), flush=True)

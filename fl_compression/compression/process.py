@@ -47,8 +47,10 @@ from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import omc
 from fl_compression.learning import accounting
+from fl_compression.learning import algorithms
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
+from fl_compression.learning import stages
 from fl_compression.learning import non_finite
 from fl_compression.models import pruned_dense
 from fl_compression.models import registry
@@ -486,4 +488,22 @@ def float_parameter_bytes(weights_type) -> int:
              for t in list(weights_type.trainable) + list(weights_type.non_trainable))
 
 
-Builder = Callable[[fedavg.ModelFn, CompressionConfig], tff.learning.templates.LearningProcess]
+def _build_variant(config: CompressionConfig, context: algorithms.BuildContext
+                   ) -> stages.StagedTraining:
+  model_fn = context.make_model_fn(context.model_config)
+  learning_process = build_compressed_fed_avg(
+      model_fn, config, context.hparams.build_client_optimizer(),
+      context.hparams.build_server_optimizer())
+  return stages.StagedTraining(learning_process, context.model_config, model_fn)
+
+
+@algorithms.register_staged('omc', 'online model compression: clients hold and exchange weight '
+                            'matrices in a low-bit float format (--omc_* flags)')
+def _build_omc(context: algorithms.BuildContext) -> stages.StagedTraining:
+  return _build_variant(omc_config(context.options), context)
+
+
+@algorithms.register_staged('fedaqt', 'FedAQT: clients receive and train a low-bit integer '
+                            'model, the server keeps the float model (--aqt_* flags)')
+def _build_fedaqt(context: algorithms.BuildContext) -> stages.StagedTraining:
+  return _build_variant(aqt_config(context.options), context)

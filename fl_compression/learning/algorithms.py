@@ -1,7 +1,10 @@
 """The registry of learning algorithms that `--algorithm` selects.
 
-A variant registers itself here once, with a builder that takes the model function and the
-common hyperparameters; the training program, tests and benchmarks look it up by name.
+A variant registers itself once, in its own module, with a builder that takes the model
+function and the common hyperparameters (`register`) or a `BuildContext` (`register_staged`);
+`fl_compression.variants` imports every variant module, so importing it fills the registry.
+This module knows FedAvg and FedAvg with TFF's compression aggregator only: the learning
+package depends on no variant.
 """
 
 import dataclasses
@@ -20,6 +23,12 @@ class Hyperparameters:
   client_learning_rate: float = 0.1
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
+
+  def build_client_optimizer(self) -> tff.learning.optimizers.Optimizer:
+    return optimizers.build_optimizer(self.client_optimizer, self.client_learning_rate)
+
+  def build_server_optimizer(self) -> tff.learning.optimizers.Optimizer:
+    return optimizers.build_optimizer(self.server_optimizer, self.server_learning_rate)
 
 
 Builder = Callable[[fedavg.ModelFn, Hyperparameters], tff.learning.templates.LearningProcess]
@@ -97,90 +106,12 @@ def get(name: str) -> Algorithm:
 
 @register('fedavg', 'weighted Federated Averaging (the uncompressed baseline)')
 def _build_fedavg(model_fn: fedavg.ModelFn, hparams: Hyperparameters):
-  return fedavg.build_weighted_fed_avg(
-      model_fn,
-      client_optimizer=optimizers.build_optimizer(
-          hparams.client_optimizer, hparams.client_learning_rate),
-      server_optimizer=optimizers.build_optimizer(
-          hparams.server_optimizer, hparams.server_learning_rate))
+  return fedavg.build_weighted_fed_avg(model_fn, hparams.build_client_optimizer(),
+                                       hparams.build_server_optimizer())
 
 
 @register('tff_compression', 'FedAvg with TFF\'s own tff.learning.compression_aggregator() '
           '(adaptive zeroing and clipping, 8-bit uniform quantization of large update tensors)')
 def _build_fedavg_tff_compression(model_fn: fedavg.ModelFn, hparams: Hyperparameters):
-  return fedavg.build_fed_avg_with_tff_compression(
-      model_fn,
-      client_optimizer=optimizers.build_optimizer(
-          hparams.client_optimizer, hparams.client_learning_rate),
-      server_optimizer=optimizers.build_optimizer(
-          hparams.server_optimizer, hparams.server_learning_rate))
-
-
-@register_staged('fp', 'federated pruning: clients train a physically smaller model '
-                 '(--fp_* flags)')
-def _build_federated_pruning(context: BuildContext) -> stages.StagedTraining:
-  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
-  return _build_pruning_variant(process.FederatedPruning, context)
-
-
-@register_staged('fd', 'federated dropout: clients train random sub-models of the sizes that '
-                 '--fp_sparsity and --fp_pattern give; the result is the full model')
-def _build_federated_dropout(context: BuildContext) -> stages.StagedTraining:
-  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
-  return _build_pruning_variant(process.FederatedDropout, context)
-
-
-def _build_pruning_variant(cls, context: BuildContext) -> stages.StagedTraining:
-  from fl_compression.pruning import process  # pylint: disable=g-import-not-at-top
-  hparams = context.hparams
-  compression = _stacked_compression(context.options)
-  if compression is not None and cls is not process.FederatedPruning:
-    raise process.plan_lib.PlanError('--fp_compress applies to --algorithm=fp only')
-  extra = {} if compression is None else {'compression': compression}
-  return cls(
-      context.model_config, context.make_model_fn, process.config_from_options(context.options),
-      context.total_rounds,
-      client_optimizer=optimizers.build_optimizer(
-          hparams.client_optimizer, hparams.client_learning_rate),
-      server_optimizer=optimizers.build_optimizer(
-          hparams.server_optimizer, hparams.server_learning_rate),
-      initial_weights=context.initial_weights, **extra)
-
-
-def _stacked_compression(options: dict[str, Any]):
-  """The OMC or FedAQT config that `--fp_compress` stacks on pruning (None: none)."""
-  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
-  compress = options.get('compress', 'none')
-  if compress == 'none':
-    return None
-  if compress not in process.CONFIGS:
-    raise process.ConfigError(f'--fp_compress={compress!r} is unknown; known: none, '
-                              f'{", ".join(process.CONFIGS)}')
-  return process.CONFIGS[compress](options)
-
-
-@register_staged('omc', 'online model compression: clients hold and exchange weight matrices in a '
-                 'low-bit float format (--omc_* flags)')
-def _build_omc(context: BuildContext) -> stages.StagedTraining:
-  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
-  return _build_compressed_variant(process.CONFIGS['omc'](context.options), context)
-
-
-@register_staged('fedaqt', 'FedAQT: clients receive and train a low-bit integer model, the server '
-                 'keeps the float model (--aqt_* flags)')
-def _build_fedaqt(context: BuildContext) -> stages.StagedTraining:
-  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
-  return _build_compressed_variant(process.CONFIGS['fedaqt'](context.options), context)
-
-
-def _build_compressed_variant(config, context: BuildContext) -> stages.StagedTraining:
-  from fl_compression.compression import process  # pylint: disable=g-import-not-at-top
-  hparams = context.hparams
-  model_fn = context.make_model_fn(context.model_config)
-  learning_process = process.build_compressed_fed_avg(
-      model_fn, config,
-      client_optimizer=optimizers.build_optimizer(
-          hparams.client_optimizer, hparams.client_learning_rate),
-      server_optimizer=optimizers.build_optimizer(
-          hparams.server_optimizer, hparams.server_learning_rate))
-  return stages.StagedTraining(learning_process, context.model_config, model_fn)
+  return fedavg.build_fed_avg_with_tff_compression(model_fn, hparams.build_client_optimizer(),
+                                                   hparams.build_server_optimizer())

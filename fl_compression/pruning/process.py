@@ -40,6 +40,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression.compression import process as compression_process
+from fl_compression.learning import algorithms
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
 from fl_compression.learning import non_finite
@@ -404,3 +405,40 @@ def _is_finetune(key) -> bool:
 
 def _state_type(process):
   return process.initialize.type_signature.result.member
+
+
+def stacked_compression(options: dict[str, Any]
+                        ) -> Optional[compression_process.CompressionConfig]:
+  """The OMC or FedAQT config that `--fp_compress` stacks on pruning (None: none)."""
+  compress = options.get('compress', 'none')
+  if compress == 'none':
+    return None
+  if compress not in compression_process.CONFIGS:
+    raise compression_process.ConfigError(
+        f'--fp_compress={compress!r} is unknown; known: none, '
+        f'{", ".join(compression_process.CONFIGS)}')
+  return compression_process.CONFIGS[compress](options)
+
+
+def _build_variant(cls, context: algorithms.BuildContext) -> stages.StagedTraining:
+  compression = stacked_compression(context.options)
+  if compression is not None and cls is not FederatedPruning:
+    raise plan_lib.PlanError('--fp_compress applies to --algorithm=fp only')
+  extra = {} if compression is None else {'compression': compression}
+  return cls(context.model_config, context.make_model_fn, config_from_options(context.options),
+             context.total_rounds, client_optimizer=context.hparams.build_client_optimizer(),
+             server_optimizer=context.hparams.build_server_optimizer(),
+             initial_weights=context.initial_weights, **extra)
+
+
+@algorithms.register_staged('fp', 'federated pruning: clients train a physically smaller model '
+                            '(--fp_* flags)')
+def _build_federated_pruning(context: algorithms.BuildContext) -> stages.StagedTraining:
+  return _build_variant(FederatedPruning, context)
+
+
+@algorithms.register_staged('fd', 'federated dropout: clients train random sub-models of the '
+                            'sizes that --fp_sparsity and --fp_pattern give; the result is the '
+                            'full model')
+def _build_federated_dropout(context: algorithms.BuildContext) -> stages.StagedTraining:
+  return _build_variant(FederatedDropout, context)

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression.learning import algorithms
+from fl_compression import variants  # pylint: disable=unused-import
 from fl_compression.models import asr
 from fl_compression.models import registry
 from tests import tff_test_utils

@@ -69,7 +69,7 @@ class PretrainedBundleTest(absltest.TestCase):
     cls.bundle_dir = os.path.join(cls.tmp, 'bundle')
     cls.manifest = bundle_lib.export_bundle(
         cls.model_dir, cls.bundle_dir,
-        bundle_lib.ExportOptions(quantize='int8', verify=False, measure_memory=False),
+        bundle_lib.ExportOptions(quantize='int8', measure_memory=False),
         log=lambda line: None)
     cls.model, _ = checkpoint.load_keras_model(cls.model_dir)
     cls.batch = _batch(cls.utterances)
@@ -208,7 +208,7 @@ class BadInputTest(absltest.TestCase):
     cls.manifest = bundle_lib.export_bundle(
         cls.model_dir, cls.bundle_dir, bundle_lib.ExportOptions(
             training=signatures.TrainingOptions(optimizer='sgd', learning_rate=1e-3),
-            verify=False, measure_memory=False), log=lambda line: None)
+            measure_memory=False), log=lambda line: None)
     rng = np.random.default_rng(0)
     cls.features = rng.standard_normal((2, 90, 80), dtype=np.float32)
     cls.lengths = np.array([90, 70], np.int32)
@@ -276,7 +276,7 @@ class BadInputTest(absltest.TestCase):
         bundle_lib.Bundle(self.bundle_dir).infer(self.features, self.lengths)['logits'])
 
   def test_export_errors_name_the_model_dir_and_keep_an_existing_bundle(self):
-    options = bundle_lib.ExportOptions(verify=False, measure_memory=False)
+    options = bundle_lib.ExportOptions(measure_memory=False)
     quiet = lambda line: None  # noqa: E731
     with self.assertRaisesRegex(signatures.ExportError, r'--model_dir=.*nowhere does not exist'):
       bundle_lib.export_bundle(os.path.join(self.tmp, 'nowhere'), self.bundle_dir, options,
@@ -293,7 +293,7 @@ class BadInputTest(absltest.TestCase):
     with open(os.path.join(self.bundle_dir, 'manifest.json')) as f:
       before = f.read()
     bad_trainable = bundle_lib.ExportOptions(
-        training=signatures.TrainingOptions(trainable='no_such_layer'), verify=False,
+        training=signatures.TrainingOptions(trainable='no_such_layer'),
         measure_memory=False)
     with self.assertRaisesRegex(signatures.ExportError, '--trainable=no_such_layer'):
       bundle_lib.export_bundle(self.model_dir, self.bundle_dir, bad_trainable, log=quiet)
@@ -331,7 +331,7 @@ class ReducedAndTransducerExportTest(absltest.TestCase):
   def _export(self, model_dir, name):
     bundle_dir = os.path.join(self.tmp, name)
     manifest = bundle_lib.export_bundle(model_dir, bundle_dir, bundle_lib.ExportOptions(
-        training=signatures.TrainingOptions(optimizer='sgd'), verify=False,
+        training=signatures.TrainingOptions(optimizer='sgd'),
         measure_memory=False), log=lambda line: None)
     return bundle_lib.Bundle(bundle_dir), manifest
 
