@@ -1,24 +1,50 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, generates the embedded speech corpus if absent, then
-# - runs the TFF training program with federated pruning: it evaluates the shipped pretrained
-#   Conformer-CTC (round 0), prunes 20% of its Conformer columns and trains the reduced model
-#   over speaker clients for a few rounds (prune, refine, fine-tune), and prints the WER table;
-# - exports the trained reduced model to a TFLite bundle with on-device training signatures
-#   and verifies it against the Keras model in the TFLite interpreter.
-# Extra arguments go to the training program, e.g. `bash tools/demo.sh --total_rounds=6`.
+# The demo: installs what is missing, then on the embedded speech corpus
+# - trains dense FedAvg and a compressed variant side by side with the TFF training program:
+#   both start from the shipped pretrained Conformer-CTC and train the same rounds on the same
+#   speaker clients;
+# - exports both final models to TFLite bundles with on-device training signatures and verifies
+#   the compressed one against its Keras model in the TFLite interpreter;
+# - prints the two side by side: WER per split with the paired 95% interval, client bytes per
+#   round, final model and TFLite sizes.
+# DEMO_METHOD picks the compressed variant (fedaqt, omc or fp); DEMO_ROUNDS the rounds.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}"
 bash tools/setup.sh
 # TF C++ start-up notices (CUDA plugin registration on a CPU machine) are noise here.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
-run_dir="runs/demo-$(date +%Y%m%d-%H%M%S)"
+method="${DEMO_METHOD:-fedaqt}"
+rounds="${DEMO_ROUNDS:-8}"
+case "${method}" in
+  fedaqt) method_flags=(--algorithm=fedaqt --aqt_bits=8 --aqt_rounding=stochastic) ;;
+  omc) method_flags=(--algorithm=omc --omc_format=S1E4M6 --omc_fraction=0.9
+                     --omc_rounding=stochastic) ;;
+  fp) method_flags=(--algorithm=fp --fp_sparsity=0.3 --fp_adaptive --fp_refine_start=2
+                    --fp_finetune_start=3) ;;
+  *) echo "error: DEMO_METHOD=${method} is unknown; known: fedaqt, omc, fp" >&2; exit 2 ;;
+esac
+run_dir="${root}/runs/demo-$(date +%Y%m%d-%H%M%S)"
+data_dir="${root}/data/embedded_corpus"
 quiet=(--ui_event_filters=-info,-stdout,-stderr --noshow_progress)
-bazel run "${quiet[@]}" //tff_programs:train -- \
-  --task=speech_ctc --algorithm=fp --initial_model_dir=checkpoints/conformer_ctc_tiny \
-  --root_output_dir="${run_dir}" --total_rounds=3 --clients_per_round=4 --batch_size=8 \
-  --client_optimizer=adam --client_learning_rate=0.0002 --evaluation_period=3 \
-  --fp_sparsity=0.2 --fp_refine_start=2 --fp_finetune_start=3 "$@"
+bazel run "${quiet[@]}" //tff_programs:corpus -- --data_dir="${data_dir}" --domain=main
+common=(--task=speech_ctc --initial_model_dir=checkpoints/conformer_ctc_tiny
+        --data_dir="${data_dir}" --total_rounds="${rounds}" --clients_per_round=4
+        --batch_size=8 --client_optimizer=adam --client_learning_rate=0.0002
+        --evaluation_period="${rounds}")
 echo
-bazel run "${quiet[@]}" //tflite_export:export -- \
-  --model_dir="${run_dir}/final_model" --output_dir="${run_dir}/tflite"
+bazel run "${quiet[@]}" //tff_programs:train -- "${common[@]}" --algorithm=fedavg \
+  --root_output_dir="${run_dir}/fedavg"
+echo
+bazel run "${quiet[@]}" //tff_programs:train -- "${common[@]}" "${method_flags[@]}" \
+  --root_output_dir="${run_dir}/${method}"
+echo
+bazel run "${quiet[@]}" //tflite_export:export -- --verify=false --measure_memory=false \
+  --model_dir="${run_dir}/fedavg/final_model" --output_dir="${run_dir}/fedavg/tflite" \
+  --data_dir="${data_dir}" > /dev/null
+bazel run "${quiet[@]}" //tflite_export:export -- --measure_memory=false \
+  --model_dir="${run_dir}/${method}/final_model" --output_dir="${run_dir}/${method}/tflite" \
+  --data_dir="${data_dir}"
+echo
+bazel run "${quiet[@]}" //tff_programs:compare -- --baseline_run="${run_dir}/fedavg" \
+  --run="${run_dir}/${method}"

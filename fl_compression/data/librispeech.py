@@ -49,11 +49,16 @@ class ScanReport:
 
 
 def read_flac_streaminfo(path: str) -> tuple[int, int, int, int]:
-  """(sample_rate, channels, bits_per_sample, total_samples) from a FLAC file's STREAMINFO."""
+  """(sample_rate, channels, bits_per_sample, total_samples) from a FLAC file's STREAMINFO;
+  a `CorpusError` `<path>: <reason>` with reason `empty file`, `not FLAC` or `truncated`."""
   with open(path, 'rb') as f:
     header = f.read(42)
-  if len(header) < 42 or header[:4] != _FLAC_MAGIC or header[4] & 0x7F != 0:
-    raise CorpusError(f'{path}: not a FLAC file')
+  if not header:
+    raise CorpusError(f'{path}: empty file')
+  if header[:4] != _FLAC_MAGIC:
+    raise CorpusError(f'{path}: not FLAC (the file does not start with "fLaC")')
+  if len(header) < 42 or header[4] & 0x7F != 0:
+    raise CorpusError(f'{path}: truncated (the FLAC header is incomplete)')
   info = header[8:42]
   packed = struct.unpack('>Q', info[10:18])[0]
   sample_rate = packed >> 44
@@ -118,20 +123,27 @@ def scan_split(split_dir: str, alphabet: Optional[set[str]] = None, *, strict: b
         continue
       try:
         rate, channels, bits, total = read_flac_streaminfo(path)
-      except (CorpusError, OSError) as e:
-        problem(path, f'unreadable audio: {e}')
+      except CorpusError as e:
+        problem(path, f'unreadable audio: {str(e)[len(path) + 2:]}')
+        continue
+      except OSError as e:
+        problem(path, f'unreadable audio: {e.strerror}')
         continue
       if (rate, channels, bits) != (SAMPLE_RATE, 1, 16):
         problem(path, f'unsupported audio format: {rate} Hz, {channels} channel(s), '
                 f'{bits}-bit (want 16000 Hz, 1 channel, 16-bit)')
         continue
+      if total == 0:
+        problem(path, 'unreadable audio: empty (the FLAC header promises no samples)')
+        continue
       if decode_check:
         try:
           decoded = int(tfio.audio.decode_flac(tf.io.read_file(path), dtype=tf.int16).shape[0])
-        except (tf.errors.OpError, ValueError) as e:
-          problem(path, f'unreadable audio: {str(e).splitlines()[0][:200]}')
+        except (tf.errors.OpError, ValueError):
+          # The decoder's own message is op text; what it means for the file is the reason.
+          problem(path, 'unreadable audio: corrupt FLAC data (the decoder stopped)')
           continue
-        if decoded != total or total == 0:
+        if decoded != total:
           problem(path, f'unreadable audio: truncated ({decoded} of {total} samples)')
           continue
       parts = utt_id.split('-')

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,7 +53,7 @@ class ReaderTest(absltest.TestCase):
     self.assertIn(reason_part, reason)
     self.assertLen(report.utterances, len(self.report.utterances) - utterances_lost)
     self.assertIn('skipped: 1', report.summary())
-    with self.assertRaisesRegex(librispeech.CorpusError, reason_part):
+    with self.assertRaisesRegex(librispeech.CorpusError, re.escape(reason_part)):
       librispeech.scan_split(self.split, _ALPHABET, strict=True)
 
   def test_clean_corpus_reads_completely(self):
@@ -64,15 +65,45 @@ class ReaderTest(absltest.TestCase):
     self.assertLess(np.max(np.abs(decoded)), 1.0)
     self.assertGreater(np.std(decoded), 0.01)
 
+  def _assert_audio_problem(self, reason):
+    """One problem, for the victim's file, whose whole reason is `reason` (no decoder op text,
+    no repeated path)."""
+    self._assert_one_problem(os.path.basename(self.victim.audio_path), reason)
+    (_, found), = librispeech.scan_split(self.split, _ALPHABET).problems
+    self.assertEqual(found, reason)
+
   def test_truncated_flac(self):
     with open(self.victim.audio_path, 'r+b') as f:
       f.truncate(os.path.getsize(self.victim.audio_path) // 2)
+    found = librispeech.scan_split(self.split, _ALPHABET).problems[0][1]
+    self.assertRegex(found, r'^unreadable audio: (truncated \(\d+ of \d+ samples\)|corrupt '
+                     r'FLAC data \(the decoder stopped\))$')
     self._assert_one_problem(os.path.basename(self.victim.audio_path), 'unreadable audio')
+
+  def test_truncated_header(self):
+    with open(self.victim.audio_path, 'r+b') as f:
+      f.truncate(20)
+    self._assert_audio_problem('unreadable audio: truncated (the FLAC header is incomplete)')
+
+  def test_empty_file(self):
+    open(self.victim.audio_path, 'wb').close()
+    self._assert_audio_problem('unreadable audio: empty file')
+
+  def test_corrupt_stream(self):
+    # A valid header and garbage frames: the decoder fails; the reason says so in words.
+    with open(self.victim.audio_path, 'r+b') as f:
+      f.seek(200)
+      f.write(bytes(range(256)) * 8)
+    found = librispeech.scan_split(self.split, _ALPHABET).problems[0][1]
+    self.assertIn(found, ('unreadable audio: corrupt FLAC data (the decoder stopped)',
+                          f'unreadable audio: truncated ({found.split("(")[-1]}'))
+    self.assertNotIn('Op', found)
 
   def test_not_a_flac(self):
     with open(self.victim.audio_path, 'wb') as f:
       f.write(b'RIFF....WAVEfmt garbage')
-    self._assert_one_problem(os.path.basename(self.victim.audio_path), 'not a FLAC file')
+    self._assert_audio_problem('unreadable audio: not FLAC (the file does not start with '
+                               '"fLaC")')
 
   def test_wrong_sample_rate(self):
     resampled = self.victim.audio_path + '.8k.flac'
