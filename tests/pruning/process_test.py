@@ -264,9 +264,15 @@ class FederatedPruningProcessTest(absltest.TestCase):
 
     stage, masks, final = tff_test_utils.run_on_local_backend(body)
     self.assertEqual(fd.config.importance.method, 'random')
-    # Same sizes, other units: random sub-models each round.
+    # Same sizes, other units: random sub-models each round, half of every layer's units kept
+    # (each layer's count rounds to a whole unit).
     self.assertEqual(masks[0].sum(), masks[1].sum())
     self.assertGreater(np.sum(masks[0] != masks[1]), 0)
+    self.assertAlmostEqual(float(masks[0].mean()), 0.5, delta=0.05)
+    # Rounds really trained: the full model moved.
+    moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(final.trainable, weights.trainable))
+    self.assertGreater(moved, 1e-4)
     # The result is the full model: every variable has its dense shape.
     self.assertNotIn('pruning', stage.model_config)
     self.assertEqual([np.shape(w) for w in final.trainable],

@@ -51,8 +51,14 @@ class BenchmarkPruningTest(absltest.TestCase):
     frozen = results['fp/column/magnitude/0.4/no_refinement']
     for run in (dense, refined, frozen):
       self.assertLen(run['round_seconds'], 3)
-      for split in (corpus.DEV_SPLIT, corpus.TEST_SPLIT):
-        self.assertBetween(run['error_rates'][split]['wer'], 0.0, 5.0)
+      for split, count in ((corpus.DEV_SPLIT, 2), (corpus.TEST_SPLIT, 2)):
+        # The stored rate is the corpus-level rate of the stored per-utterance errors, and a
+        # model trained 3 rounds from its initialization transcribes almost nothing right.
+        errors = run['utterance_errors'][split]
+        self.assertLen(errors['utterance_ids'], count)
+        self.assertAlmostEqual(run['error_rates'][split]['wer'],
+                               sum(errors['errors']) / sum(errors['words']))
+        self.assertGreater(run['error_rates'][split]['wer'], 0.5)
     # Pruned clients hold and exchange a smaller model than FedAvg's.
     self.assertLess(refined['model_parameters'], dense['model_parameters'])
     self.assertLess(refined['client_bytes_down'], dense['client_bytes_down'])

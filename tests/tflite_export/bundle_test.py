@@ -5,8 +5,11 @@ Independent references: the Keras model and its loss on the same batch, the Pyth
 and TFLite's own flatbuffer schema for the operators and weight types.
 """
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -54,6 +57,42 @@ def _batch(utterances):
     batch['features'][i, :f.shape[0]] = f
     batch['labels'][i, :len(l)] = l
   return batch
+
+
+def _analyzer_ops(model: bytes) -> dict[str, set[str]]:
+  """Per signature, the op names TF's `tf.lite.experimental.Analyzer` lists for its subgraph
+  and every subgraph its ops call (CALL_ONCE, WHILE, IF)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    tf.lite.experimental.Analyzer.analyze(model_content=model)
+  subgraphs, names, current = {}, {}, None
+  for line in out.getvalue().splitlines():
+    header = re.match(r'^Subgraph#(\d+) (\w*)\(', line)
+    if header:
+      current = int(header.group(1))
+      subgraphs[current] = []
+      if header.group(2):
+        names[header.group(2)] = current
+      continue
+    op = re.match(r'^  Op#\d+ (\w+)\((.*)', line)
+    if op and current is not None:
+      subgraphs[current].append((op.group(1), [int(i) for i in
+                                               re.findall(r'Subgraph#(\d+)', op.group(2))]))
+    elif not line.startswith('  '):
+      current = None
+
+  def reach(index, seen):
+    if index in seen:
+      return set()
+    seen.add(index)
+    found = set()
+    for op, called in subgraphs.get(index, []):
+      found.add(op)
+      for i in called:
+        found |= reach(i, seen)
+    return found
+
+  return {name: reach(index, set()) for name, index in names.items()}
 
 
 class PretrainedBundleTest(absltest.TestCase):
@@ -109,6 +148,20 @@ class PretrainedBundleTest(absltest.TestCase):
     self.assertEqual(sorted(int8_ops), ['infer', 'transcribe'])
     self.assertTrue(all(o.builtin_only for o in int8_ops.values()))
 
+  def test_tf_lite_analyzer_agrees_on_the_flex_ops(self):
+    # An independent reader of the flatbuffer (TF's own model analyzer, not the project's
+    # walker): infer and transcribe reach no Flex op, train reaches the manifest's ones.
+    for name, expected in (('model.tflite', self.manifest['signatures']),
+                           ('model_int8.tflite', None)):
+      ops = _analyzer_ops(self._read(name))
+      self.assertContainsSubset({'infer', 'transcribe'}, set(ops))
+      for signature in ('infer', 'transcribe'):
+        self.assertEqual({op for op in ops[signature] if op.startswith('Flex')}, set(),
+                         (name, signature))
+      if expected is not None:
+        self.assertEqual(sorted(op[len('Flex'):] for op in ops['train'] if op.startswith('Flex')),
+                         expected['train']['flex_ops'])
+
   def test_infer_matches_the_keras_model(self):
     runner = bundle_lib.Bundle(self.bundle_dir)
     out = runner.infer(self.batch['features'], self.batch['feature_length'])
@@ -147,6 +200,12 @@ class PretrainedBundleTest(absltest.TestCase):
     restored = fresh.infer(self.batch['features'], self.batch['feature_length'])
     for key in trained:
       np.testing.assert_array_equal(restored[key], trained[key])
+    # The optimizer state round-trips too (Adam's step count and moments): one more step on
+    # the restored model is exactly the step on the original.
+    self.assertEqual(fresh.train(**self.batch), runner.train(**self.batch))
+    stepped = fresh.infer(self.batch['features'], self.batch['feature_length'])
+    original = runner.infer(self.batch['features'], self.batch['feature_length'])
+    np.testing.assert_array_equal(stepped['logits'], original['logits'])
     # The phone's checkpoint is a TensorFlow checkpoint: the desktop reads it back.
     reader = tf.compat.v1.train.NewCheckpointReader(path)
     names = set(reader.get_variable_to_shape_map())
