@@ -392,6 +392,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     lines.append(f'Starting model: test WER {pct(initial[SPLITS["test"]]["wer"])}, dev WER '
                  f'{pct(initial[SPLITS["dev"]]["wer"])}.')
     lines.append('')
+  lines += common.revision_note(results)
   lines += ['## Numbers to reach', '', common.INTERVAL_RULE, '', '| target | measured | |',
             '|---|---|---|']
   lines += [f'| {t} | {m} | {c} |' for t, m, c in summary_checks(results)]

@@ -254,6 +254,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
                  f'in training), dev WER {common.pct(initial["tiny"][dev]["wer"])} '
                  f'({initial["tiny"][dev]["num_reference_words"]:,} words).')
     lines.append('')
+  lines += common.revision_note(results)
   lines += ['**Rule.** Every difference is the test WER of the row against dense FedAvg\'s on '
             'the same utterances, relative to dense, with its paired bootstrap 95% interval '
             '(1,000 resamples of the test utterances, seed 0). A "within +x%" target is met '

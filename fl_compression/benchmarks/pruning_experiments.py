@@ -141,8 +141,25 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
   return list(runs.values())
 
 
+def code_revision() -> str:
+  """The git commit of the code that runs (`+dirty` when the work tree has changes), from the
+  workspace `bazel run` was started in or this file's checkout; `unknown` outside git."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  where = os.environ.get('BUILD_WORKSPACE_DIRECTORY') or os.path.dirname(os.path.realpath(
+      __file__))
+  try:
+    head = subprocess.run(['git', '-C', where, 'rev-parse', '--short=12', 'HEAD'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(['git', '-C', where, 'status', '--porcelain', '--untracked-files=no'],
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+  return head + ('+dirty' if dirty else '')
+
+
 class ResultStore:
-  """Results by key in one JSON file, rewritten atomically after each finished piece."""
+  """Results by key in one JSON file, rewritten atomically after each finished piece. Every
+  stored result records the code revision that produced it (`code_revision`)."""
 
   def __init__(self, path: str, settings: dict[str, Any]):
     self.path = path
@@ -165,6 +182,8 @@ class ResultStore:
     return self.data['results'].get(key)
 
   def put(self, key: str, value: dict[str, Any]) -> None:
+    if isinstance(value, dict) and 'code_revision' not in value:
+      value = {**value, 'code_revision': code_revision()}
     self.data['results'][key] = value
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
@@ -173,6 +192,22 @@ class ResultStore:
 
 
 # The report.
+
+
+def revision_note(results: dict[str, Any]) -> list[str]:
+  """Report lines naming the code revisions of the stored rows when they differ, and which
+  rows came from which (rows stored before revisions were recorded count as `unrecorded`)."""
+  by_revision: dict[str, list[str]] = {}
+  for key, value in results.items():
+    if isinstance(value, dict) and ('error_rates' in value or 'round_seconds' in value):
+      by_revision.setdefault(value.get('code_revision', 'unrecorded'), []).append(key)
+  if len(by_revision) <= 1:
+    return [f'All runs: code revision `{next(iter(by_revision), "n/a")}`.', '']
+  lines = ['**Rows from several code revisions** (a row is as its revision computed it; rerun '
+           'a row by removing its key from `results.json`):', '']
+  for revision, keys in sorted(by_revision.items(), key=lambda x: -len(x[1])):
+    lines.append(f'- `{revision}`: ' + ', '.join(f'`{k}`' for k in keys))
+  return lines + ['']
 
 
 def pct(value: Optional[float]) -> str:
@@ -351,6 +386,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   if initial:
     lines += [f'Starting model: test WER {pct(initial[SPLITS["test"]]["wer"])}, dev WER '
               f'{pct(initial[SPLITS["dev"]]["wer"])}.', '']
+  lines += revision_note(results)
   if settings.get('missing_runs'):
     lines += [f'**Not run yet** ({len(settings["missing_runs"])}; the same command resumes '
               f'them): ' + ', '.join(f'`{k}`' for k in settings['missing_runs']) + '.', '']

@@ -101,6 +101,20 @@ class ResultStoreTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r'--total_rounds=9 \(the results have 6\)'):
       experiments.ResultStore(path, dict(_settings(), total_rounds=9))
 
+  def test_results_record_their_code_revision_and_reports_name_mixed_ones(self):
+    path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'r.json')
+    store = experiments.ResultStore(path, _settings())
+    store.put('fedavg', _run(0.1))
+    revision = experiments.ResultStore(path, _settings()).get('fedavg')['code_revision']
+    self.assertEqual(revision, experiments.code_revision())
+    self.assertRegex(revision, r'^([0-9a-f]{12}(\+dirty)?|unknown)$')
+    self.assertEqual(experiments.revision_note(store.data['results']),
+                     [f'All runs: code revision `{revision}`.', ''])
+    store.put('fp/row/magnitude/0.1', dict(_run(0.2), code_revision='0123456789ab'))
+    note = '\n'.join(experiments.revision_note(store.data['results']))
+    self.assertIn('**Rows from several code revisions**', note)
+    self.assertIn('- `0123456789ab`: `fp/row/magnitude/0.1`', note)
+
   def test_unreadable_file_is_reported_and_kept(self):
     path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'r.json')
     with open(path, 'w') as f:
