@@ -1,12 +1,15 @@
 """Counts test cases from Bazel's JUnit XML reports and prints `N passed, N failed, N skipped`.
 
 Only the reports of the given test targets are read (stale reports of removed targets are not).
-A target with no usable report, or one Bazel marked failed whose report names no failing case
-(a crash or a timeout leaves absltest's report empty), counts as one failure.
+A sharded target's reports are its shards' (`shard_<i>_of_<n>/test.xml`), summed. A target with
+no usable report (or a missing shard), or one Bazel marked failed whose report names no failing
+case (a crash or a timeout leaves absltest's report empty), counts as one failure.
 Usage: test_summary.py BAZEL_TESTLOGS_DIR TARGETS_FILE FAILED_TARGETS_FILE
 """
 
+import glob
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -35,12 +38,24 @@ def _read_lines(path: str) -> list[str]:
     return [line.strip() for line in f if line.strip()]
 
 
+def count_target(directory: str) -> tuple[int, int, int]:
+  """(passed, failed, skipped) of a target's report, or of all its shards' reports."""
+  shards = sorted(glob.glob(os.path.join(directory, 'shard_*_of_*', 'test.xml')))
+  if not shards or os.path.exists(os.path.join(directory, 'test.xml')):
+    return count_report(os.path.join(directory, 'test.xml'))
+  total = int(re.search(r'shard_\d+_of_(\d+)', shards[0]).group(1))
+  if len(shards) != total:
+    raise ValueError(f'{directory}: {len(shards)} of {total} shard reports')
+  counts = [count_report(path) for path in shards]
+  return tuple(sum(c[i] for c in counts) for i in range(3))
+
+
 def summarize(testlogs: str, targets: list[str], failed_targets: list[str]) -> tuple[int, int, int]:
   passed = failed = skipped = 0
   for target in targets:
-    report = os.path.join(testlogs, target.lstrip('/').replace(':', '/'), 'test.xml')
+    directory = os.path.join(testlogs, target.lstrip('/').replace(':', '/'))
     try:
-      p, f, s = count_report(report)
+      p, f, s = count_target(directory)
     except ValueError as e:
       print(f'{target}: no usable test report: {e}')
       failed += 1

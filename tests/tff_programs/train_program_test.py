@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import uuid
 from absl.testing import absltest
 import numpy as np
 
+from fl_compression.data import corpus
 from fl_compression.models import checkpoint
 from tests import tff_test_utils
 
@@ -63,23 +65,26 @@ class TrainProgramTest(absltest.TestCase):
     self.assertEmpty(tff_test_utils.processes_with_env(self.marker),
                      'a process started by the program outlived it')
 
-  def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(self):
+  def _kill_and_resume(self, flags, kill_after_round, total_rounds, columns, timeout=300):
+    """Runs `flags` to the end once, and once killed (SIGKILL) right after round
+    `kill_after_round` was saved and started again; both must end alike: every round's
+    `columns`, the last evaluation and the final model."""
     tmp = absltest.get_default_test_tmpdir()
     whole_root, killed_root = tempfile.mkdtemp(dir=tmp), tempfile.mkdtemp(dir=tmp)
-    rounds = '--total_rounds=24'
+    flags = [f'--total_rounds={total_rounds}', *flags]
 
-    code, stdout, stderr = self._run(whole_root, rounds)
+    code, stdout, stderr = self._run(whole_root, *flags, timeout=timeout)
     self.assertEqual(code, 0, stderr[-3000:])
     self.assertIn('Final result', stdout)
     self._assert_no_worker_left()
 
-    process = self._start(killed_root, rounds)
+    process = self._start(killed_root, *flags)
     state_dir = os.path.join(killed_root, 'program_state')
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + timeout
     # A finished save is renamed into place; program_state_3_tempNNNN is one still being written.
-    while not os.path.isdir(os.path.join(state_dir, 'program_state_3')):
+    while not os.path.isdir(os.path.join(state_dir, f'program_state_{kill_after_round}')):
       self.assertIsNone(process.poll(), 'the run ended before it could be killed')
-      self.assertLess(time.monotonic(), deadline, 'no program state after 240 s')
+      self.assertLess(time.monotonic(), deadline, f'no program state after {timeout} s')
       time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -87,28 +92,58 @@ class TrainProgramTest(absltest.TestCase):
     self._assert_no_worker_left()  # The worker dies with its program, even on SIGKILL.
     self.assertFalse(os.path.exists(os.path.join(killed_root, 'final_model')))
 
-    code, stdout, stderr = self._run(killed_root, rounds)
+    code, stdout, stderr = self._run(killed_root, *flags, timeout=timeout)
     self.assertEqual(code, 0, stderr[-3000:])
-    self.assertRegex(stdout, r'resumed after round +([3-9]|1\d|2[0-3])\n')
+    resumed_after = int(re.search(r'resumed after round +(\d+)\n', stdout).group(1))
+    self.assertBetween(resumed_after, kill_after_round, total_rounds - 1)
     self._assert_no_worker_left()
 
     whole_rows = _read_csv(os.path.join(whole_root, 'metrics.csv'))
     resumed_rows = _read_csv(os.path.join(killed_root, 'metrics.csv'))
-    self.assertEqual([r['key'] for r in resumed_rows], [str(i) for i in range(1, 25)])
+    self.assertEqual([r['key'] for r in resumed_rows],
+                     [str(i) for i in range(1, total_rounds + 1)])
     for whole, resumed in zip(whole_rows, resumed_rows):
-      for column in ('client_work/train/loss', 'client_work/train/accuracy',
-                     'communication/client_bytes_down'):
+      for column in columns:
         np.testing.assert_allclose(float(resumed[column]), float(whole[column]), rtol=1e-5,
                                    err_msg=f'round {whole["key"]} {column}')
     whole_eval = _read_csv(os.path.join(whole_root, 'evaluation_metrics.csv'))[-1]
     resumed_eval = _read_csv(os.path.join(killed_root, 'evaluation_metrics.csv'))[-1]
-    np.testing.assert_allclose(float(resumed_eval['eval/loss']), float(whole_eval['eval/loss']),
-                               rtol=1e-5)
+    for column in whole_eval:
+      if column.startswith(('eval/loss', 'transcription/')) and column.endswith(('loss', 'wer')):
+        np.testing.assert_allclose(float(resumed_eval[column]), float(whole_eval[column]),
+                                   rtol=1e-5, err_msg=column)
     whole_model, _ = checkpoint.load_keras_model(os.path.join(whole_root, 'final_model'))
     resumed_model, config = checkpoint.load_keras_model(os.path.join(killed_root, 'final_model'))
-    self.assertEqual(config['round'], 24)
+    self.assertEqual(config['round'], total_rounds)
     for a, b in zip(whole_model.get_weights(), resumed_model.get_weights()):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    return whole_root
+
+  def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(self):
+    self._kill_and_resume([], 3, 24, ('client_work/train/loss', 'client_work/train/accuracy',
+                                      'communication/client_bytes_down'))
+
+  def test_killed_omc_run_resumes_like_an_uninterrupted_run(self):
+    self._kill_and_resume(['--algorithm=omc', '--omc_format=S1E4M6', '--omc_fraction=0.5',
+                           '--omc_rounding=stochastic'], 2, 6,
+                          ('client_work/train/loss', 'client_work/held_parameter_bytes',
+                           'communication/client_bytes_up'))
+
+  def test_killed_pruning_run_resumes_across_its_stage_change(self):
+    # Killed in the refining stage; the resumed run converts its state into the fine-tuning
+    # stage (a smaller server model) at round 4, as the uninterrupted run did.
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    data_dir = os.path.join(tmp, 'corpus')
+    corpus.generate(data_dir, corpus.SMALL, log=lambda message: None)
+    root = self._kill_and_resume(
+        ['--task=speech_ctc', f'--data_dir={data_dir}', '--algorithm=fp', '--fp_sparsity=0.3',
+         '--fp_refine_start=2', '--fp_finetune_start=4', '--clients_per_round=2',
+         '--batch_size=2', '--evaluation_period=5', '--client_optimizer=adam',
+         '--client_learning_rate=0.001'], 2, 5,
+        ('client_work/train/loss', 'communication/client_bytes_down'), timeout=900)
+    rows = _read_csv(os.path.join(root, 'metrics.csv'))
+    build = [float(r['stage_build_seconds']) for r in rows]
+    self.assertGreater(build[3], 0, 'round 4 did not start a new (fine-tuning) stage')
 
   def test_compressed_algorithms_train_from_the_program(self):
     base = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())

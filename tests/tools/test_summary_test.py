@@ -48,6 +48,14 @@ class TestSummaryTest(absltest.TestCase):
     counts, _ = self._summary(['//pkg:a_test', '//pkg:b_test'])
     self.assertEqual(counts, (4, 4, 4))
 
+  def test_sharded_target_sums_its_shards_and_a_missing_shard_fails(self):
+    self._write_report('pkg/sharded_test/shard_1_of_2')
+    self._write_report('pkg/sharded_test/shard_2_of_2')
+    self._write_report('pkg/half_test/shard_1_of_2')
+    counts, output = self._summary(['//pkg:sharded_test', '//pkg:half_test'])
+    self.assertEqual(counts, (4, 4 + 1, 4))
+    self.assertIn('1 of 2 shard reports', output)
+
   def test_failed_target_without_failing_case_counts_once(self):
     ok_only = _REPORT.replace('<failure message="boom"/>', '').replace(
         '<error message="crash"/>', '')
