@@ -86,15 +86,23 @@ def _tfmot_run(sparsity: float, task: tasks.Task, weights, steps: int) -> dict[s
           'wall_seconds': time.monotonic() - started}
 
 
-def _costs(base: dict[str, Any], pruned: dict[str, Any], model_config: dict[str, Any]
-           ) -> dict[str, Any]:
-  """FedAvg's run `base` against the 50% column-pruned run `pruned` of `model_config`: bytes,
-  round times compared round by round, and a client step of each model timed apart."""
-  rows = {'parameters': base['model_parameters']}
+def _costs(base: dict[str, Any], pruned: dict[str, Any], model_config: dict[str, Any],
+           prunable: str = 'paper') -> dict[str, Any]:
+  """FedAvg's run `base` against the 50% column-pruned run `pruned` of `model_config`: bytes
+  (with the floor of the prunable set: the dense bytes less the removed kernel entries, down
+  and up), round times compared round by round, and a client step of each model timed apart."""
+  plan = _plan(model_config, experiments.COST_SPARSITY, prunable=prunable)
+  removed = plan_lib.removed_parameters(plan)
+  dense_bytes = base['client_bytes_down'] + base['client_bytes_up']
+  full = registry.build_keras_model(model_config)
+  prunable_parameters = sum(layer.size for layer in plan_lib.prunable_layers(full, prunable))
+  rows = {'parameters': base['model_parameters'], 'prunable': prunable,
+          'floor_ratio': (dense_bytes - 8 * removed) / dense_bytes,
+          'prunable_fraction': prunable_parameters / full.count_params()}
+  del full
   for name, run, config in (
       ('fedavg', base, model_config),
-      ('pruned', pruned, dict(model_config, pruning=_plan(model_config,
-                                                          experiments.COST_SPARSITY)))):
+      ('pruned', pruned, dict(model_config, pruning=plan))):
     step = client_step.measure_in_subprocess(
         config, batch_size=_BATCH_SIZE.value, seconds=_STEP_SECONDS.value, label_length=40,
         steps=5)
@@ -120,8 +128,8 @@ def _costs(base: dict[str, Any], pruned: dict[str, Any], model_config: dict[str,
   return rows
 
 
-def _plan(model_config, sparsity, pattern='column'):
-  layers = plan_lib.prunable_layers(registry.build_keras_model(model_config))
+def _plan(model_config, sparsity, pattern='column', prunable='paper'):
+  layers = plan_lib.prunable_layers(registry.build_keras_model(model_config), prunable)
   return plan_lib.make_plan(layers, pattern, sparsity)
 
 
@@ -216,6 +224,21 @@ def run() -> None:
                                   seed=_SEED.value)
         store.put('scale_costs', dict(_costs(*scale, config), model=_COST_MODEL.value))
         print(f'costs ({_COST_MODEL.value}): {store.get("scale_costs")["ratios"]}', flush=True)
+    extended = store.get(experiments.fp_key('column', 'magnitude', experiments.COST_SPARSITY,
+                                            experiments.EXTENDED))
+    if 'prunable' in _EXPERIMENTS.value and dense is not None and extended is not None:
+      if store.get('costs_extended') is None:
+        store.put('costs_extended', _costs(dense, extended, task.model_config, 'extended'))
+      scale = [store.get(experiments.scale_cost_key(_COST_MODEL.value, False)),
+               store.get(experiments.scale_cost_key(_COST_MODEL.value, True,
+                                                    experiments.EXTENDED))]
+      stored = store.get('scale_costs_extended') or {}
+      if _COST_MODEL.value and None not in scale and stored.get('model') != _COST_MODEL.value:
+        config = asr.named_config(_COST_MODEL.value, task.model_config['vocab_size'],
+                                  seed=_SEED.value)
+        store.put('scale_costs_extended', dict(_costs(*scale, config, 'extended'),
+                                               model=_COST_MODEL.value))
+    if 'costs' in _EXPERIMENTS.value and dense is not None and pruned is not None:
       stored = store.get('memory') or {}
       current = stored.get('model') == _MEMORY_MODEL.value and all(
           client_step.is_current(stored.get(name), batch_size=_MEMORY_BATCH.value,

@@ -237,11 +237,11 @@ class ConformerBlock(tf.keras.layers.Layer):
                                                 pruning=_sub_plan(pruning, 'mhsa'), name='mhsa')
     self.attention_dropout = SeededDropout(c.dropout)
     self.conv_norm = LayerNorm(name='conv/norm')
-    self.pointwise_in = pruned_dense.plain_dense(2 * d, 'conv/pointwise_in')
+    self.pointwise_in = pruned_dense.dense('conv/pointwise_in', 2 * d, pruning, wrap=False)
     self.depthwise = tf.keras.layers.DepthwiseConv1D(
         c.conv_kernel_size, padding='same', name='conv/depthwise')
     self.group_norm = MaskedGroupNorm(c.num_groups, name='conv/group_norm')
-    self.pointwise_out = pruned_dense.plain_dense(d, 'conv/pointwise_out')
+    self.pointwise_out = pruned_dense.dense('conv/pointwise_out', d, pruning, wrap=False)
     self.conv_dropout = SeededDropout(c.dropout)
     self.final_norm = LayerNorm(name='final_norm')
 
@@ -282,7 +282,8 @@ class ConformerEncoder(tf.keras.layers.Layer):
                                         name='subsampling/conv1')
     self.conv2 = tf.keras.layers.Conv2D(channels, 3, 2, activation=_relu,
                                         name='subsampling/conv2')
-    self.project = pruned_dense.plain_dense(config.model_dim, 'subsampling/project')
+    self.project = pruned_dense.dense('subsampling/project', config.model_dim, pruning,
+                                      wrap=False)
     self.dropout = SeededDropout(config.dropout)
     self.rematerialize = False
     self.dropout_seed = None

@@ -139,10 +139,11 @@ def plain_dense(units: int, name: str, activation=None, use_bias: bool = True
 
 
 def dense(name: str, units: int, pruning: dict[str, Any] | None, activation=None,
-          use_bias: bool = True) -> tf.keras.layers.Layer:
+          use_bias: bool = True, wrap: bool = True) -> tf.keras.layers.Layer:
   """A prunable dense layer: a `PrunedDense` when the pruning plan (keyed by layer name) has
-  `name`, otherwise `plain_dense`'s layer passed through the active `wrapping_dense` wrapper."""
+  `name`, otherwise `plain_dense`'s layer, passed through the active `wrapping_dense` wrapper
+  when `wrap` (the layers of the paper's prunable set; the extended set's are not wrapped)."""
   if pruning and name in pruning:
     return PrunedDense(pruning[name], activation=activation, use_bias=use_bias, name=name)
   layer = plain_dense(units, name, activation=activation, use_bias=use_bias)
-  return _dense_wrappers[-1](layer) if _dense_wrappers else layer
+  return _dense_wrappers[-1](layer) if _dense_wrappers and wrap else layer

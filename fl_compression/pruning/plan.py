@@ -1,9 +1,15 @@
 """Federated pruning plans: what is prunable, in which pattern, and how many units each keeps.
 
-A *prunable layer* is a dense kernel [I, O] of a Conformer block outside the convolution
-module: the feed-forward `dense_in`/`dense_out` and the attention `query`, `key`, `value`,
-`position` and `output` projections (biases, norms and other 1-D vectors stay whole). A
-*pattern* splits a kernel into pieces, each pruned along one axis by whole units:
+A *prunable layer* is a dense kernel [I, O]. The `paper` set (the Federated Pruning paper's)
+is the Conformer blocks' kernels outside the convolution module: the feed-forward
+`dense_in`/`dense_out` and the attention `query`, `key`, `value`, `position` and `output`
+projections. The `extended` set adds the other large dense kernels: each convolution module's
+pointwise kernels (`pointwise_in` [D, 2D], whose columns are the GLU's value and gate channels,
+and `pointwise_out` [D, D]) and the subsampling's projection (`subsampling/project`
+[F/4 * C, D], about a sixth of `tiny`'s parameters); a pruned column of either writes zeros
+where the full layer would, as for every pruned kernel. Biases, norms, convolution filters and
+the output head stay whole. A *pattern* splits a kernel into pieces, each pruned along one axis
+by whole units:
 
   row          one piece; units are the I rows (input features)
   column       one piece; units are the O columns (output features)
@@ -26,8 +32,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 PATTERNS = ('row', 'column', 'half_row', 'half_column')
-_PRUNABLE = re.compile(r'(^|/)block_\d+/(ffn[12]/dense_(in|out)|mhsa/(query|key|value|position|'
-                       r'output))$')
+_PAPER = r'block_\d+/(ffn[12]/dense_(in|out)|mhsa/(query|key|value|position|output))'
+_EXTENDED = _PAPER + r'|block_\d+/conv/pointwise_(in|out)|subsampling/project'
+PRUNABLE_SETS = {'paper': re.compile(rf'(^|/)({_PAPER})$'),
+                 'extended': re.compile(rf'(^|/)({_EXTENDED})$')}
 
 
 class PlanError(ValueError):
@@ -45,8 +53,13 @@ class LayerShape:
     return self.input_dim * self.output_dim
 
 
-def is_prunable(layer_path: str) -> bool:
-  return bool(_PRUNABLE.search(layer_path))
+def validate_prunable(prunable: str, flag: str = 'fp_prunable') -> None:
+  if prunable not in PRUNABLE_SETS:
+    raise PlanError(f'--{flag}={prunable!r} is unknown; known: {", ".join(PRUNABLE_SETS)}')
+
+
+def is_prunable(layer_path: str, prunable: str = 'paper') -> bool:
+  return bool(PRUNABLE_SETS[prunable].search(layer_path))
 
 
 def coupled_partner(layer_path: str) -> Optional[str]:
@@ -56,12 +69,13 @@ def coupled_partner(layer_path: str) -> Optional[str]:
   return None
 
 
-def prunable_layers(model) -> list[LayerShape]:
-  """The prunable dense kernels of a built Keras model, in variable order."""
+def prunable_layers(model, prunable: str = 'paper') -> list[LayerShape]:
+  """The dense kernels of set `prunable` of a built Keras model, in variable order."""
   layers = []
   for variable in model.trainable_variables:
     path = variable.name.rsplit('/', 1)[0]
-    if variable.name.endswith('/kernel:0') and variable.shape.rank == 2 and is_prunable(path):
+    if (variable.name.endswith('/kernel:0') and variable.shape.rank == 2 and
+        is_prunable(path, prunable)):
       layers.append(LayerShape(path, int(variable.shape[0]), int(variable.shape[1])))
   return layers
 

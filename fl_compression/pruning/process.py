@@ -68,11 +68,13 @@ class PruningConfig:
   finetune_start: int = 0  # 0: two thirds of the rounds in.
   adaptive: bool = False
   max_layer_sparsity: float = 0.9
+  prunable: str = 'paper'  # plan_lib.PRUNABLE_SETS: 'paper' or 'extended'.
 
   def resolved(self, total_rounds: int) -> 'PruningConfig':
     """Checks every setting (errors name the flag) and fills the default phase boundaries."""
     plan_lib.validate_sparsity(self.sparsity, 'fp_sparsity')
     plan_lib.validate_pattern(self.pattern, 'fp_pattern')
+    plan_lib.validate_prunable(self.prunable, 'fp_prunable')
     if self.schedule not in SCHEDULES:
       raise plan_lib.PlanError(f'--fp_schedule={self.schedule!r} is unknown; known: '
                                f'{", ".join(SCHEDULES)}')
@@ -219,7 +221,7 @@ class FederatedPruning(stages.StagedTraining):
     self._make_model_fn = make_model_fn
     self._client_optimizer, self._server_optimizer = client_optimizer, server_optimizer
     full = registry.build_keras_model(model_config)
-    self.layers = plan_lib.prunable_layers(full)
+    self.layers = plan_lib.prunable_layers(full, self.config.prunable)
     if not self.layers:
       raise plan_lib.PlanError(f'--algorithm=fp: the {model_config.get("name")} model has '
                                'nothing prunable')

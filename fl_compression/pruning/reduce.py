@@ -66,7 +66,8 @@ class Reducer:
     reduced = registry.build_keras_model(dict(model_config, pruning=plan))
     self.full_config = model_config
     self.reduced_config = dict(model_config, pruning=plan)
-    self.layers = [layer for layer in plan_lib.prunable_layers(full) if layer.name in plan]
+    self.layers = [layer for layer in plan_lib.prunable_layers(full, 'extended')
+                   if layer.name in plan]
     self.layer_names = [layer.name for layer in self.layers]
     full_names = [v.name for v in full.trainable_variables]
     self._full_index = {name: i for i, name in enumerate(full_names)}

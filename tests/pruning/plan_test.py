@@ -21,6 +21,12 @@ class PlanTest(parameterized.TestCase):
     self.assertFalse(plan_lib.is_prunable('encoder/block_00/conv/pointwise_in'))
     self.assertFalse(plan_lib.is_prunable('encoder/subsampling/project'))
     self.assertFalse(plan_lib.is_prunable('ctc_head'))
+    # The extended set adds the pointwise kernels and the subsampling projection, no more.
+    for path in ('encoder/block_01/conv/pointwise_in', 'encoder/block_01/conv/pointwise_out',
+                 'encoder/subsampling/project', 'encoder/block_03/ffn2/dense_out'):
+      self.assertTrue(plan_lib.is_prunable(path, 'extended'), path)
+    for path in ('ctc_head', 'encoder/block_00/conv/depthwise', 'encoder/subsampling/conv2'):
+      self.assertFalse(plan_lib.is_prunable(path, 'extended'), path)
 
   @parameterized.parameters(0.1, 0.25, 0.5)
   def test_row_pattern_removes_the_target_fraction(self, sparsity):
@@ -91,6 +97,8 @@ class PlanTest(parameterized.TestCase):
         (lambda: plan_lib.make_plan(_layers(), 'column', 1.0), r'--sparsity=1.0 is outside'),
         (lambda: plan_lib.make_plan(_layers(), 'diagonal', 0.2), r"--pattern='diagonal'"),
         (lambda: plan_lib.make_plan([], 'row', 0.2), 'nothing prunable'),
+        (lambda: plan_lib.validate_prunable('all'), r"--fp_prunable='all' is unknown; known: "
+         'paper, extended'),
         (lambda: process.PruningConfig(sparsity=-0.1).resolved(10), '--fp_sparsity=-0.1'),
         (lambda: process.PruningConfig(refine_start=6, finetune_start=3).resolved(10),
          '--fp_finetune_start=3'),

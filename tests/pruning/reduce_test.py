@@ -24,6 +24,7 @@ class ReduceTest(parameterized.TestCase):
     cls.config = _config()
     cls.full = registry.build_keras_model(cls.config)
     cls.layers = plan_lib.prunable_layers(cls.full)
+    cls.extended_layers = plan_lib.prunable_layers(cls.full, 'extended')
     # Biases are zero at initialization; give them values so that dropping them shows.
     cls.weights = tff.learning.models.ModelWeights(
         trainable=[(v.numpy() + (0.1 * np.random.default_rng(i).normal(size=v.shape)
@@ -32,8 +33,10 @@ class ReduceTest(parameterized.TestCase):
         non_trainable=[v.numpy() for v in cls.full.non_trainable_variables])
     cls.inputs = [tf.random.stateless_normal([2, 60, 80], seed=[1, 2]), tf.constant([60, 44])]
 
-  def _reducer(self, pattern, sparsity, importance=reduce_lib.ImportanceConfig()):
-    plan = plan_lib.make_plan(self.layers, pattern, sparsity)
+  def _reducer(self, pattern, sparsity, importance=reduce_lib.ImportanceConfig(),
+               prunable='paper'):
+    layers = self.extended_layers if prunable == 'extended' else self.layers
+    plan = plan_lib.make_plan(layers, pattern, sparsity)
     return reduce_lib.Reducer(self.config, plan, importance)
 
   def _assign(self, model, weights):
@@ -42,9 +45,10 @@ class ReduceTest(parameterized.TestCase):
     for variable, value in zip(model.non_trainable_variables, weights.non_trainable):
       variable.assign(value)
 
-  @parameterized.parameters(*plan_lib.PATTERNS)
-  def test_reduced_model_computes_the_masked_full_model(self, pattern):
-    reducer = self._reducer(pattern, 0.4)
+  @parameterized.parameters(*[(p, 'paper') for p in plan_lib.PATTERNS],
+                            ('column', 'extended'), ('row', 'extended'))
+  def test_reduced_model_computes_the_masked_full_model(self, pattern, prunable):
+    reducer = self._reducer(pattern, 0.4, prunable=prunable)
     indices = reducer.indices(reducer.initial_server_weights(self.weights), 'free')
     small = reducer.shrink(self.weights, indices)
     reduced = registry.build_keras_model(reducer.reduced_config)
@@ -58,6 +62,11 @@ class ReduceTest(parameterized.TestCase):
     self.assertEqual(count(reduced.trainable_variables),
                      count(self.full.trainable_variables)
                      - plan_lib.removed_parameters(reducer.plan))
+    if prunable == 'extended':  # The pointwise kernels and the projection are reduced too.
+      names = {v.name for v in reduced.trainable_variables}
+      for layer in ('block_00/conv/pointwise_in', 'block_00/conv/pointwise_out',
+                    'subsampling/project'):
+        self.assertNotIn(f'encoder/{layer}/kernel:0', names)
 
   @parameterized.parameters(*plan_lib.PATTERNS)
   def test_expand_zeroes_exactly_the_pruned_entries(self, pattern):

@@ -60,6 +60,8 @@ class TrainFlagsTest(absltest.TestCase):
         ({'algorithm': 'fp', 'fp_sparsity': 0.5, 'fp_max_layer_sparsity': 0.4},
          '--fp_max_layer_sparsity=0.4 must be in [--fp_sparsity, 1)'),
         ({'algorithm': 'fp', 'fp_momentum': 1.0}, '--fp_momentum=1.0 is outside [0, 1)'),
+        ({'algorithm': 'fp', 'fp_prunable': 'all'}, "--fp_prunable='all' is unknown; known: "
+         'paper, extended'),
         ({'algorithm': 'omc', 'omc_format': 'E4M6'}, "--omc_format='E4M6': 'E4M6' is not a "
          'format name'),
         ({'algorithm': 'omc', 'omc_fraction': 1.5}, '--omc_fraction=1.5 is outside [0, 1]'),
