@@ -24,6 +24,7 @@ import time
 from absl import app
 from absl import flags
 
+from fl_compression import tasks
 from fl_compression.benchmarks import method_experiments as experiments
 from fl_compression.benchmarks import pruning_experiments as common
 from fl_compression.data import corpus
@@ -93,6 +94,10 @@ def run() -> None:
   if _ONLY.value:
     specs = [s for s in specs if s.key in _ONLY.value]
   hashes = {model: _check_model(model) for model in _MODELS.value}
+  try:  # The corpus (generated if absent) is part of what the results depend on.
+    tasks.ensure_domain(flag_utils.resolve_path(_DATA_DIR.value), corpus.MAIN, _SEED.value)
+  except (OSError, ValueError, RuntimeError) as e:
+    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
   output_dir = flag_utils.ensure_writable_dir('output_dir',
                                               flag_utils.resolve_path(_OUTPUT_DIR.value))
   settings = {
@@ -100,7 +105,8 @@ def run() -> None:
       'data_dir': _DATA_DIR.value, 'total_rounds': _TOTAL_ROUNDS.value,
       'evaluation_period': _EVALUATION_PERIOD.value,
       'clients_per_round': _CLIENTS_PER_ROUND.value, 'batch_size': _BATCH_SIZE.value,
-      'client_learning_rate': _CLIENT_LEARNING_RATE.value, 'seed': _SEED.value}
+      'client_learning_rate': _CLIENT_LEARNING_RATE.value, 'seed': _SEED.value,
+      'corpus': experiment_runs.basis('', _DATA_DIR.value)['corpus']}
   try:
     store = common.ResultStore(os.path.join(output_dir, 'results.json'), settings)
   except ValueError as e:

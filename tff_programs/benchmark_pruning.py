@@ -182,7 +182,8 @@ def run() -> None:
       'initial_model_dir': _INITIAL_MODEL_DIR.value, 'data_dir': _DATA_DIR.value,
       'total_rounds': total, 'clients_per_round': _CLIENTS_PER_ROUND.value,
       'batch_size': _BATCH_SIZE.value, 'client_learning_rate': _CLIENT_LEARNING_RATE.value,
-      'seed': _SEED.value, 'sparsities': sparsities, **defaults}
+      'seed': _SEED.value, 'sparsities': sparsities, **defaults,
+      **experiment_runs.basis(_INITIAL_MODEL_DIR.value, _DATA_DIR.value)}
   try:
     store = experiments.ResultStore(os.path.join(output_dir, 'results.json'), settings)
   except ValueError as e:

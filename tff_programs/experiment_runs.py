@@ -84,6 +84,24 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
   return task, initial_weights
 
 
+def basis(initial_model_dir: str, data_dir: str) -> dict[str, Any]:
+  """What stored results depend on beyond the flags: a hash of the starting weights (empty
+  without a starting model) and the corpus's domain fingerprints (`external` for a corpus
+  that was not generated here). A benchmark keeps them in its settings, so results of another
+  model or corpus are never mixed in."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  found = {'initial_model': '', 'corpus': 'external'}
+  if initial_model_dir:
+    path = os.path.join(flag_utils.resolve_path(initial_model_dir), checkpoint.WEIGHTS_FILE)
+    with open(path, 'rb') as f:
+      found['initial_model'] = hashlib.sha256(f.read()).hexdigest()[:16]
+  manifest = corpus.read_manifest(flag_utils.resolve_path(data_dir))
+  if manifest is not None:
+    found['corpus'] = ','.join(f'{name}:{domain["fingerprint"]}'
+                               for name, domain in sorted(manifest['domains'].items()))
+  return found
+
+
 def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
                   hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
                   state_dir: str, total_rounds: int, evaluation_period: int = 0,
