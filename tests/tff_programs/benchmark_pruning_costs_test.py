@@ -72,7 +72,7 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
       report = f.read()
     self.assertIn('### The same costs with `tiny_transducer`', report)
     self.assertRegex(report, r'50% column \(`tiny_transducer`\): client bytes per round')
-    self.assertRegex(report, r'\| costs/tiny_transducer/fedavg \|  \|  \|  \| [\d,]+ \|')
+    self.assertRegex(report, r'\| costs/tiny_transducer/fedavg \|  \|  \|  \|  \| [\d,]+ \|')
 
 
 if __name__ == '__main__':
