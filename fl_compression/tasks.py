@@ -69,6 +69,8 @@ class TaskOptions:
   # Speech tasks: the corpus domain whose splits the task trains and evaluates on
   # (`corpus.DOMAINS`: main, or the held-out short-form domain).
   domain: str = corpus.MAIN
+  # Speech tasks: a model configuration (e.g. a saved model's) in place of a named one.
+  model_config: Optional[dict] = None
 
 
 def build_synthetic_mlp(options: TaskOptions) -> Task:
@@ -168,8 +170,9 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
 
   train_data = client_data(spec.train_split, options.partition)
   eval_data = client_data(spec.test_split, 'speaker')
-  model_config = asr.named_config(options.model or model_name, tokenizer.vocab_size,
-                                  seed=options.seed)
+  model_config = (dict(options.model_config) if options.model_config else
+                  asr.named_config(options.model or model_name, tokenizer.vocab_size,
+                                   seed=options.seed))
   augment = features.SpecAugmentConfig()
 
   def train_preprocess(dataset, seed):

@@ -20,6 +20,7 @@ from fl_compression.benchmarks import fresh_process
 from fl_compression.benchmarks import pruning_experiments as experiments
 from fl_compression.benchmarks import traffic
 from fl_compression.learning import algorithms
+from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.pruning import plan as plan_lib
 from tff_programs import backends
@@ -58,9 +59,10 @@ def parameter_bytes(weights) -> int:
 
 def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, seed: int,
                      model: str = '', domain: str = corpus.MAIN) -> tuple[tasks.Task, Any]:
-  """The speech task on `data_dir`'s `domain` (its tiny CTC model, or the named `model`) and
-  the pretrained weights (None without `initial_model_dir`: the model's initialization);
-  errors name the flag."""
+  """The speech task on `data_dir`'s `domain` and the starting weights: the saved model of
+  `initial_model_dir` (its own configuration; a named `model` must be that one), or without
+  one the named `model` (default `tiny`) at its initialization (weights None). Errors name the
+  flag."""
   initial_config = initial_weights = None
   if initial_model_dir:
     model_dir = flag_utils.resolve_path(initial_model_dir)
@@ -71,16 +73,17 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
       raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir}: {e}') from None
   options = tasks.TaskOptions(batch_size=batch_size, seed=seed,
                               data_dir=flag_utils.resolve_path(data_dir), model=model,
-                              domain=domain)
+                              domain=domain, model_config=initial_config)
   try:
     task = tasks.build_task('speech_ctc', options)
   except (ValueError, OSError, RuntimeError) as e:
     raise flag_utils.FlagError(f'--data_dir={data_dir}: {e}') from None
   strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}  # noqa: E731
-  if initial_config is not None and strip(initial_config) != strip(task.model_config):
+  if initial_config is not None and model and strip(initial_config) != strip(
+      asr.named_config(model, task.model_config['vocab_size'])):
     raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir} holds a '
-                               f'{initial_config.get("name")} model that is not the task\'s '
-                               f'{model or "tiny CTC"} one')
+                               f'{initial_config.get("name")} model that is not the named '
+                               f'{model} one')
   return task, initial_weights
 
 

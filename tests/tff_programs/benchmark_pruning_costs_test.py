@@ -9,12 +9,8 @@ import sys
 import tempfile
 
 from absl.testing import absltest
-import tensorflow_federated as tff
 
-from fl_compression import tasks
 from fl_compression.data import corpus
-from fl_compression.models import checkpoint
-from fl_compression.models import registry
 from tests import tff_test_utils
 
 _TINY = corpus.CorpusConfig(
@@ -30,12 +26,8 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     data_dir, out = os.path.join(tmp, 'corpus'), os.path.join(tmp, 'report')
     corpus.generate(data_dir, _TINY, log=lambda message: None)
-    config = tasks.build_task('speech_ctc', tasks.TaskOptions(data_dir=data_dir)).model_config
-    model = registry.build_keras_model(config)
     model_dir = os.path.join(tmp, 'initial')
-    checkpoint.save_model(model_dir, config, tff.learning.models.ModelWeights(
-        [v.numpy() for v in model.trainable_variables],
-        [v.numpy() for v in model.non_trainable_variables]))
+    tff_test_utils.save_small_speech_model(model_dir)
     command = tff_test_utils.program_command('benchmark_pruning') + [
         f'--data_dir={data_dir}', f'--initial_model_dir={model_dir}', f'--output_dir={out}',
         '--experiments=costs', '--total_rounds=2', '--clients_per_round=1', '--batch_size=2',
