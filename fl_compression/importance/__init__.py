@@ -1,0 +1,1 @@
+"""Layer importance: which Conformer blocks are ambient (resettable) and which are critical."""
