@@ -13,8 +13,10 @@ first of: the dev plateau (`plateau_reached`: over the last `--plateau_fraction`
 the best dev WER improved on the best before them by less than `--plateau_min_improvement`,
 relative), `--max_steps`, `--max_minutes` (wall time summed over resumed invocations).
 The best model by dev WER is written to <root_output_dir>/final_model with its initial weights;
-`curve.csv` holds step, loss, dev WER/CER and cumulative elapsed time. Run the same command
-again to resume from the last checkpoint.
+`curve.csv` holds step, loss, dev WER/CER and cumulative elapsed time, and `signatures.csv`
+the numerical signature of every module and encoder block at each evaluation
+(`fl_compression/importance/signatures.py`). Run the same command again to resume from the
+last checkpoint.
 """
 
 import os
@@ -38,6 +40,8 @@ from fl_compression.data import features
 from fl_compression.data import speech_data
 from fl_compression.evaluation import error_rates
 from fl_compression.evaluation import speech_eval
+from fl_compression.importance import layers as importance_layers
+from fl_compression.importance import signatures
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
@@ -116,6 +120,38 @@ def _read_curve(path: str) -> list[dict]:
     return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _append_signatures(path: str, step: int, model: tf.keras.Model,
+                       initial: tff.learning.models.ModelWeights) -> None:
+  """One row of the numerical signatures (per module and encoder block, how far the kernels
+  moved from their initial values relative to the block that moved most) at `step`."""
+  variables = model.trainable_variables + model.non_trainable_variables
+  names = [v.name for v in variables]
+  if not importance_layers.num_blocks(names):
+    return
+  found = signatures.flat(signatures.signatures(
+      names, [v.numpy() for v in variables],
+      list(initial.trainable) + list(initial.non_trainable)))
+  row = {'step': step, **found}
+  new_file = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(row))
+    if new_file:
+      writer.writeheader()
+    writer.writerow(row)
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  with open(path + '.tmp', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ['step'])
+    writer.writeheader()
+    writer.writerows(r for r in rows if int(r['step']) <= step)
+  os.replace(path + '.tmp', path)
+
+
 def _write_curve(path: str, rows: list[dict]) -> None:
   with open(path + '.tmp', 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=['step', 'loss', 'dev_wer', 'dev_cer',
@@ -187,6 +223,7 @@ def run() -> None:
     # Rows written after the last checkpoint: that training is redone.
     curve = [row for row in curve if row['step'] <= int(step.numpy())]
     _write_curve(curve_path, curve)
+    _drop_rows_after(os.path.join(root, 'signatures.csv'), int(step.numpy()))
   dev_curve = [(int(row['step']), row['dev_wer']) for row in curve]
   plateau = lambda: plateau_reached(dev_curve, _PLATEAU_FRACTION.value,  # noqa: E731
                                     _PLATEAU_MIN_IMPROVEMENT.value,
@@ -219,6 +256,7 @@ def run() -> None:
           writer.writeheader()
         writer.writerow(row)
       dev_curve.append((current, rates.wer))
+      _append_signatures(os.path.join(root, 'signatures.csv'), current, model, initial_weights)
       print(f'step {current:>6} | loss {row["loss"]:.3f} | dev WER {100 * rates.wer:.2f}% '
             f'CER {100 * rates.cer:.2f}% | {elapsed / 60:.1f} min', flush=True)
       if rates.wer < best['dev_wer']:

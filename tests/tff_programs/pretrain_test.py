@@ -1,0 +1,93 @@
+"""//tff_programs:pretrain: the plateau rule, and a short run that resumes where it stopped and
+saves its exact initial weights."""
+
+import csv
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+
+from fl_compression.data import corpus
+from fl_compression.models import checkpoint
+from fl_compression.models import registry
+from tests import tff_test_utils
+from tff_programs import pretrain
+
+
+def _read(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _regenerated(config):
+  """The initial weights rebuilt from the config's seed."""
+  model = registry.build_keras_model(config)
+  return [v.numpy() for v in model.trainable_variables + model.non_trainable_variables]
+
+
+class PlateauRuleTest(absltest.TestCase):
+
+  def test_trailing_quarter_must_improve_by_one_percent(self):
+    falling = [(s, 1.0 / s) for s in range(250, 4001, 250)]
+    self.assertFalse(pretrain.plateau_reached(falling, 0.25, 0.01, 4))
+    flat = [(250, 0.5), (500, 0.2), (750, 0.1), (1000, 0.08), (1250, 0.0799), (1500, 0.0801),
+            (1750, 0.08), (2000, 0.0795)]
+    # The last quarter (steps above 1500): best 0.0795 against 0.0799 before: -0.5%, a plateau.
+    self.assertTrue(pretrain.plateau_reached(flat, 0.25, 0.01, 2))
+    # ... but not with fewer trailing evaluations than required.
+    self.assertFalse(pretrain.plateau_reached(flat, 0.25, 0.01, 3))
+    self.assertFalse(pretrain.plateau_reached([], 0.25, 0.01, 1))
+
+
+class PretrainProgramTest(absltest.TestCase):
+
+  def test_short_run_resumes_and_keeps_its_initial_weights(self):
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    data_dir, root = os.path.join(tmp, 'corpus'), os.path.join(tmp, 'pretrain')
+    corpus.generate(data_dir, corpus.SMALL, log=lambda message: None)
+    common = [f'--data_dir={data_dir}', f'--root_output_dir={root}', '--batch_size=2',
+              '--eval_every_steps=2', '--warmup_steps=2']
+    first = tff_test_utils.run_program('pretrain', *common, '--max_steps=4', timeout=600)
+    self.assertEqual(first.returncode, 0, first.stderr[-3000:])
+    self.assertEqual([int(r['step']) for r in _read(os.path.join(root, 'curve.csv'))], [2, 4])
+    second = tff_test_utils.run_program('pretrain', *common, '--max_steps=6', timeout=600)
+    self.assertEqual(second.returncode, 0, second.stderr[-3000:])
+    self.assertIn('resumed from step 4', second.stdout)
+    curve = _read(os.path.join(root, 'curve.csv'))
+    self.assertEqual([int(r['step']) for r in curve], [2, 4, 6])
+    elapsed = [float(r['elapsed_seconds']) for r in curve]
+    self.assertEqual(elapsed, sorted(elapsed))  # Wall time adds up across invocations.
+    signatures = _read(os.path.join(root, 'signatures.csv'))
+    self.assertEqual([int(r['step']) for r in signatures], [2, 4, 6])
+    self.assertIn('signature/attention/query/block_00', signatures[0])
+    # The saved model carries the exact initial weights, which its seed regenerates.
+    model_dir = os.path.join(root, 'final_model')
+    config = checkpoint.load_config(model_dir)['model']
+    initial = checkpoint.load_weights(model_dir, checkpoint.INITIAL_WEIGHTS_FILE)
+    for a, b in zip(list(initial.trainable) + list(initial.non_trainable),
+                    _regenerated(config)):
+      self.assertEqual(a.tobytes(), b.tobytes())
+    trained = checkpoint.load_weights(model_dir)
+    self.assertFalse(all(np.array_equal(a, b) for a, b in zip(trained.trainable,
+                                                               initial.trainable)))
+
+  def test_the_shipped_tiny_model_has_the_initial_weights_of_its_seed(self):
+    model_dir = tff_test_utils.repo_path('checkpoints/conformer_ctc_tiny')
+    initial = checkpoint.load_weights(model_dir, checkpoint.INITIAL_WEIGHTS_FILE)
+    config = checkpoint.load_config(model_dir)['model']
+    for a, b in zip(list(initial.trainable) + list(initial.non_trainable),
+                    _regenerated(config)):
+      self.assertEqual(a.tobytes(), b.tobytes())
+
+  def test_bad_flags_are_one_line(self):
+    for flags, message in ((['--plateau_fraction=1.5'], '--plateau_fraction must be in (0, 1)'),
+                           (['--max_minutes=nan'], '--max_minutes must be positive and finite'),
+                           (['--model=huge'], "flag --model=huge: value should be one of")):
+      result = tff_test_utils.run_program('pretrain', *flags, timeout=120)
+      self.assertNotEqual(result.returncode, 0, flags)
+      self.assertIn(message, result.stderr, flags)
+
+
+if __name__ == '__main__':
+  absltest.main()
