@@ -8,7 +8,7 @@ at any point and started again resumes after the last saved round and loses noth
 
 import dataclasses
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow_federated as tff
@@ -71,6 +71,7 @@ async def train_model(
     model_output_manager: tff.program.ReleaseManager,
     initial_model_weights: Optional[tff.learning.models.ModelWeights] = None,
     utterance_errors_manager: Optional[tff.program.ReleaseManager] = None,
+    signature_fn: Optional[Callable[[Any, dict], Optional[dict]]] = None,
     evaluate_clients: bool = True,  # False: no federated evaluation (transcripts still scored).
     evaluate_initial: bool = True,
 ) -> TrainingResult:
@@ -85,7 +86,9 @@ async def train_model(
   the last round; the final model once, with key `total_rounds`, as
   `(model_config, weights)` of the model clients hold. Speech tasks release the word errors
   of every evaluated utterance (per split) to `utterance_errors_manager` with the evaluation's
-  key, for paired comparisons. A new run starts from
+  key, for paired comparisons. With `signature_fn(weights, model_config)`, every evaluation also
+  releases what it returns (the numerical signatures of layer importance) as `signature`. A new
+  run starts from
   `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
   `evaluate_initial=False` skips the evaluation of the starting model (e.g. when many runs
   share it).
@@ -134,6 +137,10 @@ async def train_model(
       utterance_errors[round_num] = {split: r.utterances.as_dict() for split, r in rates.items()}
       if utterance_errors_manager is not None:
         await utterance_errors_manager.release(utterance_errors[round_num], key=round_num)
+    if signature_fn is not None:
+      found = signature_fn(await tff.program.materialize_value(weights), stage.model_config)
+      if found:
+        metrics['signature'] = found
     if metrics and evaluation_metrics_manager is not None:
       await evaluation_metrics_manager.release(metrics, key=round_num)
     return metrics

@@ -103,13 +103,15 @@ def _json_scalar(value):
 
 
 class ModelDirReleaseManager(tff.program.ReleaseManager):
-  """Writes released `ModelWeights` as a model directory (config.json + weights.npz)."""
+  """Writes released `ModelWeights` as a model directory (config.json + weights.npz), with
+  `initial_weights` as initial_weights.npz when the released model has their shapes."""
 
   def __init__(self, model_dir: str, model_config: dict[str, Any],
-               metadata: Optional[dict[str, Any]] = None):
+               metadata: Optional[dict[str, Any]] = None, initial_weights=None):
     self._model_dir = model_dir
     self._model_config = model_config
     self._metadata = dict(metadata or {})
+    self._initial_weights = initial_weights
 
   async def release(self, value, key: int) -> None:
     """`value`: ModelWeights of the configured model, or `(model_config, weights)`."""
@@ -119,8 +121,14 @@ class ModelDirReleaseManager(tff.program.ReleaseManager):
     weights = await tff.program.materialize_value(value)
     if not isinstance(weights, tff.learning.models.ModelWeights):
       weights = tff.learning.models.ModelWeights(*weights)
+    initial = self._initial_weights
+    shapes = lambda w: [tuple(getattr(v, 'shape', ())) for v in  # noqa: E731
+                        list(w.trainable) + list(w.non_trainable)]
+    if initial is not None and shapes(initial) != shapes(weights):
+      initial = None  # A reduced (pruned) model: its initial weights are not the dense ones.
     checkpoint.save_model(self._model_dir, model_config, weights,
-                          metadata={**self._metadata, 'round': int(key)})
+                          metadata={**self._metadata, 'round': int(key)},
+                          initial_weights=initial)
 
 
 def _duration(seconds: float) -> str:

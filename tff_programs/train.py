@@ -21,6 +21,7 @@ import subprocess
 
 from absl import app
 from absl import flags
+import numpy as np
 import tensorflow_federated as tff
 
 from fl_compression import variants  # pylint: disable=unused-import
@@ -28,10 +29,13 @@ from fl_compression import tasks
 from fl_compression.data import corpus
 from fl_compression.evaluation import bootstrap
 from fl_compression.evaluation import error_rates
+from fl_compression.importance import layers as importance_layers
+from fl_compression.importance import signatures
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
+from fl_compression.models import registry
 from fl_compression.compression import process as compression_process
 from fl_compression.pruning import plan as plan_lib
 from tff_programs import backends
@@ -270,7 +274,8 @@ def _wer_change(result: program_logic.TrainingResult, split: str) -> str:
       error_rates.UtteranceErrors.from_dict(after)).describe_relative()
 
 
-def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
+def _output_managers(root: str, task: tasks.Task, metadata: dict,
+                     initial_weights=None) -> dict:
   """The program state manager and release managers that write under `root`."""
   progress = release.ProgressReleaseManager(_TOTAL_ROUNDS.value, {
       'loss': 'client_work/train/loss', 'accuracy': 'client_work/train/accuracy',
@@ -291,7 +296,7 @@ def _output_managers(root: str, task: tasks.Task, metadata: dict) -> dict:
           tff.program.TensorBoardReleaseManager(os.path.join(root, 'tensorboard', 'eval')),
       ]),
       model_output_manager=release.ModelDirReleaseManager(
-          os.path.join(root, 'final_model'), task.model_config, metadata),
+          os.path.join(root, 'final_model'), task.model_config, metadata, initial_weights),
   )
 
 
@@ -345,6 +350,48 @@ def _initial_model_weights(task: tasks.Task):
   return weights
 
 
+def _reference_initial_weights(task: tasks.Task, initial_weights):
+  """The weights the run's model started training from, W(0) of the numerical signatures and
+  the `initial_weights.npz` saved with the final model: `--initial_model_dir`'s own initial
+  weights when it has them (a fine-tuned pretrained model continues its pretraining's
+  reference), else the weights this run starts from. None for a model without encoder blocks."""
+  model = registry.build_keras_model(task.model_config)
+  names = [v.name for v in model.trainable_variables + model.non_trainable_variables]
+  if not importance_layers.num_blocks(names):
+    return None
+  if _INITIAL_MODEL_DIR.value:
+    try:
+      return checkpoint.load_weights(flag_utils.resolve_path(_INITIAL_MODEL_DIR.value),
+                                     checkpoint.INITIAL_WEIGHTS_FILE)
+    except OSError:
+      return initial_weights
+  return tff.learning.models.ModelWeights(
+      [v.numpy() for v in model.trainable_variables],
+      [v.numpy() for v in model.non_trainable_variables])
+
+
+def _signature_fn(reference):
+  """Numerical signatures of evaluated weights against `reference`, for a model of the
+  reference's shapes (a pruned model's reduced shapes have none)."""
+  names_by_config = {}
+
+  def signature(weights, model_config):
+    key = json.dumps(model_config, sort_keys=True)
+    if key not in names_by_config:
+      model = registry.build_keras_model(model_config)
+      names_by_config[key] = [v.name for v in
+                              model.trainable_variables + model.non_trainable_variables]
+    values = list(weights[0]) + list(weights[1])
+    initial = list(reference.trainable) + list(reference.non_trainable)
+    if [np.shape(v) for v in values] != [np.shape(v) for v in initial]:
+      return None
+    found = signatures.signatures(names_by_config[key], values, initial)
+    return {module: {f'block_{b:02d}': v for b, v in enumerate(per_block)}
+            for module, per_block in found.items()}
+
+  return signature
+
+
 def _write_run_config(root: str, config: dict) -> None:
   path = os.path.join(root, _RUN_CONFIG)
   if not os.path.exists(path):
@@ -381,6 +428,8 @@ def run() -> None:
       client_optimizer=_CLIENT_OPTIMIZER.value, client_learning_rate=_CLIENT_LEARNING_RATE.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_learning_rate=_SERVER_LEARNING_RATE.value)
   initial_weights = _initial_model_weights(task)
+  reference = (_reference_initial_weights(task, initial_weights)
+               if _TASK.value.startswith('speech_') else None)
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
       total_rounds=_TOTAL_ROUNDS.value, initial_weights=initial_weights,
@@ -412,7 +461,8 @@ def run() -> None:
           initial_model_weights=initial_weights,
           utterance_errors_manager=release.JsonFileReleaseManager(
               os.path.join(root, 'utterance_errors')),
-          **_output_managers(root, task, metadata)))
+          signature_fn=_signature_fn(reference) if reference is not None else None,
+          **_output_managers(root, task, metadata, reference)))
   except backends.BackendError:
     state_dir = os.path.join(root, 'program_state')
     if new_root and not (os.path.isdir(state_dir) and os.listdir(state_dir)):

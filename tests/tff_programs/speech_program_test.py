@@ -12,6 +12,7 @@ import tempfile
 from absl.testing import absltest
 
 from fl_compression.data import corpus
+from fl_compression.models import checkpoint
 from tests import tff_test_utils
 
 _TINY = corpus.CorpusConfig(
@@ -70,6 +71,17 @@ class SpeechProgramTest(absltest.TestCase):
       rows = list(csv.DictReader(f))
     self.assertEqual([int(r['key']) for r in rows], [0, 1])
     final_wer = float(rows[-1]['transcription/test-short/wer'])
+    # Numerical signatures at each evaluation: 0 before any training (nothing moved), the
+    # largest block 1 after it.
+    signature_columns = [c for c in rows[0] if c.startswith('signature/attention/query/')]
+    self.assertNotEmpty(signature_columns)
+    self.assertEqual({float(rows[0][c]) for c in signature_columns}, {0.0})
+    self.assertEqual(max(float(rows[-1][c]) for c in signature_columns), 1.0)
+    # The final model carries the weights training started from.
+    initial = checkpoint.load_weights(os.path.join(root, 'final_model'),
+                                      checkpoint.INITIAL_WEIGHTS_FILE)
+    trained = checkpoint.load_weights(os.path.join(root, 'final_model'))
+    self.assertEqual([w.shape for w in initial.trainable], [w.shape for w in trained.trainable])
     self.assertAlmostEqual(100 * final_wer, float(row.group(3)), places=2)
 
     # The evaluation program scores the saved model the same way.
