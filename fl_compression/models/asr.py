@@ -47,6 +47,15 @@ _TINY_ENCODER = dataclasses.asdict(conformer.ConformerConfig(
     num_blocks=4, model_dim=96, num_heads=4, conv_kernel_size=15, num_groups=8))
 
 
+def deep_config(vocab_size: int, seed: int = 0, model_dim: int = 64) -> registry.ModelConfig:
+  """16 encoder blocks (GroupNorm), dimension 64 (about 1.7M parameters, like the layer
+  heterogeneity paper's 16-layer 1.6M model) or `model_dim` (48: `deep_narrow`): for ranking
+  layers by importance."""
+  return {'name': 'conformer_ctc',
+          'encoder': dict(_TINY_ENCODER, num_blocks=16, model_dim=model_dim),
+          'vocab_size': vocab_size, 'seed': seed}
+
+
 def wide_config(vocab_size: int, seed: int = 0) -> registry.ModelConfig:
   """`tiny` at twice the width (4 blocks of dimension 192): about 4x its parameters, for
   measuring how the cost of pruning changes with model size."""
@@ -106,6 +115,8 @@ NAMED_CONFIGS = {
     'tiny': lambda vocab_size, seed: tiny_config(vocab_size or 29, seed),
     'tiny_transducer': _tiny_transducer,
     'wide': lambda vocab_size, seed: wide_config(vocab_size or 29, seed),
+    'deep': lambda vocab_size, seed: deep_config(vocab_size or 29, seed),
+    'deep_narrow': lambda vocab_size, seed: deep_config(vocab_size or 29, seed, model_dim=48),
     'conformer_s': _published(_encoder(16, 144, 4), 320),
     'conformer_m': _published(_encoder(16, 256, 4), 640),
     'conformer_l': _published(_encoder(17, 512, 8), 640),
