@@ -62,6 +62,9 @@ _COST_MODEL = flags.DEFINE_string(
     'cost_model', 'conformer_s', 'The costs experiment also runs FedAvg and 50% column pruning '
     'of this named model (from its initialization, not evaluated), where client training '
     'dominates a round; empty: skip.')
+_PHASE_REPEATS = flags.DEFINE_integer(
+    'phase_repeats', 3, 'costs: timed repetitions of each prefix of the round-phase breakdown '
+    '(FedAvg and 50% column pruning of --cost_model); 0: skip it.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Write the report from the results so far, running nothing; runs '
     'not done yet are left out of it.')
@@ -239,6 +242,20 @@ def run() -> None:
                                   seed=_SEED.value)
         store.put('scale_costs_extended', dict(_costs(*scale, config, 'extended'),
                                                model=_COST_MODEL.value))
+    if 'costs' in _EXPERIMENTS.value and _COST_MODEL.value and _PHASE_REPEATS.value:
+      stored = store.get('round_phases') or {}
+      if stored.get('model') != _COST_MODEL.value or stored.get('repeats') != _PHASE_REPEATS.value:
+        runs = [{'key': key, 'algorithm': algorithm, 'options': options,
+                 'hparams': dataclasses.asdict(hparams)} for key, algorithm, options in (
+                     (experiments.DENSE, 'fedavg', {}),
+                     (experiments.fp_key('column', 'magnitude', experiments.COST_SPARSITY), 'fp',
+                      {'pattern': 'column', 'importance': 'magnitude',
+                       'sparsity': experiments.COST_SPARSITY}))]
+        store.put('round_phases', experiment_runs.phases_in_subprocess(experiment_runs.PhasesJob(
+            runs=runs, model=_COST_MODEL.value, data_dir=_DATA_DIR.value,
+            batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+            clients_per_round=_CLIENTS_PER_ROUND.value, repeats=_PHASE_REPEATS.value,
+            log_dir=output_dir)))
     if 'costs' in _EXPERIMENTS.value and dense is not None and pruned is not None:
       stored = store.get('memory') or {}
       current = stored.get('model') == _MEMORY_MODEL.value and all(

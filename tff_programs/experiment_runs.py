@@ -359,10 +359,59 @@ def _run_job(job: RunJob) -> dict[str, Any]:
                          job.domain)
 
 
+@dataclasses.dataclass(frozen=True)
+class PhasesJob:
+  """`round_phases.time_round` of FedAvg and of a pruning round, as JSON: what a child runs."""
+
+  runs: list[dict[str, Any]]  # Each: key, algorithm, options, hparams.
+  model: str  # A named model, from its initialization.
+  data_dir: str
+  batch_size: int
+  seed: int
+  clients_per_round: int
+  repeats: int
+  log_dir: str
+
+
+def phases_in_subprocess(job: PhasesJob, timeout: float = 3 * 3600) -> dict[str, Any]:
+  """Where the time of a round goes, per run of `job`, in a fresh process."""
+  return fresh_process.run_module('tff_programs.experiment_runs',
+                                  {'phases': dataclasses.asdict(job)}, timeout=timeout,
+                                  what='round phases')
+
+
+def _phases_job(job: PhasesJob) -> dict[str, Any]:
+  from fl_compression.benchmarks import round_phases  # pylint: disable=g-import-not-at-top
+  task, _ = load_speech_task('', job.data_dir, job.batch_size, job.seed, job.model)
+  sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
+                                        job.clients_per_round, job.seed)
+  clients = [task.train_dataset(c, 2) for c in sampler.sample(2)]
+  found = {'model': job.model, 'repeats': job.repeats}
+
+  async def measure():
+    for run in job.runs:
+      context = algorithms.BuildContext(
+          model_config=task.model_config, make_model_fn=task.make_model_fn,
+          hparams=algorithms.Hyperparameters(**run['hparams']), total_rounds=3,
+          options=run['options'])
+      training = algorithms.get(run['algorithm']).staged(context)
+      stage = training.build_stage(training.stage_key(1))
+      state = training.initial_state(stage)
+      found[run['key']] = await round_phases.time_round(stage.train_process, state, clients,
+                                                        repeats=job.repeats)
+    return found
+
+  with backends.federated_context('local', log_dir=job.log_dir,
+                                  default_num_clients=job.clients_per_round):
+    return asyncio.run(measure())
+
+
 def _main(request: dict[str, Any]) -> dict[str, Any]:
   backends.disable_unmanaged_default_context()
   if 'traffic' in request:
     return traffic.measure(request['traffic'])
+  if 'phases' in request:
+    return _phases_job(PhasesJob(**request['phases']))
   if 'timing' in request:
     return _time_job(TimingJob(**request['timing']))
   return _run_job(RunJob(**request))

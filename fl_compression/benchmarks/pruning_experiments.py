@@ -368,6 +368,28 @@ def summary_checks(results: dict[str, Any], settings: dict[str, Any]) -> list[tu
   return rows
 
 
+def _phases_section(phases: Optional[dict[str, Any]]) -> list[str]:
+  """Where a round's time goes, FedAvg against 50% column pruning of the cost model."""
+  if not phases:
+    return []
+  from fl_compression.benchmarks import round_phases  # pylint: disable=g-import-not-at-top
+  base = phases.get(DENSE)
+  pruned = phases.get(fp_key('column', 'magnitude', COST_SPARSITY))
+  if not base or not pruned:
+    return []
+  lines = ['', f'### Where a round\'s time goes (`{phases["model"]}`, from its initialization)',
+           '', 'Growing prefixes of one round on the same state and clients (distributor; + '
+           'client work; + aggregator; the whole round), each run once untimed and '
+           f'{phases["repeats"]} times timed (median); a phase is its prefix less the previous '
+           'one. The pruning round\'s distributor holds the importance scores, masks, shrink '
+           'and broadcast, its finalizer the expansion and server update.', '',
+           '| phase | FedAvg, s | federated pruning, s | difference, s |', '|---|---|---|---|']
+  for phase in round_phases.PHASES + ('round',):
+    lines.append(f'| {phase} | {base[phase]:.2f} | {pruned[phase]:.2f} | '
+                 f'{pruned[phase] - base[phase]:+.2f} |')
+  return lines
+
+
 def _prunable_section(results: dict[str, Any]) -> list[str]:
   """The paper's prunable set against the extended one at 50% column: bytes, floor, WER."""
   rows = []
@@ -531,6 +553,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
               'not evaluated (their WER says nothing at this budget): the costs at a model '
               'whose client steps take a larger share of a round.', '']
     lines += _cost_table(scale)
+  lines += _phases_section(results.get('round_phases'))
   memory = results.get('memory')
   if memory:
     dense_m, pruned_m = memory['dense'], memory['pruned']

@@ -48,8 +48,20 @@ def compose(initial_model_weights_fn: tff.Computation,
     return tff.learning.templates.LearningProcessOutput(
         state=output.state, metrics=tff.federated_zip(measurements))
 
-  return tff.learning.templates.LearningProcess(
-      process.initialize, next_fn, process.get_model_weights, process.set_model_weights)
+  return ComposedLearningProcess(
+      process.initialize, next_fn, process.get_model_weights, process.set_model_weights,
+      blocks=dict(distributor=distributor, client_work=client_work, aggregator=aggregator,
+                  finalizer=finalizer))
+
+
+class ComposedLearningProcess(tff.learning.templates.LearningProcess):
+  """A composed learning process that keeps its four blocks, so that a benchmark can run and
+  time them one by one (`fl_compression.benchmarks.round_phases`)."""
+
+  def __init__(self, initialize_fn, next_fn, get_model_weights, set_model_weights, *,
+               blocks: dict[str, tff.templates.MeasuredProcess]):
+    super().__init__(initialize_fn, next_fn, get_model_weights, set_model_weights)
+    self.blocks = blocks
 
 
 def _metric_names(process: tff.learning.templates.LearningProcess) -> list[str]:

@@ -232,6 +232,17 @@ class ReportTest(absltest.TestCase):
     self.assertIn('| steady-state round time, s (rounds 2, 3, 4, 6) | 40.00 | 28.00 | 0.70x |',
                   report)
     self.assertIn('| costs/conformer_s/fedavg |  |  |  |  | 10,000,000 | 60.0 |', report)
+    self.assertNotIn('Where a round', report)
+    phase = lambda d, c, a, f: {'distributor': d, 'client_work': c, 'aggregator': a,  # noqa: E731
+                                'finalizer': f, 'round': d + c + a + f}
+    results['round_phases'] = {'model': 'conformer_s', 'repeats': 3,
+                               'fedavg': phase(1.0, 40.0, 2.0, 1.0),
+                               'fp/column/magnitude/0.5': phase(9.0, 38.0, 1.5, 6.0)}
+    report = experiments.render_report(results, settings, [])
+    self.assertIn("### Where a round's time goes (`conformer_s`, from its initialization)",
+                  report)
+    self.assertIn('| distributor | 1.00 | 9.00 | +8.00 |', report)
+    self.assertIn('| round | 44.00 | 54.50 | +10.50 |', report)
 
   def test_extended_prunable_set_is_reported_next_to_the_papers(self):
     results = self._results()

@@ -31,7 +31,8 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
     command = tff_test_utils.program_command('benchmark_pruning') + [
         f'--data_dir={data_dir}', f'--initial_model_dir={model_dir}', f'--output_dir={out}',
         '--experiments=costs', '--total_rounds=2', '--clients_per_round=1', '--batch_size=2',
-        '--memory_model=', '--cost_model=tiny_transducer', '--step_seconds=0.5']
+        '--memory_model=', '--cost_model=tiny_transducer', '--step_seconds=0.5',
+        '--phase_repeats=1']
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
@@ -59,12 +60,19 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
                            (base['client_bytes_down'] + base['client_bytes_up']))
     self.assertGreater(scale['fedavg']['client_step_seconds'], 0)
     self.assertIn('costs', results)  # The tiny model's costs as well.
+    phases = results['round_phases']
+    self.assertEqual((phases['model'], phases['repeats']), ('tiny_transducer', 1))
+    for key in ('fedavg', 'fp/column/magnitude/0.5'):
+      self.assertAlmostEqual(sum(phases[key][p] for p in ('distributor', 'client_work',
+                                                           'aggregator', 'finalizer')),
+                             phases[key]['round'])
 
     with open(os.path.join(out, 'report.md')) as f:
       report = f.read()
     self.assertIn('### The same costs with `tiny_transducer`', report)
     self.assertRegex(report, r'50% column \(`tiny_transducer`\): client bytes per round')
     self.assertRegex(report, r'\| costs/tiny_transducer/fedavg \|  \|  \|  \|  \| [\d,]+ \|')
+    self.assertRegex(report, r'\| client_work \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|')
 
 
 if __name__ == '__main__':
