@@ -15,5 +15,6 @@ status=${PIPESTATUS[0]}
 grep -E '^//[^ ]+ +(FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|INCOMPLETE)' "${work}/log" \
   | awk '{print $1}' > "${work}/failed"
 testlogs="$(bazel info "$@" bazel-testlogs 2>/dev/null)"
-.venv/bin/python3 tools/test_summary.py "${testlogs}" "${work}/targets" "${work}/failed"
+.venv/bin/python3 tools/test_summary.py "${testlogs}" "${work}/targets" "${work}/failed" \
+  "${work}/log"
 exit "${status}"

@@ -4,7 +4,8 @@ Only the reports of the given test targets are read (stale reports of removed ta
 A sharded target's reports are its shards' (`shard_<i>_of_<n>/test.xml`), summed. A target with
 no usable report (or a missing shard), or one Bazel marked failed whose report names no failing
 case (a crash or a timeout leaves absltest's report empty), counts as one failure.
-Usage: test_summary.py BAZEL_TESTLOGS_DIR TARGETS_FILE FAILED_TARGETS_FILE
+With Bazel's log of the run (`bazel test` output), it also prints the five slowest targets.
+Usage: test_summary.py BAZEL_TESTLOGS_DIR TARGETS_FILE FAILED_TARGETS_FILE [BAZEL_LOG]
 """
 
 import glob
@@ -67,9 +68,27 @@ def summarize(testlogs: str, targets: list[str], failed_targets: list[str]) -> t
   return passed, failed, skipped
 
 
-def main(testlogs: str, targets_file: str, failed_targets_file: str = '') -> int:
+_TARGET_TIME = re.compile(r'^(//\S+)\s+(?:\(cached\) )?(?:PASSED|FAILED|FLAKY|TIMEOUT)'
+                          r'.*? in (?:\d+ out of \d+ in )?([\d.]+)s')
+
+
+def slowest(log_lines: list[str], count: int = 5) -> list[tuple[str, float]]:
+  """The `count` slowest targets of a `bazel test` log, from its `//t PASSED in 12.3s` lines
+  (a sharded target's longest shard)."""
+  found = {}
+  for line in log_lines:
+    match = _TARGET_TIME.match(line.strip())
+    if match:
+      found[match.group(1)] = max(found.get(match.group(1), 0.0), float(match.group(2)))
+  return sorted(found.items(), key=lambda x: -x[1])[:count]
+
+
+def main(testlogs: str, targets_file: str, failed_targets_file: str = '',
+         log_file: str = '') -> int:
   passed, failed, skipped = summarize(
       testlogs, _read_lines(targets_file), _read_lines(failed_targets_file))
+  for target, seconds in slowest(_read_lines(log_file)):
+    print(f'slowest: {target} {seconds:.0f} s')
   print(f'{passed} passed, {failed} failed, {skipped} skipped')
   return 0
 

@@ -56,6 +56,15 @@ class TestSummaryTest(absltest.TestCase):
     self.assertEqual(counts, (4, 4 + 1, 4))
     self.assertIn('1 of 2 shard reports', output)
 
+  def test_slowest_targets_from_bazels_log(self):
+    log = ['//tests/a:x_test                  PASSED in 12.5s',
+           '//tests/b:y_test         (cached) PASSED in 3.0s',
+           '//tests/c:z_test                  FAILED in 2 out of 2 in 80.1s',
+           '//tests/d:w_test                  PASSED in 40.0s',
+           'INFO: Build completed successfully']
+    self.assertEqual(test_summary.slowest(log, 2), [('//tests/c:z_test', 80.1),
+                                                    ('//tests/d:w_test', 40.0)])
+
   def test_failed_target_without_failing_case_counts_once(self):
     ok_only = _REPORT.replace('<failure message="boom"/>', '').replace(
         '<error message="crash"/>', '')
