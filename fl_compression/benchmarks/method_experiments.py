@@ -60,6 +60,7 @@ def dense_key(model: str = 'tiny', seed: int = 0) -> str:
 
 
 OMC_KEY = f'omc/{OMC_FORMAT}/partial/stochastic'
+OMC_NEAREST_KEY = f'omc/{OMC_FORMAT}/partial/nearest'
 STACKED_KEY = f'fp+omc/column/adaptive/{STACKED_SPARSITY:g}/{OMC_FORMAT}'
 TFF_KEY = 'tff_compression'
 
@@ -98,6 +99,7 @@ def plan_runs(total_rounds: int, models: Sequence[str] = MODELS) -> list[common.
     add(TFF_KEY, 'tff_compression')
     add(aqt_key('stochastic'), 'fedaqt', bits=AQT_BITS, variant='fedavg',
         rounding='stochastic')
+    add(OMC_NEAREST_KEY, 'omc', **dict(omc, rounding='nearest'))
     fp(fp_key(0.1), 0.1)
     for sparsity in (0.3, 0.5, 0.1):
       add(fd_key(sparsity), 'fd', pattern='column', sparsity=sparsity)
@@ -176,6 +178,8 @@ TARGETS = (
     (fp_key(0.3), 'FP column 30% within +10% relative of dense', 'within', 0.10),
     (fp_key(0.5), 'FP column 50% within +25% relative of dense', 'within', 0.25),
     (OMC_KEY, 'OMC 11-bit (S1E4M6) partial no worse than float32', 'not_worse', 0.0),
+    (OMC_NEAREST_KEY, 'OMC 11-bit (S1E4M6) partial, round to nearest, no worse than float32',
+     'not_worse', 0.0),
     (aqt_key('nearest'), 'FedAQT 8-bit (round to nearest) within +5% relative of dense',
      'within', 0.05),
     (aqt_key('stochastic'), 'FedAQT 8-bit (stochastic) within +5% relative of dense',
@@ -200,6 +204,7 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 LABELS = {
     DENSE: 'dense FedAvg',
     OMC_KEY: 'OMC S1E4M6 partial (90%), stochastic',
+    OMC_NEAREST_KEY: 'OMC S1E4M6 partial (90%), nearest',
     aqt_key('nearest'): 'FedAQT 8-bit, nearest',
     aqt_key('stochastic'): 'FedAQT 8-bit, stochastic',
     TFF_KEY: 'FedAvg + TFF compression_aggregator (8-bit)',

@@ -24,6 +24,7 @@ _MEMORY_PROBES = {
     methods.dense_key(): ('compression', 'dense'),
     methods.TFF_KEY: ('compression', 'dense'),
     methods.OMC_KEY: ('compression', 'omc_11'),
+    methods.OMC_NEAREST_KEY: ('compression', 'omc_11'),
     methods.aqt_key('nearest'): ('compression', 'fedaqt_8'),
     methods.aqt_key('stochastic'): ('compression', 'fedaqt_8'),
     methods.fp_key(0.5): ('pruning', 'pruned'),
