@@ -39,6 +39,7 @@ from fl_compression.data import corpus
 from fl_compression.data import features
 from fl_compression.data import speech_data
 from fl_compression.evaluation import error_rates
+from fl_compression.evaluation import plateau as plateau_lib
 from fl_compression.evaluation import speech_eval
 from fl_compression.importance import layers as importance_layers
 from fl_compression.importance import signatures
@@ -97,21 +98,6 @@ class WarmupInverseSqrt(tf.keras.optimizers.schedules.LearningRateSchedule):
 
   def get_config(self):
     return {'peak': self.peak, 'warmup_steps': self.warmup_steps}
-
-
-def plateau_reached(curve: list[tuple[int, float]], fraction: float, min_improvement: float,
-                    min_evaluations: int) -> bool:
-  """Whether dev WER has plateaued: `curve` is (step, dev WER) in step order; the trailing
-  `fraction` of the steps holds at least `min_evaluations` evaluations and its best WER is
-  not below `(1 - min_improvement)` times the best WER before it."""
-  if not curve:
-    return False
-  cut = curve[-1][0] * (1.0 - fraction)
-  before = [wer for step, wer in curve if step <= cut]
-  trailing = [wer for step, wer in curve if step > cut]
-  if not before or len(trailing) < min_evaluations:
-    return False
-  return min(trailing) > (1.0 - min_improvement) * min(before)
 
 
 def _read_curve(path: str) -> list[dict]:
@@ -226,9 +212,9 @@ def run() -> None:
     _write_curve(curve_path, curve)
     _drop_rows_after(os.path.join(root, 'signatures.csv'), int(step.numpy()))
   dev_curve = [(int(row['step']), row['dev_wer']) for row in curve]
-  plateau = lambda: plateau_reached(dev_curve, _PLATEAU_FRACTION.value,  # noqa: E731
-                                    _PLATEAU_MIN_IMPROVEMENT.value,
-                                    _PLATEAU_MIN_EVALUATIONS.value)
+  plateau = lambda: plateau_lib.plateau_reached(  # noqa: E731
+      dev_curve, _PLATEAU_FRACTION.value, _PLATEAU_MIN_IMPROVEMENT.value,
+      _PLATEAU_MIN_EVALUATIONS.value)
   earlier_seconds = curve[-1]['elapsed_seconds'] if curve else 0.0
   started = time.monotonic()
   losses = []

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 from fl_compression.benchmarks import pruning_experiments as common
 from fl_compression.evaluation import bootstrap
 from fl_compression.evaluation import error_rates
+from fl_compression.evaluation import plateau as plateau_lib
 
 MODELS = ('tiny', 'wide')
 RATES = (0.1, 0.3, 0.5)
@@ -34,8 +35,8 @@ DENSE = 'fedavg'
 PROGRAM_OPTIONS = ('sampler_seed', 'model', 'select_from_round')
 # Plateau rule of the dense baseline on dev (the same rule as pretraining): over the last
 # quarter of the rounds, the best dev WER improves on the best before them by less than 1%.
-PLATEAU_FRACTION = 0.25
-PLATEAU_MIN_IMPROVEMENT = 0.01
+PLATEAU_FRACTION = plateau_lib.FRACTION
+PLATEAU_MIN_IMPROVEMENT = plateau_lib.MIN_IMPROVEMENT
 
 
 def phases(total_rounds: int) -> dict[str, int]:
@@ -155,21 +156,10 @@ def held_bytes(run: dict[str, Any]) -> float:
   return run.get('client_held_parameter_bytes') or run['client_bytes_down']
 
 
-def plateau(curve: dict[str, float], fraction: float = PLATEAU_FRACTION,
-            min_improvement: float = PLATEAU_MIN_IMPROVEMENT) -> Optional[dict[str, Any]]:
-  """The plateau rule on a dev WER curve {round: WER}: the best WER of the last `fraction` of
-  the rounds against the best before them."""
-  points = sorted((int(r), w) for r, w in curve.items())
-  if len(points) < 2:
-    return None
-  cut = points[-1][0] * (1 - fraction)
-  before = [w for r, w in points if r <= cut]
-  after = [w for r, w in points if r > cut]
-  if not before or not after:
-    return None
-  improvement = 1 - min(after) / min(before)
-  return {'cut_round': cut, 'best_before': min(before), 'best_after': min(after),
-          'improvement': improvement, 'plateaued': improvement < min_improvement}
+def plateau(curve: dict[str, float]) -> Optional[dict[str, Any]]:
+  """The plateau rule (`fl_compression.evaluation.plateau`) on a dev WER curve {round: WER}."""
+  return plateau_lib.plateau(sorted((int(r), w) for r, w in curve.items()),
+                             PLATEAU_FRACTION, PLATEAU_MIN_IMPROVEMENT)
 
 
 # Targets: (key, label, kind, limit); `within`: the interval's upper end of the relative
@@ -357,7 +347,7 @@ def _plateau_lines(results, run, what) -> list[str]:
     lines.append(
         f'Plateau rule (best dev WER of the last {100 * PLATEAU_FRACTION:g}% of the rounds at '
         f'least {100 * PLATEAU_MIN_IMPROVEMENT:g}% relative below the best before them, else '
-        f'plateaued): {100 * rule["best_after"]:.2f}% after round {rule["cut_round"]:g} against '
+        f'plateaued): {100 * rule["best_after"]:.2f}% after round {rule["cut"]:g} against '
         f'{100 * rule["best_before"]:.2f}% before ({100 * rule["improvement"]:+.1f}%): '
         + ('**plateaued**.' if rule['plateaued'] else '**still improving**.'))
   return lines + ['']

@@ -9,10 +9,11 @@ from absl.testing import absltest
 import numpy as np
 
 from fl_compression.data import corpus
+from fl_compression.evaluation import plateau
+from fl_compression.models import asr  # pylint: disable=unused-import (registers the models)
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from tests import tff_test_utils
-from tff_programs import pretrain
 
 
 def _read(path):
@@ -30,14 +31,14 @@ class PlateauRuleTest(absltest.TestCase):
 
   def test_trailing_quarter_must_improve_by_one_percent(self):
     falling = [(s, 1.0 / s) for s in range(250, 4001, 250)]
-    self.assertFalse(pretrain.plateau_reached(falling, 0.25, 0.01, 4))
+    self.assertFalse(plateau.plateau_reached(falling, 0.25, 0.01, 4))
     flat = [(250, 0.5), (500, 0.2), (750, 0.1), (1000, 0.08), (1250, 0.0799), (1500, 0.0801),
             (1750, 0.08), (2000, 0.0795)]
     # The last quarter (steps above 1500): best 0.0795 against 0.0799 before: -0.5%, a plateau.
-    self.assertTrue(pretrain.plateau_reached(flat, 0.25, 0.01, 2))
+    self.assertTrue(plateau.plateau_reached(flat, 0.25, 0.01, 2))
     # ... but not with fewer trailing evaluations than required.
-    self.assertFalse(pretrain.plateau_reached(flat, 0.25, 0.01, 3))
-    self.assertFalse(pretrain.plateau_reached([], 0.25, 0.01, 1))
+    self.assertFalse(plateau.plateau_reached(flat, 0.25, 0.01, 3))
+    self.assertFalse(plateau.plateau_reached([], 0.25, 0.01, 1))
 
 
 class PretrainProgramTest(absltest.TestCase):

@@ -1,0 +1,38 @@
+"""The plateau rule of dev WER curves: pretraining stops on it, and federated budgets are
+checked against it.
+
+Over the last `fraction` of the steps (or rounds), the best dev WER must be at least
+`min_improvement` (relative) below the best before them; when it is not, the curve has
+plateaued.
+"""
+
+from typing import Any, Optional, Sequence
+
+FRACTION = 0.25
+MIN_IMPROVEMENT = 0.01
+
+
+def plateau(curve: Sequence[tuple[int, float]], fraction: float = FRACTION,
+            min_improvement: float = MIN_IMPROVEMENT) -> Optional[dict[str, Any]]:
+  """The rule on a curve of (step, WER) in step order: the best WER before and after the cut
+  at `(1 - fraction)` of the last step, the relative improvement, whether it plateaued, and
+  how many evaluations fall after the cut; None when either side is empty."""
+  if not curve:
+    return None
+  cut = curve[-1][0] * (1.0 - fraction)
+  before = [wer for step, wer in curve if step <= cut]
+  after = [wer for step, wer in curve if step > cut]
+  if not before or not after:
+    return None
+  improvement = 1.0 - min(after) / min(before) if min(before) > 0 else 0.0
+  return {'cut': cut, 'best_before': min(before), 'best_after': min(after),
+          'improvement': improvement, 'plateaued': improvement < min_improvement,
+          'evaluations_after': len(after)}
+
+
+def plateau_reached(curve: Sequence[tuple[int, float]], fraction: float = FRACTION,
+                    min_improvement: float = MIN_IMPROVEMENT, min_evaluations: int = 4) -> bool:
+  """Whether the curve has plateaued, with at least `min_evaluations` evaluations in its
+  trailing `fraction`."""
+  rule = plateau(curve, fraction, min_improvement)
+  return bool(rule and rule['plateaued'] and rule['evaluations_after'] >= min_evaluations)
