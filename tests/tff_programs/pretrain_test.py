@@ -73,6 +73,22 @@ class PretrainProgramTest(absltest.TestCase):
     self.assertFalse(all(np.array_equal(a, b) for a, b in zip(trained.trainable,
                                                                initial.trainable)))
 
+    # Shipped with its card: the files, their checksums, the budget and a fresh evaluation.
+    shipped = os.path.join(tmp, 'checkpoints', 'small')
+    result = tff_test_utils.run_program('ship_model', f'--run_dir={root}',
+                                        f'--output_dir={shipped}', '--name=small',
+                                        f'--data_dir={data_dir}', timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertEqual(sorted(os.listdir(shipped)),
+                     ['MODEL_CARD.md', 'config.json', 'curve.csv', 'initial_weights.npz',
+                      'signatures.csv', 'weights.npz'])
+    with open(os.path.join(shipped, 'MODEL_CARD.md')) as f:
+      card = f.read()
+    self.assertIn('Trained 6 steps in', card)
+    self.assertIn('the plateau rule (the best dev WER of the last quarter', card)
+    self.assertRegex(card, r'\| `weights.npz` \| `[0-9a-f]{64}` \|')
+    self.assertRegex(card, r'test-clean +2 +\d+ +[\d.]+% +[\d.]+%')
+
   def test_the_shipped_tiny_model_has_the_initial_weights_of_its_seed(self):
     model_dir = tff_test_utils.repo_path('checkpoints/conformer_ctc_tiny')
     initial = checkpoint.load_weights(model_dir, checkpoint.INITIAL_WEIGHTS_FILE)
