@@ -129,6 +129,7 @@ def run() -> None:
   except ValueError as e:
     raise flag_utils.FlagError(f'--output_dir={_OUTPUT_DIR.value}: {e}') from None
   result = ranking.ranking(ablation, signatures.signatures(names, values, initial_values))
+  result['model'] = config  # Users of the ranking check that it is of their model.
   with open(os.path.join(output_dir, 'ranking.json'), 'w') as f:
     json.dump(result, f, indent=1)
   ranking.write_csv(os.path.join(output_dir, 'ranking.csv'), result)

@@ -31,6 +31,7 @@ from fl_compression.evaluation import bootstrap
 from fl_compression.evaluation import error_rates
 from fl_compression.importance import layers as importance_layers
 from fl_compression.importance import signatures
+from fl_compression.importance import targets as importance_targets
 from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
@@ -147,8 +148,16 @@ _COMPRESSION_FLAGS = {
     'omc': ('omc_format', 'omc_fraction', 'omc_transform', 'omc_scope', 'omc_rounding'),
     'fedaqt': ('aqt_bits', 'aqt_variant', 'aqt_activations', 'aqt_rounding'),
 }
+flags.DEFINE_float('fd_rate', 0.5, 'fd: fraction of the units of each targeted layer a client '
+                   'does not get, in (0, 1).')
+flags.DEFINE_string('fd_target', 'flat', 'fd: which encoder blocks lose units: flat (all), '
+                    'ambient:N or critical:N (the N most ambient or critical blocks of '
+                    '--fd_ranking), or blocks:i,j,...')
+flags.DEFINE_string('fd_ranking', '', 'fd: ranking.json of //tff_programs:layer_importance for '
+                    'the trained model (for --fd_target=ambient:N or critical:N).')
+_FD_FLAGS = ('fp_pattern', 'fp_norm', 'fp_prunable', 'fd_rate', 'fd_target', 'fd_ranking')
 _ALGORITHM_FLAGS = {
-    'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FP_FLAGS,
+    'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FD_FLAGS,
     **_COMPRESSION_FLAGS,
 }
 _RUN_DEFINING_ALGORITHM_FLAGS = tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
@@ -350,6 +359,15 @@ def _initial_model_weights(task: tasks.Task):
   return weights
 
 
+def _algorithm_options() -> dict:
+  """The algorithm's flags without their prefix (`fp_sparsity` -> `sparsity`), paths resolved."""
+  options = {name.split('_', 1)[1]: flags.FLAGS[name].value
+             for name in _ALGORITHM_FLAGS.get(_ALGORITHM.value, ())}
+  if options.get('ranking'):
+    options['ranking'] = flag_utils.resolve_path(options['ranking'])
+  return options
+
+
 def _reference_initial_weights(task: tasks.Task, initial_weights):
   """The weights the run's model started training from, W(0) of the numerical signatures and
   the `initial_weights.npz` saved with the final model: `--initial_model_dir`'s own initial
@@ -433,11 +451,11 @@ def run() -> None:
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
       total_rounds=_TOTAL_ROUNDS.value, initial_weights=initial_weights,
-      options={name.split('_', 1)[1]: flags.FLAGS[name].value
-               for name in _ALGORITHM_FLAGS.get(_ALGORITHM.value, ())})
+      options=_algorithm_options())
   try:
     training = algorithms.get(_ALGORITHM.value).staged(context)
-  except (plan_lib.PlanError, compression_process.ConfigError) as e:
+  except (plan_lib.PlanError, compression_process.ConfigError,
+          importance_targets.TargetError) as e:
     raise flag_utils.FlagError(str(e)) from None
   new_root = not os.path.exists(root)
   flag_utils.ensure_writable_dir('root_output_dir', root)

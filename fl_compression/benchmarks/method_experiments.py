@@ -103,7 +103,7 @@ def plan_runs(total_rounds: int, models: Sequence[str] = MODELS) -> list[common.
     add(OMC_NEAREST_KEY, 'omc', **dict(omc, rounding='nearest'))
     fp(fp_key(0.1), 0.1)
     for sparsity in (0.3, 0.5, 0.1):
-      add(fd_key(sparsity), 'fd', pattern='column', sparsity=sparsity)
+      add(fd_key(sparsity), 'fd', pattern='column', rate=sparsity)
     fp(STACKED_KEY, STACKED_SPARSITY, compress='omc', format=OMC_FORMAT)
     add(dense_key(seed=NOISE_SEED), 'fedavg', sampler_seed=NOISE_SEED)
   if 'wide' in models:

@@ -141,7 +141,7 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
   for pass_sparsities in (sparsities[::2], sparsities[1::2]):
     if 'anchors' in experiments:
       for sparsity in pass_sparsities:
-        add(fd_key('column', sparsity), 'fd', pattern='column', sparsity=sparsity)
+        add(fd_key('column', sparsity), 'fd', pattern='column', rate=sparsity)
     if 'patterns' in experiments:
       for pattern in PATTERNS:
         for sparsity in pass_sparsities:

@@ -33,13 +33,15 @@ the full model as its result (Caldas et al. 2018): the anchor that shows what im
 import collections
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from fl_compression.compression import process as compression_process
+from fl_compression.importance import layers as importance_layers
+from fl_compression.importance import targets as importance_targets
 from fl_compression.learning import algorithms
 from fl_compression.learning import composition
 from fl_compression.learning import fedavg
@@ -198,12 +200,19 @@ def _distributor(reducer: reduce_lib.Reducer, config: PruningConfig, server_type
   def init_fn():
     return tff.federated_value((), tff.SERVER)
 
+  # The fraction of the model's parameters the clients do not get: the plan's, exactly.
+  fraction = plan_lib.removed_parameters(reducer.plan) / reducer.full_parameters
+
+  @tff.tensorflow.computation
+  def measurements():
+    return collections.OrderedDict(dropped_fraction=tf.constant(fraction, tf.float32))
+
   @tff.federated_computation(init_fn.type_signature.result,
                              tff.FederatedType(server_type, tff.SERVER))
   def next_fn(state, server):
     reduced = tff.federated_broadcast(tff.federated_map(shrink, server))
     return tff.templates.MeasuredProcessOutput(
-        state=state, result=reduced, measurements=tff.federated_value((), tff.SERVER))
+        state=state, result=reduced, measurements=tff.federated_eval(measurements, tff.SERVER))
 
   return tff.learning.templates.DistributionProcess(init_fn, next_fn)
 
@@ -386,16 +395,28 @@ class FederatedPruning(stages.StagedTraining):
 
 
 class FederatedDropout(FederatedPruning):
-  """Random sub-models of the plan's sizes every round; the result is the full model."""
+  """Random sub-models of the plan's sizes every round; the result is the full model.
+
+  `blocks` (encoder block indices) targets the dropout: only those blocks' prunable kernels
+  lose units (targeted federated dropout); None: every prunable kernel (flat).
+  """
 
   def __init__(self, model_config: dict[str, Any], make_model_fn, config: PruningConfig,
                total_rounds: int, client_optimizer, server_optimizer,
-               initial_weights: Optional[tff.learning.models.ModelWeights] = None):
+               initial_weights: Optional[tff.learning.models.ModelWeights] = None,
+               blocks: Optional[Sequence[int]] = None):
     config = dataclasses.replace(
         config, importance=reduce_lib.ImportanceConfig('random', config.importance.norm),
-        schedule='constant', refine_start=1, finetune_start=total_rounds + 1)
+        schedule='constant', refine_start=1, finetune_start=total_rounds + 1, adaptive=False)
     super().__init__(model_config, make_model_fn, config, total_rounds, client_optimizer,
                      server_optimizer, initial_weights)
+    if blocks is not None:
+      chosen = set(blocks)
+      self.layers = [layer for layer in self.layers
+                     if (importance_layers.block_part(layer.name) or (None,))[0] in chosen]
+      if not self.layers:
+        raise plan_lib.PlanError(f'--fd_target: blocks {sorted(chosen)} have no prunable '
+                                 'kernels')
 
   def build_stage(self, key) -> stages.Stage:
     return self._dense_stage(super().build_stage(key), key)
@@ -423,11 +444,23 @@ def stacked_compression(options: dict[str, Any]
 
 
 def _build_variant(cls, context: algorithms.BuildContext) -> stages.StagedTraining:
-  compression = stacked_compression(context.options)
-  if compression is not None and cls is not FederatedPruning:
-    raise plan_lib.PlanError('--fp_compress applies to --algorithm=fp only')
-  extra = {} if compression is None else {'compression': compression}
-  return cls(context.model_config, context.make_model_fn, config_from_options(context.options),
+  options = dict(context.options)
+  extra = {}
+  if cls is FederatedPruning:
+    compression = stacked_compression(options)
+    if compression is not None:
+      extra['compression'] = compression
+  else:  # Federated dropout: --fd_rate of --fd_target's blocks.
+    rate = float(options.pop('rate', 0.5))
+    importance_targets.check_rate(rate, 'fd_rate')
+    options['sparsity'] = rate
+    ranking_path = options.pop('ranking', '')
+    num_blocks = context.model_config.get('encoder', {}).get('num_blocks', 0)
+    ranking = (importance_targets.load_ranking(ranking_path, context.model_config, 'fd_ranking')
+               if ranking_path else None)
+    extra['blocks'] = importance_targets.target_blocks(
+        options.pop('target', 'flat'), num_blocks, ranking, 'fd_target', 'fd_ranking')
+  return cls(context.model_config, context.make_model_fn, config_from_options(options),
              context.total_rounds, client_optimizer=context.hparams.build_client_optimizer(),
              server_optimizer=context.hparams.build_server_optimizer(),
              initial_weights=context.initial_weights, **extra)
@@ -439,8 +472,8 @@ def _build_federated_pruning(context: algorithms.BuildContext) -> stages.StagedT
   return _build_variant(FederatedPruning, context)
 
 
-@algorithms.register_staged('fd', 'federated dropout: clients train random sub-models of the '
-                            'sizes that --fp_sparsity and --fp_pattern give; the result is the '
-                            'full model')
+@algorithms.register_staged('fd', 'federated dropout: clients train random sub-models (--fd_rate '
+                            'of the units of --fd_target\'s blocks, --fp_pattern); the result is '
+                            'the full model')
 def _build_federated_dropout(context: algorithms.BuildContext) -> stages.StagedTraining:
   return _build_variant(FederatedDropout, context)

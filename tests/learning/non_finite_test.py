@@ -20,7 +20,7 @@ _VARIANTS = (
     ('fedavg', {}),
     ('tff_compression', {}),
     ('fp', {'sparsity': 0.3, 'refine_start': 2, 'finetune_start': 3}),
-    ('fd', {'sparsity': 0.3}),
+    ('fd', {'rate': 0.3}),
     ('omc', {'format': 'S1E4M6'}),
     ('fedaqt', {'bits': 8}),
     ('fp', {'sparsity': 0.3, 'refine_start': 2, 'finetune_start': 3, 'compress': 'fedaqt',

@@ -279,5 +279,39 @@ class FederatedPruningProcessTest(absltest.TestCase):
                      [np.shape(w) for w in weights.trainable])
 
 
+class TargetedDropoutTest(absltest.TestCase):
+
+  def test_dropout_of_one_block_drops_only_its_units_and_reports_the_fraction(self):
+    config = _config()
+    config['encoder']['num_blocks'] = 2
+    make = lambda blocks: process.FederatedDropout(  # noqa: E731
+        config, _make_model_fn, process.PruningConfig(sparsity=0.5, pattern='column'), 2,
+        client_optimizer=optimizers.build_optimizer('sgd', 0.05),
+        server_optimizer=optimizers.build_optimizer('sgd', 1.0), blocks=blocks)
+    targeted, flat = make([1]), make(None)
+    plans = {name: fd.plan_at(1) for name, fd in (('targeted', targeted), ('flat', flat))}
+    self.assertTrue(plans['targeted'])
+    self.assertTrue(all(name.startswith('encoder/block_01/') for name in plans['targeted']))
+    self.assertEqual({n for n in plans['flat'] if n.startswith('encoder/block_01/')},
+                     set(plans['targeted']))
+
+    async def body():
+      fractions = {}
+      for name, fd in (('targeted', targeted), ('flat', flat)):
+        stage = fd.build_stage(fd.stage_key(1))
+        output = stage.train_process.next(fd.initial_state(stage), [_client_data(5)])
+        metrics = await tff.program.materialize_value(output.metrics)
+        fractions[name] = float(metrics['distributor']['dropped_fraction'])
+      return fractions
+
+    fractions = tff_test_utils.run_on_local_backend(body)
+    total = registry.build_keras_model(config).count_params()
+    for name, plan in plans.items():
+      self.assertAlmostEqual(fractions[name], plan_lib.removed_parameters(plan) / total,
+                             places=6)
+    # One block of two: about half of the flat dropout's parameters.
+    self.assertAlmostEqual(fractions['targeted'] / fractions['flat'], 0.5, delta=0.05)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -1,6 +1,7 @@
 """//tff_programs:train's flag checks, in process: each bad value is one FlagError naming the
 flag, raised before anything is written (not even the output directory)."""
 
+import json
 import os
 import tempfile
 
@@ -8,6 +9,7 @@ from absl.testing import absltest
 from absl.testing import flagsaver
 import portpicker
 
+from fl_compression.data import corpus
 from tff_programs import backends
 from tff_programs import flag_utils
 from tff_programs import train
@@ -76,6 +78,11 @@ class TrainFlagsTest(absltest.TestCase):
         ({'aqt_bits': 4}, '--aqt_bits does not apply to --algorithm=fedavg'),
         ({'algorithm': 'fd', 'fp_compress': 'omc'}, '--fp_compress does not apply to '
          '--algorithm=fd'),
+        ({'algorithm': 'fd', 'fp_sparsity': 0.3}, '--fp_sparsity does not apply to '
+         '--algorithm=fd'),
+        ({'algorithm': 'fd', 'fd_rate': 1.5}, '--fd_rate=1.5 is outside (0, 1)'),
+        ({'algorithm': 'fd', 'fd_target': 'ambient:2'}, '--fd_target=ambient:2: N must be in '
+         '1..0 (the encoder blocks)'),
         ({'algorithm': 'tff_compression', 'fp_sparsity': 0.5},
          '--fp_sparsity does not apply to --algorithm=tff_compression'),
         ({'initial_model_dir': '/nonexistent/model'}, '--initial_model_dir=/nonexistent/model: '
@@ -83,6 +90,22 @@ class TrainFlagsTest(absltest.TestCase):
     ]
     for flags, message in cases:
       self._assert_fails(message, **flags)
+
+  def test_targeted_dropout_checks_its_ranking_against_the_model(self):
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    data_dir = os.path.join(tmp, 'corpus')
+    corpus.generate(data_dir, corpus.SMALL, log=lambda message: None)
+    ranking = os.path.join(tmp, 'ranking.json')
+    with open(ranking, 'w') as f:  # A ranking of a 16-block model; tiny has 4 blocks.
+      json.dump({'ambient_first': list(range(16)), 'blocks': [{}] * 16}, f)
+    speech = {'task': 'speech_ctc', 'data_dir': data_dir, 'algorithm': 'fd',
+              'clients_per_round': 1}
+    self._assert_fails(f'--fd_ranking={ranking} ranks 16 encoder blocks; the trained model '
+                       'has 4', **speech, fd_target='ambient:2', fd_ranking=ranking)
+    self._assert_fails('--fd_target=critical:5: N must be in 1..4', **speech,
+                       fd_target='critical:5')
+    self._assert_fails('--fd_target=ambient:2 needs --fd_ranking', **speech,
+                       fd_target='ambient:2')
 
   def test_unusable_paths_and_backends(self):
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
