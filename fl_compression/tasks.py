@@ -71,6 +71,9 @@ class TaskOptions:
   domain: str = corpus.MAIN
   # Speech tasks: a model configuration (e.g. a saved model's) in place of a named one.
   model_config: Optional[dict] = None
+  # Speech tasks: the encoder blocks the clients train (None: the whole model); the rest of the
+  # model is frozen (`registry.build_keras_model`'s `trainable_blocks`).
+  trainable_blocks: Optional[list] = None
 
 
 def build_synthetic_mlp(options: TaskOptions) -> Task:
@@ -140,14 +143,18 @@ def load_speech_splits(options: TaskOptions, tokenizer: features.CharTokenizer, 
   return reports
 
 
+# The named model each speech task trains unless `TaskOptions.model` names another.
+SPEECH_MODELS = {'speech_ctc': 'tiny', 'speech_transducer': 'tiny_transducer'}
+
+
 def build_speech_ctc(options: TaskOptions) -> Task:
   """The `tiny` Conformer-CTC on a LibriSpeech-layout corpus; clients are speakers."""
-  return _build_speech('speech_ctc', 'tiny', options)
+  return _build_speech('speech_ctc', SPEECH_MODELS['speech_ctc'], options)
 
 
 def build_speech_transducer(options: TaskOptions) -> Task:
   """The `tiny_transducer` Conformer transducer on the same clients as `speech_ctc`."""
-  return _build_speech('speech_transducer', 'tiny_transducer', options)
+  return _build_speech('speech_transducer', SPEECH_MODELS['speech_transducer'], options)
 
 
 def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task:
@@ -173,6 +180,8 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
   model_config = (dict(options.model_config) if options.model_config else
                   asr.named_config(options.model or model_name, tokenizer.vocab_size,
                                    seed=options.seed))
+  if options.trainable_blocks is not None:
+    model_config['trainable_blocks'] = list(options.trainable_blocks)
   augment = features.SpecAugmentConfig()
 
   def train_preprocess(dataset, seed):

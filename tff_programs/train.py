@@ -162,6 +162,12 @@ _ALGORITHM_FLAGS = {
 }
 _RUN_DEFINING_ALGORITHM_FLAGS = tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
                                              for f in group}))
+_TRAINABLE = flags.DEFINE_string(
+    'trainable', 'all', 'Speech tasks: which encoder blocks the clients train and upload (the '
+    'rest of the model frozen): all, critical:N or ambient:N (of --ranking), or blocks:i,j,...')
+_RANKING = flags.DEFINE_string('ranking', '', 'ranking.json of //tff_programs:layer_importance '
+                               'for the trained model (for --trainable=critical:N or '
+                               'ambient:N).')
 _KEEP_STATES = flags.DEFINE_integer('keep_program_states', 3, 'Saved program states to keep.')
 
 
@@ -314,7 +320,7 @@ _RUN_DEFINING_FLAGS = (
     'task', 'model', 'algorithm', 'clients_per_round', 'client_optimizer', 'client_learning_rate',
     'server_optimizer', 'server_learning_rate', 'batch_size', 'local_epochs',
     'num_train_clients', 'num_eval_clients', 'examples_per_client', 'seed', 'partition',
-    'domain', 'initial_model_dir') + _RUN_DEFINING_ALGORITHM_FLAGS
+    'domain', 'initial_model_dir', 'trainable', 'ranking') + _RUN_DEFINING_ALGORITHM_FLAGS
 _RUN_CONFIG = 'run_config.json'
 
 
@@ -351,12 +357,36 @@ def _initial_model_weights(task: tasks.Task):
     weights = checkpoint.load_weights(model_dir)
   except (OSError, ValueError) as e:
     raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
-  strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}
+  strip = lambda c: {k: v for k, v in c.items() if k not in ('seed', 'trainable_blocks')}
   if strip(config['model']) != strip(task.model_config):
     raise flag_utils.FlagError(
         f'--initial_model_dir={_INITIAL_MODEL_DIR.value} holds a {config["model"].get("name")} '
         f'model whose config differs from --task={_TASK.value}\'s')
+  if config['model'].get('trainable_blocks') != task.model_config.get('trainable_blocks'):
+    weights = checkpoint.reorder_weights(weights, config['model'], task.model_config)
   return weights
+
+
+def _trainable_blocks():
+  """The encoder blocks --trainable names (None: the whole model trains)."""
+  if _TRAINABLE.value == 'all':
+    if _RANKING.value:
+      raise flag_utils.FlagError('--ranking applies to --trainable=critical:N or ambient:N')
+    return None
+  if not _TASK.value.startswith('speech_'):
+    raise flag_utils.FlagError(f'--trainable={_TRAINABLE.value}: --task={_TASK.value} has no '
+                               'encoder blocks; --trainable applies to the speech tasks')
+  config = asr.named_config(_MODEL.value or tasks.SPEECH_MODELS[_TASK.value])
+  try:
+    ranking = (importance_targets.load_ranking(flag_utils.resolve_path(_RANKING.value), config,
+                                               'ranking') if _RANKING.value else None)
+    blocks = importance_targets.target_blocks(_TRAINABLE.value, config['encoder']['num_blocks'],
+                                              ranking, 'trainable', 'ranking')
+  except importance_targets.TargetError as e:
+    raise flag_utils.FlagError(str(e)) from None
+  if blocks is None:
+    raise flag_utils.FlagError('--trainable=flat: use --trainable=all')
+  return sorted(blocks)
 
 
 def _algorithm_options() -> dict:
@@ -378,11 +408,13 @@ def _reference_initial_weights(task: tasks.Task, initial_weights):
   if not importance_layers.num_blocks(names):
     return None
   if _INITIAL_MODEL_DIR.value:
+    model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
     try:
-      return checkpoint.load_weights(flag_utils.resolve_path(_INITIAL_MODEL_DIR.value),
-                                     checkpoint.INITIAL_WEIGHTS_FILE)
+      saved = checkpoint.load_weights(model_dir, checkpoint.INITIAL_WEIGHTS_FILE)
     except OSError:
       return initial_weights
+    return checkpoint.reorder_weights(saved, checkpoint.load_config(model_dir)['model'],
+                                      task.model_config)
   return tff.learning.models.ModelWeights(
       [v.numpy() for v in model.trainable_variables],
       [v.numpy() for v in model.non_trainable_variables])
@@ -430,6 +462,7 @@ def run() -> None:
       examples_per_client=_EXAMPLES_PER_CLIENT.value, seed=_SEED.value,
       data_dir=flag_utils.resolve_path(_DATA_DIR.value), partition=_PARTITION.value,
       strict_data=_STRICT_DATA.value, model=_MODEL.value, domain=_DOMAIN.value)
+  options = dataclasses.replace(options, trainable_blocks=_trainable_blocks())
   run_config = _check_run_config(root)
   try:
     task = tasks.build_task(_TASK.value, options)

@@ -101,6 +101,27 @@ def read_weights(path: str) -> tff.learning.models.ModelWeights:
       trainable=groups['trainable'], non_trainable=groups['non_trainable'])
 
 
+def reorder_weights(weights: tff.learning.models.ModelWeights,
+                    from_config: registry.ModelConfig, to_config: registry.ModelConfig
+                    ) -> tff.learning.models.ModelWeights:
+  """`weights` of a model of `from_config`, rearranged for `to_config`: the same variables split
+  otherwise into trainable and non-trainable (another `trainable_blocks`), matched by name."""
+  def names(config):
+    model = registry.build_keras_model(config)
+    return ([v.name for v in model.trainable_variables],
+            [v.name for v in model.non_trainable_variables])
+
+  source_trainable, source_frozen = names(from_config)
+  values = dict(zip(source_trainable + source_frozen,
+                    list(weights.trainable) + list(weights.non_trainable)))
+  target_trainable, target_frozen = names(to_config)
+  missing = sorted(set(target_trainable + target_frozen) - set(values))
+  if missing:
+    raise ValueError(f'the weights have no {", ".join(missing[:3])}')
+  return tff.learning.models.ModelWeights([values[n] for n in target_trainable],
+                                          [values[n] for n in target_frozen])
+
+
 def load_keras_model(model_dir: str) -> tuple[tf.keras.Model, dict[str, Any]]:
   """Rebuilds the Keras model from `config.json` and assigns the saved weights."""
   config = load_config(model_dir)

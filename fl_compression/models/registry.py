@@ -20,11 +20,40 @@ def register(name: str):
 
 
 def build_keras_model(config: ModelConfig) -> tf.keras.Model:
-  """Returns a new Keras model for `config` (deterministic for the config's `seed`)."""
+  """Returns a new Keras model for `config` (deterministic for the config's `seed`).
+
+  With `trainable_blocks` (a list of encoder block indices), only those blocks' variables are
+  trainable; the rest of the model is frozen (its variables are non-trainable weights, so a
+  `tff.learning` process neither trains nor uploads them).
+  """
   name = config.get('name')
   if name not in _BUILDERS:
     raise ValueError(f'unknown model config name {name!r}; known: {", ".join(sorted(_BUILDERS))}')
-  return _BUILDERS[name](config)
+  model = _BUILDERS[name](config)
+  blocks = config.get('trainable_blocks')
+  if blocks is not None:
+    freeze_all_but_blocks(model, blocks)
+  return model
+
+
+def freeze_all_but_blocks(model: tf.keras.Model, blocks) -> None:
+  """Makes every layer of `model` untrainable except encoder blocks `blocks` (ValueError for a
+  model with no such block)."""
+  wanted = {f'block_{int(b):02d}' for b in blocks}
+  found = set()
+  for layer in model.layers:
+    inner = getattr(layer, 'blocks', None)
+    if inner is None:
+      layer.trainable = False
+      continue
+    for attribute in ('conv1', 'conv2', 'project', 'dropout'):
+      if hasattr(layer, attribute):
+        getattr(layer, attribute).trainable = False
+    for block in inner:
+      block.trainable = block.name in wanted
+      found.update({block.name} & wanted)
+  if found != wanted:
+    raise ValueError(f'the model has no encoder block {", ".join(sorted(wanted - found))}')
 
 
 @register('mlp')

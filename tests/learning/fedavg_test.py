@@ -1,3 +1,5 @@
+import collections
+
 from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
@@ -8,6 +10,9 @@ from fl_compression.learning import accounting
 from fl_compression.learning import algorithms
 from fl_compression.learning import fedavg
 from fl_compression.learning import optimizers
+from fl_compression.models import asr
+from fl_compression.models import checkpoint
+from fl_compression.models import registry
 from tests import tff_test_utils
 
 
@@ -133,6 +138,53 @@ class TffCompressionTest(absltest.TestCase):
         [tff.TensorType(np.float32, [30, 20]), tff.TensorType(np.float32, [7])], list)
     mean = tff.aggregators.MeanFactory().create(value_type, tff.TensorType(np.float32))
     self.assertEqual(accounting.aggregated_client_bytes(mean), (600 + 7 + 1) * 4)
+
+
+class TrainableBlocksTest(absltest.TestCase):
+  """FedAvg of a model whose `trainable_blocks` config freezes all but some encoder blocks."""
+
+  def test_clients_train_and_upload_only_the_chosen_blocks(self):
+    config = asr.tiny_config(vocab_size=11)
+    config['encoder'].update(num_blocks=2, model_dim=32, num_heads=4, num_groups=4, dropout=0.0)
+    frozen_config = dict(config, trainable_blocks=[1])
+    spec = collections.OrderedDict(
+        features=tf.TensorSpec([None, None, 80], tf.float32),
+        labels=tf.TensorSpec([None, None], tf.int32),
+        feature_length=tf.TensorSpec([None], tf.int32),
+        label_length=tf.TensorSpec([None], tf.int32))
+    data = tf.data.Dataset.from_tensors(collections.OrderedDict(
+        features=tf.random.stateless_normal([2, 48, 80], seed=[1, 2]),
+        labels=tf.constant([[1, 2, 3, 4], [5, 6, 7, 0]]),
+        feature_length=tf.constant([48, 40]), label_length=tf.constant([4, 3]))).repeat(2)
+    model_fn = lambda: asr.AsrVariableModel(registry.build_keras_model(frozen_config), spec)  # noqa: E731
+    process = algorithms.get('fedavg').build(
+        model_fn, algorithms.Hyperparameters(client_learning_rate=0.05))
+    full = registry.build_keras_model(config)
+    initial = checkpoint.reorder_weights(
+        tff.learning.models.ModelWeights([v.numpy() for v in full.trainable_variables], []),
+        config, frozen_config)
+
+    async def body():
+      state = process.set_model_weights(process.initialize(), initial)
+      output = process.next(state, [data, data])
+      weights = await tff.program.materialize_value(process.get_model_weights(output.state))
+      return weights, await tff.program.materialize_value(output.metrics)
+
+    weights, metrics = tff_test_utils.run_on_local_backend(body)
+    frozen = registry.build_keras_model(frozen_config)
+    self.assertEqual({v.name.split('/')[1] for v in frozen.trainable_variables}, {'block_01'})
+    # Frozen variables are bit-identical; every trained one moved.
+    for before, after in zip(initial.non_trainable, weights.non_trainable):
+      self.assertEqual(np.asarray(before).tobytes(), np.asarray(after).tobytes())
+    self.assertGreater(max(np.abs(np.asarray(a) - np.asarray(b)).max()
+                           for a, b in zip(initial.trainable, weights.trainable)), 1e-5)
+    # The upload is the trained block's delta and the client's weight.
+    block_bytes = sum(v.shape.num_elements() * 4 for v in frozen.trainable_variables)
+    self.assertEqual(metrics['communication']['client_bytes_up'], block_bytes + 4)
+    # Back in the full model's order, the weights rebuild the unfrozen model.
+    restored = checkpoint.reorder_weights(weights, frozen_config, config)
+    self.assertEqual([np.shape(w) for w in restored.trainable],
+                     [tuple(v.shape) for v in full.trainable_variables])
 
 
 class AlgorithmRegistryTest(absltest.TestCase):

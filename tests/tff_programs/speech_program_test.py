@@ -36,7 +36,7 @@ class SpeechProgramTest(absltest.TestCase):
         tff_test_utils.program_command('train') + [
             '--task=speech_transducer', f'--data_dir={data_dir}', f'--root_output_dir={root}',
             '--domain=short-form', '--total_rounds=1', '--clients_per_round=2',
-            '--batch_size=2'],
+            '--batch_size=2', '--trainable=blocks:1,3'],
         capture_output=True, text=True, env=env, timeout=900)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     out = result.stdout
@@ -66,7 +66,9 @@ class SpeechProgramTest(absltest.TestCase):
                            float(row.group(3)), places=2)
 
     with open(os.path.join(root, 'final_model', 'config.json')) as f:
-      self.assertEqual(json.load(f)['model']['name'], 'conformer_transducer')
+      model_config = json.load(f)['model']
+    self.assertEqual(model_config['name'], 'conformer_transducer')
+    self.assertEqual(model_config['trainable_blocks'], [1, 3])
     with open(os.path.join(root, 'evaluation_metrics.csv')) as f:
       rows = list(csv.DictReader(f))
     self.assertEqual([int(r['key']) for r in rows], [0, 1])
@@ -77,6 +79,9 @@ class SpeechProgramTest(absltest.TestCase):
     self.assertNotEmpty(signature_columns)
     self.assertEqual({float(rows[0][c]) for c in signature_columns}, {0.0})
     self.assertEqual(max(float(rows[-1][c]) for c in signature_columns), 1.0)
+    # --trainable=blocks:1,3: only those blocks moved.
+    moved = {c.rsplit('/', 1)[1] for c in signature_columns if float(rows[-1][c]) > 0}
+    self.assertEqual(moved, {'block_01', 'block_03'})
     # The final model carries the weights training started from.
     initial = checkpoint.load_weights(os.path.join(root, 'final_model'),
                                       checkpoint.INITIAL_WEIGHTS_FILE)

@@ -106,6 +106,15 @@ class TrainFlagsTest(absltest.TestCase):
                        fd_target='critical:5')
     self._assert_fails('--fd_target=ambient:2 needs --fd_ranking', **speech,
                        fd_target='ambient:2')
+    speech = dict(speech, algorithm='fedavg')
+    self._assert_fails('--trainable=critical:9: N must be in 1..4', **speech,
+                       trainable='critical:9')
+    self._assert_fails(f'--ranking={ranking} ranks 16 encoder blocks; the trained model has 4',
+                       **speech, trainable='ambient:1', ranking=ranking)
+    self._assert_fails('--trainable=blocks:1: --task=synthetic_mlp has no encoder blocks',
+                       trainable='blocks:1')
+    self._assert_fails('--ranking applies to --trainable=critical:N or ambient:N',
+                       ranking=ranking)
 
   def test_unusable_paths_and_backends(self):
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
