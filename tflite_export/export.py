@@ -15,6 +15,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app
 from absl import flags
 
+from fl_compression.importance import targets
+from fl_compression.models import checkpoint
 from tff_programs import flag_utils
 from tff_programs import program_main
 from tflite_export import bundle
@@ -27,7 +29,10 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Bundle directory (replace
                                   'an earlier bundle).')
 _TRAINABLE = flags.DEFINE_string(
     'trainable', 'all', 'What `train` updates: all, last_blocks:N (the last N encoder blocks '
-    'and the output layers), or a regular expression over variable names.')
+    'and the output layers), critical:N or ambient:N (the N most critical or ambient encoder '
+    'blocks of --ranking), blocks:i,j,..., or a regular expression over variable names.')
+_RANKING = flags.DEFINE_string('ranking', '', 'ranking.json of //tff_programs:layer_importance '
+                               'for the model (for --trainable=critical:N or ambient:N).')
 _OPTIMIZER = flags.DEFINE_enum('optimizer', 'adam', list(signatures.OPTIMIZERS),
                                'Optimizer of the train signature.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-4, 'Learning rate of `train`.')
@@ -72,17 +77,40 @@ def _summary(manifest: dict, output_dir: str) -> str:
   return '\n'.join(lines)
 
 
+def _trainable_spec(model_dir: str) -> str:
+  """--trainable, with critical:N / ambient:N resolved to blocks:i,j of --ranking."""
+  kind = _TRAINABLE.value.split(':', 1)[0]
+  if kind not in ('critical', 'ambient'):
+    if _RANKING.value:
+      raise flag_utils.FlagError('--ranking applies to --trainable=critical:N or ambient:N')
+    return _TRAINABLE.value
+  try:
+    config = checkpoint.load_config(model_dir)['model']
+  except (OSError, ValueError) as e:
+    raise flag_utils.FlagError(f'--model_dir={_MODEL_DIR.value}: {e}') from None
+  try:
+    ranking = (targets.load_ranking(flag_utils.resolve_path(_RANKING.value), config, 'ranking')
+               if _RANKING.value else None)
+    blocks = targets.target_blocks(_TRAINABLE.value,
+                                   config.get('encoder', {}).get('num_blocks', 0), ranking,
+                                   'trainable', 'ranking')
+  except targets.TargetError as e:
+    raise flag_utils.FlagError(str(e)) from None
+  return 'blocks:' + ','.join(str(b) for b in sorted(blocks))
+
+
 def run() -> None:
   for name in ('model_dir', 'output_dir'):
     if not flags.FLAGS[name].value:
       raise flag_utils.FlagError(f'--{name} is required')
   model_dir = flag_utils.resolve_path(_MODEL_DIR.value)
   output_dir = flag_utils.resolve_path(_OUTPUT_DIR.value)
+  trainable = _trainable_spec(model_dir)
   try:
     options = bundle.ExportOptions(
         training=signatures.TrainingOptions(optimizer=_OPTIMIZER.value,
                                             learning_rate=_LEARNING_RATE.value,
-                                            trainable=_TRAINABLE.value),
+                                            trainable=trainable),
         quantize=_QUANTIZE.value, measure_memory=_MEASURE_MEMORY.value,
         data_dir=flag_utils.resolve_path(_DATA_DIR.value))
 

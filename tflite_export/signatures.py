@@ -42,8 +42,10 @@ class TrainingOptions:
   """What the `train` signature does: the optimizer, its rate and the trainable subset.
 
   `trainable`: 'all'; 'last_blocks:N' (the last N encoder blocks and the output layers: the
-  CTC head, or the transducer's prediction and joint networks); or a regular expression that
-  `re.search`es the variable names (`encoder/block_03/ffn1/dense_in/kernel`, ...).
+  CTC head, or the transducer's prediction and joint networks); 'blocks:i,j,...' (those encoder
+  blocks only: what `--trainable=critical:N --ranking=...` of the export program resolves to);
+  or a regular expression that `re.search`es the variable names
+  (`encoder/block_03/ffn1/dense_in/kernel`, ...).
   Variables outside the subset are constants of the exported model.
   """
 
@@ -90,6 +92,19 @@ def select_trainable(model: tf.keras.Model, spec: str) -> list[tf.Variable]:
                         f'use last_blocks:N with N in 1..{len(blocks)}')
     prefixes = tuple(f'encoder/{b}/' for b in blocks[-count:]) + _output_prefixes(model)
     return [v for v in variables if variable_name(v).startswith(prefixes)]
+  if spec.startswith('blocks:'):
+    try:
+      wanted = [int(b) for b in spec.split(':', 1)[1].split(',')]
+    except ValueError:
+      raise ExportError(f'--trainable={spec}: blocks must be integers') from None
+    prefixes = tuple(f'encoder/block_{b:02d}/' for b in wanted)
+    chosen = [v for v in variables if variable_name(v).startswith(prefixes)]
+    found = {variable_name(v).split('/')[1] for v in chosen}
+    missing = sorted(f'block_{b:02d}' for b in wanted if f'block_{b:02d}' not in found)
+    if missing:
+      raise ExportError(f'--trainable={spec}: the model has no trainable encoder '
+                        f'{", ".join(missing)}')
+    return chosen
   try:
     pattern = re.compile(spec)
   except re.error as e:

@@ -100,6 +100,27 @@ class ExportProgramTest(absltest.TestCase):
                                                                   atol=1e-9)
                           for e in expected), name)
 
+  def test_critical_blocks_of_a_ranking_are_what_train_updates(self):
+    ranking = os.path.join(self.tmp, 'ranking.json')
+    config = checkpoint.load_config(self.model_dir)['model']
+    with open(ranking, 'w') as f:  # Block 1 most critical.
+      json.dump({'ambient_first': [0, 1], 'blocks': [{}, {}], 'model': config}, f)
+    output_dir = os.path.join(self.tmp, 'critical_bundle')
+    result = self._run(f'--model_dir={self.model_dir}', f'--output_dir={output_dir}',
+                       '--trainable=critical:1', f'--ranking={ranking}', '--verify=false',
+                       '--measure_memory=false')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(output_dir, 'manifest.json')) as f:
+      manifest = json.load(f)
+    trainable = manifest['training']['trainable_variables']
+    self.assertTrue(trainable)
+    self.assertTrue(all(n.startswith('encoder/block_01/') for n in trainable), trainable)
+    # The phone's checkpoint holds those variables (and their optimizer slots), no other
+    # variable of the model: everything else is a constant of the file.
+    saved = [n for n in manifest['training']['checkpoint_tensors']
+             if n.startswith(('encoder/', 'ctc_head/'))]
+    self.assertEqual(sorted(saved), sorted(trainable))
+
   def test_fedaqt_bits_come_from_the_runs_flags(self):
     self.assertEqual(bundle.aqt_bits({'algorithm': 'fedaqt', 'algorithm_flags': {}}), 8)
     self.assertEqual(bundle.aqt_bits({'algorithm': 'fp', 'algorithm_flags': {
@@ -121,6 +142,10 @@ class ExportProgramTest(absltest.TestCase):
         ([f'--model_dir={self.model_dir}', f'--output_dir={output_dir}',
           '--trainable=last_blocks:5'], r'error: --trainable=last_blocks:5: the model has 2 '
                                         r'encoder blocks'),
+        ([f'--model_dir={self.model_dir}', f'--output_dir={output_dir}',
+          '--trainable=critical:1'], r'error: --trainable=critical:1 needs --ranking'),
+        ([f'--model_dir={self.model_dir}', f'--output_dir={output_dir}',
+          '--trainable=ambient:3'], r'error: --trainable=ambient:3: N must be in 1\.\.2'),
     ]
     for flags, message in cases:
       result = self._run(*flags)

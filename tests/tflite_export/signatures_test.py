@@ -38,6 +38,13 @@ class TrainableSelectionTest(absltest.TestCase):
     self.assertFalse(any(n.startswith('encoder/block_01/') for n in chosen))
     self.assertLess(len(self._selected('last_blocks:1')), len(self._selected('last_blocks:2')))
 
+  def test_blocks_are_those_encoder_blocks_only(self):
+    chosen = self._selected('blocks:2,0')
+    self.assertEqual(chosen, [n for n in self.names
+                              if n.startswith(('encoder/block_00/', 'encoder/block_02/'))])
+    with self.assertRaisesRegex(signatures.ExportError, 'no trainable encoder block_05'):
+      signatures.select_trainable(self.model, 'blocks:5')
+
   def test_regular_expression_searches_the_names(self):
     self.assertEqual(self._selected(r'ffn\d/dense_(in|out)/kernel'),
                      [n for n in self.names if '/ffn' in n and n.endswith('/kernel')])
