@@ -117,13 +117,19 @@ _FP_MAX_LAYER_SPARSITY = flags.DEFINE_float('fp_max_layer_sparsity', 0.9,
                                             'fp: cap of a layer\'s adaptive sparsity.')
 flags.DEFINE_string('fp_compress', 'none', 'fp: also compress the reduced model the clients '
                     'hold and exchange: none, omc (--omc_* flags) or fedaqt (--aqt_* flags).')
+flags.DEFINE_string('fp_allocation', '', 'fp: per-layer sparsity: uniform, adaptive (from the '
+                    'layers\' weight magnitudes; the same as --fp_adaptive) or importance (from '
+                    '--fp_ranking: ambient blocks pruned more); empty: --fp_adaptive decides.')
+flags.DEFINE_string('fp_ranking', '', 'fp: ranking.json of //tff_programs:layer_importance for '
+                    'the trained model (for --fp_allocation=importance).')
 flags.DEFINE_string('fp_prunable', 'paper', 'fp, fd: which dense kernels are prunable: paper '
                     '(the Conformer blocks\' feed-forward and attention kernels) or extended '
                     '(also the convolution modules\' pointwise kernels and the subsampling '
                     'projection).')
 _FP_FLAGS = ('fp_sparsity', 'fp_pattern', 'fp_importance', 'fp_norm', 'fp_momentum',
              'fp_schedule', 'fp_ramp_steps', 'fp_refine_start', 'fp_finetune_start',
-             'fp_adaptive', 'fp_max_layer_sparsity', 'fp_prunable')
+             'fp_adaptive', 'fp_max_layer_sparsity', 'fp_prunable', 'fp_allocation',
+             'fp_ranking')
 # Online model compression (--algorithm=omc) and FedAQT (fedaqt); see
 # fl_compression/compression/process.py.
 flags.DEFINE_string('omc_format', 'S1E4M6',

@@ -54,6 +54,7 @@ from fl_compression.pruning import reduce as reduce_lib
 PHASE_MODES = {'prune': 'monotone', 'refine': 'free', 'finetune': 'fixed'}
 FINETUNE = 'finetune'  # First element of the fine-tuning stages' keys.
 SCHEDULES = ('constant', 'step')
+ALLOCATIONS = ('uniform', 'adaptive', 'importance')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +69,29 @@ class PruningConfig:
   ramp_steps: int = 4
   refine_start: int = 0  # 0: a third of the rounds in.
   finetune_start: int = 0  # 0: two thirds of the rounds in.
-  adaptive: bool = False
+  adaptive: bool = False  # The same as allocation='adaptive'.
   max_layer_sparsity: float = 0.9
   prunable: str = 'paper'  # plan_lib.PRUNABLE_SETS: 'paper' or 'extended'.
+  # Per-layer sparsity: 'uniform', 'adaptive' (from the layers' weight magnitudes) or
+  # 'importance' (from the layer-importance ranking at `ranking`: denser where resetting the
+  # block hurts more); '' follows `adaptive`.
+  allocation: str = ''
+  ranking: str = ''
 
   def resolved(self, total_rounds: int) -> 'PruningConfig':
     """Checks every setting (errors name the flag) and fills the default phase boundaries."""
     plan_lib.validate_sparsity(self.sparsity, 'fp_sparsity')
     plan_lib.validate_pattern(self.pattern, 'fp_pattern')
     plan_lib.validate_prunable(self.prunable, 'fp_prunable')
+    allocation = self.allocation or ('adaptive' if self.adaptive else 'uniform')
+    if allocation not in ALLOCATIONS:
+      raise plan_lib.PlanError(f'--fp_allocation={allocation!r} is unknown; known: '
+                               f'{", ".join(ALLOCATIONS)}')
+    if self.adaptive and allocation != 'adaptive':
+      raise plan_lib.PlanError(f'--fp_adaptive contradicts --fp_allocation={allocation}')
+    if (allocation == 'importance') != bool(self.ranking):
+      raise plan_lib.PlanError('--fp_allocation=importance needs --fp_ranking, and '
+                               '--fp_ranking applies to it only')
     if self.schedule not in SCHEDULES:
       raise plan_lib.PlanError(f'--fp_schedule={self.schedule!r} is unknown; known: '
                                f'{", ".join(SCHEDULES)}')
@@ -95,7 +110,8 @@ class PruningConfig:
     if finetune < 2:
       raise plan_lib.PlanError('--fp_finetune_start=1: fine-tuning keeps the masks of earlier '
                                'rounds, so at least one pruning or refining round must come first')
-    return dataclasses.replace(self, refine_start=refine, finetune_start=finetune)
+    return dataclasses.replace(self, refine_start=refine, finetune_start=finetune,
+                               allocation=allocation, adaptive=allocation == 'adaptive')
 
   def phase(self, round_num: int) -> str:
     if round_num < self.refine_start:
@@ -234,20 +250,23 @@ class FederatedPruning(stages.StagedTraining):
     if not self.layers:
       raise plan_lib.PlanError(f'--algorithm=fp: the {model_config.get("name")} model has '
                                'nothing prunable')
-    if self.config.adaptive:
+    if self.config.allocation == 'adaptive':
       weights = initial_weights.trainable if initial_weights is not None else [
           v.numpy() for v in full.trainable_variables]
       by_name = {v.name: w for v, w in zip(full.trainable_variables, weights)}
       magnitudes = {layer.name: float(np.mean(np.abs(by_name[layer.name + '/kernel:0'])))
                     for layer in self.layers}
       self._magnitudes = magnitudes
+    elif self.config.allocation == 'importance':
+      ranking = importance_targets.load_ranking(self.config.ranking, model_config, 'fp_ranking')
+      self._magnitudes = importance_weights(self.layers, ranking)
     del full
     self._reducers: dict[str, reduce_lib.Reducer] = {}
     self._plans: dict[tuple[str, str], dict[str, Any]] = {}
 
   def plan_at(self, round_num: int) -> dict[str, Any]:
     sparsity = self.config.sparsity_at(round_num)
-    if self.config.adaptive and sparsity > 0:
+    if self.config.allocation != 'uniform' and sparsity > 0:
       sparsity = plan_lib.adaptive_sparsity(self.layers, self._magnitudes, sparsity,
                                             self.config.max_layer_sparsity)
     return plan_lib.make_plan(self.layers, self.config.pattern, sparsity)
@@ -394,6 +413,20 @@ class FederatedPruning(stages.StagedTraining):
                         self._make_model_fn(self.model_config), dense_weights)
 
 
+def importance_weights(layers, ranking: dict[str, Any]) -> dict[str, float]:
+  """Per prunable layer, the density weight of `--fp_allocation=importance`: 1 plus the relative
+  WER damage of re-initializing the layer's encoder block (at least 0), so a layer keeps units
+  in proportion to how much its block matters (`plan_lib.adaptive_sparsity` then scales the
+  weights to the target sparsity); layers outside the blocks get the blocks' mean weight."""
+  damage = [1.0 + max(0.0, float(b['reinit_relative'])) for b in ranking['blocks']]
+  mean = float(np.mean(damage))
+  weights = {}
+  for layer in layers:
+    part = importance_layers.block_part(layer.name)
+    weights[layer.name] = damage[part[0]] if part is not None else mean
+  return weights
+
+
 class FederatedDropout(FederatedPruning):
   """Random sub-models of the plan's sizes every round; the result is the full model.
 
@@ -407,7 +440,8 @@ class FederatedDropout(FederatedPruning):
                blocks: Optional[Sequence[int]] = None):
     config = dataclasses.replace(
         config, importance=reduce_lib.ImportanceConfig('random', config.importance.norm),
-        schedule='constant', refine_start=1, finetune_start=total_rounds + 1, adaptive=False)
+        schedule='constant', refine_start=1, finetune_start=total_rounds + 1, adaptive=False,
+        allocation='uniform', ranking='')
     super().__init__(model_config, make_model_fn, config, total_rounds, client_optimizer,
                      server_optimizer, initial_weights)
     if blocks is not None:

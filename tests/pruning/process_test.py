@@ -1,6 +1,7 @@
 """Federated pruning processes on TFF's runtime: FedAvg equivalence, phases, traffic."""
 
 import collections
+import json
 
 from absl.testing import absltest
 import numpy as np
@@ -277,6 +278,40 @@ class FederatedPruningProcessTest(absltest.TestCase):
     self.assertNotIn('pruning', stage.model_config)
     self.assertEqual([np.shape(w) for w in final.trainable],
                      [np.shape(w) for w in weights.trainable])
+
+
+class ImportanceAllocationTest(absltest.TestCase):
+
+  def test_ambient_blocks_are_pruned_more_at_the_same_total_sparsity(self):
+    config = _config()
+    config['encoder']['num_blocks'] = 2
+    ranking_path = self.create_tempfile(content=json.dumps({
+        'ambient_first': [1, 0], 'model': config,
+        'blocks': [{'block': 0, 'reinit_relative': 3.0}, {'block': 1, 'reinit_relative': 0.0}],
+    })).full_path
+
+    def plan(**options):
+      return process.FederatedPruning(
+          config, _make_model_fn, process.PruningConfig(sparsity=0.4, pattern='row', **options),
+          3, client_optimizer=optimizers.build_optimizer('sgd', 0.05),
+          server_optimizer=optimizers.build_optimizer('sgd', 1.0)).plan_at(1)
+
+    importance, uniform = plan(allocation='importance', ranking=ranking_path), plan()
+    removed = lambda p, block: sum(  # noqa: E731
+        e['input_dim'] * e['output_dim'] - plan_lib.kept_area(e) for n, e in p.items()
+        if f'block_{block:02d}/' in n)
+    # Block 1 (reset costs nothing) loses more than block 0 (reset costs +300%) ...
+    self.assertGreater(removed(importance, 1), 1.5 * removed(importance, 0))
+    self.assertAlmostEqual(removed(uniform, 1), removed(uniform, 0), delta=0.05 * removed(
+        uniform, 0))
+    # ... at the same total as uniform (row pattern: kernel entries exactly, up to rounding
+    # of whole units).
+    self.assertAlmostEqual(plan_lib.removed_parameters(importance) /
+                           plan_lib.removed_parameters(uniform), 1.0, delta=0.03)
+    with self.assertRaisesRegex(plan_lib.PlanError, 'importance needs --fp_ranking'):
+      plan(allocation='importance')
+    with self.assertRaisesRegex(plan_lib.PlanError, "--fp_allocation='size' is unknown"):
+      plan(allocation='size')
 
 
 class TargetedDropoutTest(absltest.TestCase):
