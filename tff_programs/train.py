@@ -141,6 +141,11 @@ flags.DEFINE_string('omc_scope', 'weights', 'omc: weights (weight matrices only)
 flags.DEFINE_string('omc_rounding', 'nearest', 'omc: how clients recompress after each local '
                     'step: nearest (even), or stochastic (keeps steps smaller than half a '
                     'quantum in expectation).')
+flags.DEFINE_string('omc_allocation', 'uniform', 'omc: uniform (--omc_format everywhere) or '
+                    'importance (from --omc_ranking: the most ambient third of the encoder blocks '
+                    'one mantissa bit fewer, the most critical third one more).')
+flags.DEFINE_string('omc_ranking', '', 'omc: ranking.json of //tff_programs:layer_importance '
+                    'for the trained model (for --omc_allocation=importance).')
 flags.DEFINE_integer('aqt_bits', 8, 'fedaqt: bits of the client model\'s integers, 4 to 8.')
 flags.DEFINE_string('aqt_variant', 'fedavg', 'fedaqt: fedavg (local steps, weights requantized '
                     'after each) or fedsgd (the client returns its gradient).')
@@ -165,6 +170,8 @@ _FD_FLAGS = ('fp_pattern', 'fp_norm', 'fp_prunable', 'fd_rate', 'fd_target', 'fd
 _ALGORITHM_FLAGS = {
     'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FD_FLAGS,
     **_COMPRESSION_FLAGS,
+    # Per-block formats from a ranking: OMC alone (not stacked on pruning's reduced model).
+    'omc': _COMPRESSION_FLAGS['omc'] + ('omc_allocation', 'omc_ranking'),
 }
 _RUN_DEFINING_ALGORITHM_FLAGS = tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
                                              for f in group}))

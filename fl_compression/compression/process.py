@@ -36,7 +36,7 @@ step (per layer, decoded again in the backward pass) is `on_the_fly.py`.
 
 import collections
 import dataclasses
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +46,8 @@ from fl_compression.compression import aqt
 from fl_compression.compression import codecs
 from fl_compression.compression import float_format as ff
 from fl_compression.compression import omc
+from fl_compression.importance import layers as importance_layers
+from fl_compression.importance import targets as importance_targets
 from fl_compression.learning import accounting
 from fl_compression.learning import algorithms
 from fl_compression.learning import composition
@@ -76,6 +78,9 @@ class CompressionConfig:
   client_mode: str = 'fedavg'
   # FedAQT: inputs of the Conformer's dense layers fake-quantized per tensor (0: off).
   activation_bits: int = 0
+  # One codec per trainable variable (the model's order) in place of `codec` for all, e.g.
+  # from `--omc_allocation=importance` (`importance_codecs`); empty: `codec` everywhere.
+  variable_codecs: tuple = ()
 
   def __post_init__(self):
     if self.scope not in SCOPES:
@@ -90,6 +95,10 @@ class CompressionConfig:
 
   def covers(self, shape: Sequence[int]) -> bool:
     return self.scope == 'all' or omc.is_weight_matrix(shape)
+
+  def codec_at(self, index: int) -> Codec:
+    """The codec of trainable variable `index`."""
+    return self.variable_codecs[index] if self.variable_codecs else self.codec
 
 
 def _rounding(options: dict, flag: str) -> str:
@@ -179,7 +188,8 @@ def encode_for_clients(config: CompressionConfig, covered: list[bool],
                        ) -> collections.OrderedDict:
   """What the server broadcasts for round `round_num`: the covered variables encoded, the
   others as they are, and the round number (it seeds the clients' partial selection)."""
-  trainable = [config.codec.encode(w) if c else w for w, c in zip(weights.trainable, covered)]
+  trainable = [config.codec_at(i).encode(w) if c else w
+               for i, (w, c) in enumerate(zip(weights.trainable, covered))]
   return collections.OrderedDict(trainable=trainable, non_trainable=weights.non_trainable,
                                  round=round_num)
 
@@ -190,7 +200,8 @@ def encode_update(config: CompressionConfig, covered: list[bool], update: Sequen
   (`upload='compressed'`), everything else float32."""
   if config.upload != 'compressed':
     return list(update)
-  return [config.codec.encode(u) if c else u for u, c in zip(update, covered)]
+  return [config.codec_at(i).encode(u) if c else u
+          for i, (u, c) in enumerate(zip(update, covered))]
 
 
 def _distributor(config: CompressionConfig, weights_type, covered: list[bool]
@@ -229,10 +240,11 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
                  optimizer: tff.learning.optimizers.Optimizer, weights_type, broadcast_type,
                  covered: list[bool]) -> tff.learning.templates.ClientWorkProcess:
   shapes = _shapes(weights_type.trainable)
-  codec = config.codec
+  codec = config.codec  # Its rounding is every variable's.
   covered_index = [i for i, c in enumerate(covered) if c]
   float_bytes = [4 * int(np.prod(s, dtype=np.int64)) for s in shapes]
-  codec_bytes = [codec.nbytes(s) if c else b for s, c, b in zip(shapes, covered, float_bytes)]
+  codec_bytes = [config.codec_at(i).nbytes(s) if c else b
+                 for i, (s, c, b) in enumerate(zip(shapes, covered, float_bytes))]
   non_trainable_bytes = sum(4 * int(np.prod(t.shape, dtype=np.int64))
                             for t in weights_type.non_trainable)
   with tf.Graph().as_default():
@@ -249,8 +261,8 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
     return client_update
 
   def train_client(model, broadcast, dataset):
-    initial = [codec.decode(e, s) if c else e
-               for e, s, c in zip(broadcast['trainable'], shapes, covered)]
+    initial = [config.codec_at(i).decode(e, s) if c else e
+               for i, (e, s, c) in enumerate(zip(broadcast['trainable'], shapes, covered))]
     for v, x in zip(model.trainable_variables, initial):
       v.assign(x)
     for v, x in zip(model.non_trainable_variables, broadcast['non_trainable']):
@@ -292,9 +304,9 @@ def _client_work(model_fn: fedavg.ModelFn, config: CompressionConfig,
       out = []
       for i, x in enumerate(values):
         if isinstance(selected[i], bool):
-          out.append(codec.requantize(x, seed(i)) if selected[i] else x)
+          out.append(config.codec_at(i).requantize(x, seed(i)) if selected[i] else x)
         else:
-          out.append(tf.where(selected[i], codec.requantize(x, seed(i)), x))
+          out.append(tf.where(selected[i], config.codec_at(i).requantize(x, seed(i)), x))
       return out
 
     # The received values are format values already; the unselected ones train in float32.
@@ -372,8 +384,8 @@ def _input_spec(model_fn: fedavg.ModelFn):
     return model_fn().input_spec
 
 
-def _decoding_mean(codec: Codec, upload_type, shapes, covered: list[bool]
-                   ) -> tff.templates.AggregationProcess:
+def _decoding_mean(codecs_by_variable: Sequence[Codec], upload_type, shapes,
+                   covered: list[bool]) -> tff.templates.AggregationProcess:
   """Example-weighted mean of compressed updates, decoded by the server as they arrive."""
   @tff.tensorflow.computation
   def zero():
@@ -385,7 +397,8 @@ def _decoding_mean(codec: Codec, upload_type, shapes, covered: list[bool]
   def accumulate(accumulator, value):
     total, weight_sum = accumulator
     update, weight = value
-    decoded = [codec.decode(u, s) if c else u for u, s, c in zip(update, shapes, covered)]
+    decoded = [codec.decode(u, s) if c else u
+               for codec, u, s, c in zip(codecs_by_variable, update, shapes, covered)]
     return [t + weight * d for t, d in zip(total, decoded)], weight_sum + weight
 
   @tff.tensorflow.computation(accumulator_type, accumulator_type)
@@ -424,8 +437,9 @@ def client_blocks(model_fn: fedavg.ModelFn, config: CompressionConfig,
                              weights_type, broadcast_type, covered)
   upload_type = client_work.next.type_signature.result.result.member.update
   if config.upload == 'compressed':
-    aggregator = _decoding_mean(config.codec, upload_type, _shapes(weights_type.trainable),
-                                covered)
+    shapes = _shapes(weights_type.trainable)
+    aggregator = _decoding_mean([config.codec_at(i) for i in range(len(shapes))], upload_type,
+                                shapes, covered)
   else:
     aggregator = tff.aggregators.MeanFactory().create(upload_type, tff.TensorType(np.float32))
   return client_work, aggregator
@@ -488,8 +502,48 @@ def float_parameter_bytes(weights_type) -> int:
              for t in list(weights_type.trainable) + list(weights_type.non_trainable))
 
 
+ALLOCATIONS = ('uniform', 'importance')
+
+
+def importance_codecs(codec: codecs.OmcCodec, names: Sequence[str],
+                      ranking: dict[str, Any]) -> tuple:
+  """Per trainable variable, the codec of `--omc_allocation=importance`: encoder blocks ordered
+  from most ambient to most critical by the layer-importance ranking, the most ambient third
+  (n // 3 blocks) get one mantissa bit fewer than `codec`'s format, the most critical third one
+  more, the rest and every variable outside the blocks `codec`'s; blocks of equal size keep the
+  total client parameter bytes of the uniform format."""
+  order = list(ranking['ambient_first'])
+  third = len(order) // 3
+  shift = {block: -1 for block in order[:third]}
+  shift.update({block: 1 for block in order[len(order) - third:]})
+  found = []
+  for name in names:
+    part = importance_layers.block_part(name)
+    step = shift.get(part[0], 0) if part is not None else 0
+    fmt = ff.FloatFormat(codec.fmt.exponent_bits, codec.fmt.mantissa_bits + step)
+    found.append(dataclasses.replace(codec, fmt=fmt))
+  return tuple(found)
+
+
 def _build_variant(config: CompressionConfig, context: algorithms.BuildContext
                    ) -> stages.StagedTraining:
+  options = context.options
+  allocation = options.get('allocation', 'uniform')
+  if allocation not in ALLOCATIONS:
+    raise ConfigError(f'--omc_allocation={allocation!r} is unknown; known: '
+                      f'{", ".join(ALLOCATIONS)}')
+  if (allocation == 'importance') != bool(options.get('ranking')):
+    raise ConfigError('--omc_allocation=importance needs --omc_ranking, and --omc_ranking '
+                      'applies to it only')
+  if allocation == 'importance':
+    try:
+      ranking = importance_targets.load_ranking(options['ranking'], context.model_config,
+                                                'omc_ranking')
+    except importance_targets.TargetError as e:
+      raise ConfigError(str(e)) from None
+    model = registry.build_keras_model(context.model_config)
+    config = dataclasses.replace(config, variable_codecs=importance_codecs(
+        config.codec, [v.name for v in model.trainable_variables], ranking))
   model_fn = context.make_model_fn(context.model_config)
   learning_process = build_compressed_fed_avg(
       model_fn, config, context.hparams.build_client_optimizer(),

@@ -224,6 +224,31 @@ class CompressedProcessTest(absltest.TestCase):
         (codec.nbytes(w.shape) if next(chosen) else w.nbytes) if c else w.nbytes
         for w, c in zip(weights.trainable, covered)))
 
+  def test_per_variable_codecs_hold_and_send_each_matrix_in_its_format(self):
+    # `--omc_allocation=importance`'s mechanism: the first covered matrix in S1E4M5, the rest in
+    # S1E4M7; one client, server SGD at rate 1: each change is a value of its own format.
+    weights = _initial_weights()
+    covered = _covered(weights)
+    first = covered.index(True)
+    formats = [ff.parse('S1E4M5' if i == first else 'S1E4M7') for i in range(len(covered))]
+    per_variable = tuple(codecs.OmcCodec(f, transform=False) for f in formats)
+    config = process.CompressionConfig(per_variable[-1], variable_codecs=per_variable)
+    server, metrics = _run_round(_build(config), weights, [_client_data(6)])
+    self.assertEqual(metrics['client_work']['held_parameter_bytes'], sum(
+        (c.nbytes(w.shape) if cov else w.nbytes)
+        for c, w, cov in zip(per_variable, weights.trainable, covered)) + sum(
+            w.nbytes for w in weights.non_trainable))
+    for old, new, cov, fmt in zip(weights.trainable, server.trainable, covered, formats):
+      if cov:
+        change = tf.constant(old - new)
+        np.testing.assert_allclose(ff.quantize(change, fmt).numpy(), change.numpy(), rtol=0,
+                                   atol=4 * np.spacing(np.abs(new).max()))
+    # The other matrices use the finer format: their changes are off the coarse grid.
+    second = covered.index(True, first + 1)
+    change = tf.constant(weights.trainable[second] - server.trainable[second])
+    self.assertGreater(float(tf.reduce_max(tf.abs(ff.quantize(change, formats[first]) - change))),
+                       0.0)
+
   def test_fedaqt_client_weights_stay_on_the_integer_grid(self):
     # One client, server SGD at rate 1, float upload: new = old - (initial - trained), so
     # trained = new - old + initial, where initial = dequantize(quantize(old)).

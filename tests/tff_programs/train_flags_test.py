@@ -80,6 +80,13 @@ class TrainFlagsTest(absltest.TestCase):
          '--algorithm=fd'),
         ({'algorithm': 'fd', 'fp_sparsity': 0.3}, '--fp_sparsity does not apply to '
          '--algorithm=fd'),
+        ({'algorithm': 'omc', 'omc_allocation': 'importance'}, '--omc_allocation=importance '
+         'needs --omc_ranking'),
+        ({'algorithm': 'omc', 'omc_allocation': 'bits'}, "--omc_allocation='bits' is unknown"),
+        ({'algorithm': 'fp', 'fp_compress': 'omc', 'omc_allocation': 'importance'},
+         '--omc_allocation does not apply to --algorithm=fp'),
+        ({'algorithm': 'fp', 'fp_allocation': 'importance'}, '--fp_allocation=importance needs '
+         '--fp_ranking'),
         ({'algorithm': 'fd', 'fd_rate': 1.5}, '--fd_rate=1.5 is outside (0, 1)'),
         ({'algorithm': 'fd', 'fd_target': 'ambient:2'}, '--fd_target=ambient:2: N must be in '
          '1..0 (the encoder blocks)'),
