@@ -46,7 +46,7 @@ _MODELS = flags.DEFINE_list('models', list(experiments.MODELS),
 _ONLY = flags.DEFINE_list('only', [], 'Run only these run keys (e.g. fedavg,'
                           'fp/column/adaptive/0.3); empty: every run of --models.')
 _TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 60, 'Rounds of every run.')
-_EVALUATION_PERIOD = flags.DEFINE_integer('evaluation_period', 10,
+_EVALUATION_PERIOD = flags.DEFINE_integer('evaluation_period', 5,
                                           'Rounds between dev/test transcriptions.')
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 8, 'Speakers per round.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')

@@ -9,6 +9,7 @@ WER per split with the run's relative difference to the baseline and its paired 
 interval, client bytes per round, final model parameters and bytes, and the TFLite files.
 """
 
+import csv
 import json
 import os
 
@@ -46,7 +47,11 @@ def _load_run(flag) -> dict:
   with np.load(weights_path) as npz:
     parameters = sum(npz[k].size for k in npz.files)
     parameter_bytes = sum(npz[k].nbytes for k in npz.files)
-  communication = summary['train_metrics'].get('communication', {})
+  # Bytes averaged over every round of the run (pruning's change with its phases).
+  with open(os.path.join(root, 'metrics.csv')) as f:
+    rows = list(csv.DictReader(f))
+  client_bytes = float(np.mean([float(r['communication/client_bytes_down']) +
+                                float(r['communication/client_bytes_up']) for r in rows]))
   bundle = {}
   manifest = os.path.join(root, 'tflite', 'manifest.json')
   if os.path.isfile(manifest):
@@ -58,8 +63,7 @@ def _load_run(flag) -> dict:
       'rates': summary['eval_metrics']['transcription'],
       'utterances': {split: error_rates.UtteranceErrors.from_dict(value)
                      for split, value in summary['utterance_errors'].items()},
-      'client_bytes': (communication.get('client_bytes_down', 0) +
-                       communication.get('client_bytes_up', 0)),
+      'client_bytes': client_bytes,
       'parameters': int(parameters), 'parameter_bytes': int(parameter_bytes),
       'tflite': bundle}
 
@@ -85,11 +89,11 @@ def run() -> None:
     rows.append((f'{split} WER', f'{100 * c.baseline_wer:.2f}%', f'{100 * c.system_wer:.2f}%',
                  c.describe_relative()))
   ratio = lambda a, b: f'{a / b:.2f}x' if b else ''  # noqa: E731
-  for label, field in (('client bytes per round (down + up)', 'client_bytes'),
+  for label, field in (('client bytes per round (down + up, mean)', 'client_bytes'),
                        ('final model parameters', 'parameters'),
                        ('final model bytes (float32)', 'parameter_bytes')):
-    rows.append((label, f'{base[field]:,}', f'{other[field]:,}', ratio(other[field],
-                                                                       base[field])))
+    rows.append((label, f'{base[field]:,.0f}', f'{other[field]:,.0f}', ratio(other[field],
+                                                                           base[field])))
   for name in sorted(set(base['tflite']) | set(other['tflite'])):
     b, o = base['tflite'].get(name), other['tflite'].get(name)
     rows.append((f'TFLite {name}', f'{b:,}' if b else 'not exported',

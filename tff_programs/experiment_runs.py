@@ -87,11 +87,11 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
   return task, initial_weights
 
 
-def basis(initial_model_dir: str, data_dir: str) -> dict[str, Any]:
+def basis(initial_model_dir: str, data_dir: str, domain: str = corpus.MAIN) -> dict[str, Any]:
   """What stored results depend on beyond the flags: a hash of the starting weights (empty
-  without a starting model) and the corpus's domain fingerprints (`external` for a corpus
-  that was not generated here). A benchmark keeps them in its settings, so results of another
-  model or corpus are never mixed in."""
+  without a starting model) and the fingerprint of the corpus domain the runs use (`external`
+  for a corpus that was not generated here). A benchmark keeps them in its settings, so results
+  of another model or corpus are never mixed in."""
   import hashlib  # pylint: disable=g-import-not-at-top
   found = {'initial_model': '', 'corpus': 'external'}
   if initial_model_dir:
@@ -99,9 +99,8 @@ def basis(initial_model_dir: str, data_dir: str) -> dict[str, Any]:
     with open(path, 'rb') as f:
       found['initial_model'] = hashlib.sha256(f.read()).hexdigest()[:16]
   manifest = corpus.read_manifest(flag_utils.resolve_path(data_dir))
-  if manifest is not None:
-    found['corpus'] = ','.join(f'{name}:{domain["fingerprint"]}'
-                               for name, domain in sorted(manifest['domains'].items()))
+  if manifest is not None and domain in manifest['domains']:
+    found['corpus'] = f'{domain}:{manifest["domains"][domain]["fingerprint"]}'
   return found
 
 
@@ -114,7 +113,8 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
   The model is transcribed every `evaluation_period` rounds (0: after the last round only) on
   the domain's dev and test splits; the run's result is the evaluated round from
   `select_from_round` on with the lowest dev WER (`selected_round`; ties: the earliest), whose
-  test WER is its reported one. Evaluations are kept in `state_dir` as they are made.
+  test WER is its reported one. Every round's metrics and every evaluation are kept in
+  `state_dir` as they are made, so a resumed run reports all its rounds.
   """
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
@@ -123,7 +123,8 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
   # Single-process algorithms (FedAvg) build their computations here, staged ones per stage.
   training = algorithms.get(spec.algorithm).staged(context)
   construction_seconds = time.monotonic() - started
-  train, model = Collector(), Collector()
+  train = release.JsonFileReleaseManager(os.path.join(state_dir, 'train_metrics'))
+  model = Collector()
   evaluations = release.JsonFileReleaseManager(os.path.join(state_dir, 'evaluations'))
   utterances = release.JsonFileReleaseManager(os.path.join(state_dir, 'utterance_errors'))
   evaluated = task.transcription_eval is not None
@@ -148,10 +149,13 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
         'final_error_rates': curves[total_rounds],
         'wer_curves': {split: {str(r): curves[r][split]['wer'] for r in sorted(curves)}
                        for split in curves[total_rounds]}}
-  rounds = [flatten(train.values[k]) for k in sorted(train.values)]
+  released = train.read()
+  missing = sorted(set(range(1, total_rounds + 1)) - set(released))
+  if missing:
+    raise RuntimeError(f'{spec.key}: no metrics of rounds {missing[:5]} in {state_dir}')
+  rounds = [flatten(released[k]) for k in sorted(released)]
   model_config, weights = model.values[total_rounds]
   built = [r['stage_build_seconds'] for r in rounds]
-  built[0] += construction_seconds
   steady = [r['round_time_seconds'] for r, b in zip(rounds, built) if b == 0]
   held = [r['client_work/held_parameter_bytes'] for r in rounds
           if 'client_work/held_parameter_bytes' in r]
@@ -168,7 +172,8 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       # Per round: the time to build a new stage's computations (0 in steady rounds).
       'round_build_seconds': built,
       'mean_round_seconds': float(np.mean(steady)) if steady else None,
-      'build_seconds': float(sum(built)),
+      # Stage builds, and this invocation's construction of the algorithm.
+      'build_seconds': float(sum(built)) + construction_seconds,
       'mask_changes': [float(r.get('finalizer/mask_changes', 0.0)) for r in rounds],
       'client_batches': int(sum(r['client_work/train/num_batches'] for r in rounds)),
       'train_loss_last_round': float(rounds[-1]['client_work/train/loss']),

@@ -33,10 +33,12 @@ STACKED_SPARSITY = 0.3
 DENSE = 'fedavg'
 # Options the program reads; the rest go to the algorithm.
 PROGRAM_OPTIONS = ('sampler_seed', 'model', 'select_from_round')
-# Plateau rule of the dense baseline on dev (the same rule as pretraining): over the last
-# quarter of the rounds, the best dev WER improves on the best before them by less than 1%.
+# Plateau rule of the dense baseline on dev (pretraining's rule): over the last quarter of the
+# rounds, the best dev WER improves on the best before them by less than 1%, with at least
+# PLATEAU_MIN_EVALUATIONS evaluations after the cut.
 PLATEAU_FRACTION = plateau_lib.FRACTION
 PLATEAU_MIN_IMPROVEMENT = plateau_lib.MIN_IMPROVEMENT
+PLATEAU_MIN_EVALUATIONS = 2
 
 
 def phases(total_rounds: int) -> dict[str, int]:
@@ -156,10 +158,16 @@ def held_bytes(run: dict[str, Any]) -> float:
   return run.get('client_held_parameter_bytes') or run['client_bytes_down']
 
 
-def plateau(curve: dict[str, float]) -> Optional[dict[str, Any]]:
-  """The plateau rule (`fl_compression.evaluation.plateau`) on a dev WER curve {round: WER}."""
-  return plateau_lib.plateau(sorted((int(r), w) for r, w in curve.items()),
-                             PLATEAU_FRACTION, PLATEAU_MIN_IMPROVEMENT)
+def plateau(curve: dict[str, float], start: int = 0) -> Optional[dict[str, Any]]:
+  """The plateau rule (`fl_compression.evaluation.plateau`) on a dev WER curve {round: WER}
+  over rounds `start`..last; `plateaued` also needs `PLATEAU_MIN_EVALUATIONS` evaluations after
+  the cut."""
+  rule = plateau_lib.plateau(sorted((int(r), w) for r, w in curve.items() if int(r) >= start),
+                             PLATEAU_FRACTION, PLATEAU_MIN_IMPROVEMENT, start)
+  if rule is not None:
+    rule['plateaued'] = (rule['plateaued'] and
+                         rule['evaluations_after'] >= PLATEAU_MIN_EVALUATIONS)
+  return rule
 
 
 # Targets: (key, label, kind, limit); `within`: the interval's upper end of the relative
@@ -233,7 +241,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   lines += [
       f'All runs start from `{settings["initial_model_dir"]}` (the `wide` rows from '
       f'`{settings["wide_model_dir"]}`), train {rounds} rounds of '
-      f'{settings["clients_per_round"]} speakers (the same speakers each round in every run), '
+      f'{settings["clients_per_round"]} speakers (the same speakers each round in every run but '
+      'the sampling-seed-1 noise row), '
       f'batch {settings["batch_size"]}, client Adam {settings["client_learning_rate"]:g}, '
       'server SGD 1.0. Every run is transcribed every '
       f'{settings["evaluation_period"]} rounds; its result is the round with the lowest dev '
@@ -241,13 +250,14 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
       f'reported once. Federated pruning phases: pruning rounds 1..{pruning["refine_start"] - 1}, '
       f'refining {pruning["refine_start"]}..{pruning["finetune_start"] - 1}, fine-tuning of the '
       f'reduced model {pruning["finetune_start"]}..{rounds}. Machine: {settings["machine"]}.', '']
-  if initial:
+  for model in (m for m in MODELS if initial and m in initial):
     test, dev = test_split(results), dev_split(results)
-    lines.append(f'Starting model: test WER {common.pct(initial["tiny"][test]["wer"])} '
-                 f'({initial["tiny"][test]["num_reference_words"]:,} words, '
-                 f'{initial["tiny"][test]["num_utterances"]} utterances of speakers never seen '
-                 f'in training), dev WER {common.pct(initial["tiny"][dev]["wer"])} '
-                 f'({initial["tiny"][dev]["num_reference_words"]:,} words).')
+    rates = initial[model]
+    lines.append(f'Starting `{model}` model: test WER {common.pct(rates[test]["wer"])} '
+                 f'({rates[test]["num_reference_words"]:,} words, '
+                 f'{rates[test]["num_utterances"]} utterances of speakers never seen '
+                 f'in training), dev WER {common.pct(rates[dev]["wer"])} '
+                 f'({rates[dev]["num_reference_words"]:,} words).')
     lines.append('')
   lines += common.revision_note(results)
   lines += ['**Rule.** Every difference is the test WER of the row against dense FedAvg\'s on '
@@ -300,8 +310,8 @@ def _why_missed(results: dict[str, Any]) -> list[str]:
     if met or not run.get('wer_curves') or not dense.get('wer_curves'):
       continue
     curve = run['wer_curves'][dev]
-    rule = plateau({r: w for r, w in curve.items()
-                    if int(r) >= run['options'].get('finetune_start', 1)})
+    start = run['options'].get('finetune_start', 1) - 1
+    rule = plateau(curve, start)
     gaps = ', '.join(f'{r}: {100 * (w / dense["wer_curves"][dev][r] - 1):+.0f}%'
                      for r, w in sorted(curve.items(), key=lambda x: int(x[0]))
                      if r in dense['wer_curves'][dev])
@@ -310,9 +320,8 @@ def _why_missed(results: dict[str, Any]) -> list[str]:
       trend = (f' Over the last {100 * PLATEAU_FRACTION:g}% of its '
                + ('fine-tuning ' if 'finetune_start' in run['options'] else '')
                + f'rounds its best dev WER moved {100 * -rule["improvement"]:+.1f}% '
-               + ('(plateaued: more rounds of this budget\'s kind would not close the gap).'
-                  if rule['plateaued'] else '(still falling: a longer budget would narrow '
-                  'the gap).'))
+               + ('(plateaued).' if rule['plateaued'] else '(still falling at the end of the '
+                  'budget).'))
     lines.append(f'- **{label}**: missed. Dev WER relative to dense by round: {gaps}.{trend}')
   return (['Why the missed targets are missed (measured on the runs themselves):', ''] + lines
           + ['']) if lines else []
@@ -347,16 +356,22 @@ def _plateau_lines(results, run, what) -> list[str]:
     lines.append(
         f'Plateau rule (best dev WER of the last {100 * PLATEAU_FRACTION:g}% of the rounds at '
         f'least {100 * PLATEAU_MIN_IMPROVEMENT:g}% relative below the best before them, else '
-        f'plateaued): {100 * rule["best_after"]:.2f}% after round {rule["cut"]:g} against '
-        f'{100 * rule["best_before"]:.2f}% before ({100 * rule["improvement"]:+.1f}%): '
-        + ('**plateaued**.' if rule['plateaued'] else '**still improving**.'))
+        f'plateaued, with at least {PLATEAU_MIN_EVALUATIONS} evaluations after the cut): '
+        f'{100 * rule["best_after"]:.2f}% after round {rule["cut"]:g} '
+        f'({rule["evaluations_after"]} evaluations) against {100 * rule["best_before"]:.2f}% '
+        f'before ({100 * -rule["improvement"]:+.1f}%): '
+        + ('**plateaued**.' if rule['plateaued'] else '**not plateaued**.'))
   return lines + ['']
 
 
 def _method_table(results, keys, model) -> list[str]:
   baseline = dense_key(model)
   base = results.get(baseline)
-  title = {'tiny': '`tiny` (1.16M parameters)', 'wide': '`wide` (4.6M parameters)'}[model]
+  parameters = results[keys[0]]['model_parameters'] if keys else 0
+  dense_run = results.get(dense_key(model))
+  if dense_run:
+    parameters = dense_run['model_parameters']
+  title = f'`{model}` ({parameters / 1e6:.2f}M parameters)'
   lines = [f'## Methods on {title}', '',
            '| method | test WER | vs dense [95% CI] | dev WER | round | final model parameters '
            '| client bytes per round (down + up) | client parameter bytes |',

@@ -169,6 +169,9 @@ def code_revision() -> str:
   return head + ('+dirty' if dirty else '')
 
 
+DERIVED_SETTINGS = ('initial_model', 'corpus')
+
+
 class ResultStore:
   """Results by key in one JSON file, rewritten atomically after each finished piece. Every
   stored result records the code revision that produced it (`code_revision`)."""
@@ -183,7 +186,9 @@ class ResultStore:
       except (OSError, ValueError) as e:
         raise ValueError(f'{path}: unreadable results file ({e}); move it away to start '
                          'over') from None
-      changed = [f'--{k}={settings[k]} (the results have {saved["settings"].get(k)})'
+      # Settings that are not flags (the starting weights, the corpus) are named plainly.
+      name = lambda k: k if k in DERIVED_SETTINGS else f'--{k}'  # noqa: E731
+      changed = [f'{name(k)}={settings[k]} (the results have {saved["settings"].get(k)})'
                  for k in settings if saved.get('settings', {}).get(k) != settings[k]]
       if changed:
         raise ValueError(f'{path} holds results of other settings: {"; ".join(changed)}; use '

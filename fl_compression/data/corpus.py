@@ -396,7 +396,9 @@ def _generate_domain(root: str, name: str, config: CorpusConfig, num_workers, lo
   started = time.monotonic()
   spec, size = domain(name), config.sizes()[name]
   planned = plan_domain(name, size, config.seed)
-  staging = tempfile.mkdtemp(prefix='.corpus_staging_', dir=root)
+  # Staged next to `root`, not in it: a hard kill leaves `root` as it was.
+  staging = tempfile.mkdtemp(prefix='.corpus_staging_',
+                             dir=os.path.dirname(os.path.abspath(root)))
   try:
     jobs, lines = [], {}
     for u in planned:

@@ -46,7 +46,8 @@ class WerComparison:
   def describe_relative(self) -> str:
     """E.g. `+4.1% [-1.3%, +9.8%]` (relative difference and its interval)."""
     low, high = self.relative_interval
-    return f'{100 * self.relative:+.1f}% [{100 * low:+.1f}%, {100 * high:+.1f}%]'
+    percent = lambda v: f'{100 * v:+.1f}%' if np.isfinite(v) else f'{v:+}'.replace('inf', '∞')
+    return f'{percent(self.relative)} [{percent(low)}, {percent(high)}]'
 
   def as_dict(self) -> dict[str, Any]:
     value = dataclasses.asdict(self)
@@ -81,14 +82,34 @@ def _aligned(baseline: error_rates.UtteranceErrors, system: error_rates.Utteranc
           words)
 
 
+def _relative(differences: np.ndarray, baseline_errors: np.ndarray) -> np.ndarray:
+  """differences / baseline_errors with 0/0 = 0 (no errors either way: no difference) and
+  d/0 = +inf for d > 0."""
+  with np.errstate(divide='ignore', invalid='ignore'):
+    ratio = differences / baseline_errors
+  return np.where((differences == 0) & (baseline_errors == 0), 0.0, ratio)
+
+
+def _percentile(values: np.ndarray, fraction: float) -> float:
+  """numpy's default (linear) percentile, except that between two equal infinite neighbours
+  it is that infinity (numpy gives NaN: inf - inf)."""
+  ordered = np.sort(values)
+  position = fraction * (len(ordered) - 1)
+  low, high = ordered[int(np.floor(position))], ordered[int(np.ceil(position))]
+  if low == high:
+    return float(low)
+  return float(low + (high - low) * (position - np.floor(position)))
+
+
 def paired_bootstrap(baseline: error_rates.UtteranceErrors,
                      system: error_rates.UtteranceErrors, *,
                      num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                      confidence: float = 0.95) -> WerComparison:
   """The WER difference `system - baseline` with its paired bootstrap interval.
 
-  The relative difference of each resample is its own difference over its own baseline WER;
-  it is infinite (or NaN) in a resample where the baseline makes no error.
+  The relative difference of each resample is its own difference over its own baseline WER:
+  zero where neither system makes an error in the resample, +infinity where only the system
+  does (so the interval's upper end is infinite when that happens in more than its tail).
   """
   if num_resamples < 1:
     raise ValueError(f'num_resamples must be positive, got {num_resamples}')
@@ -101,11 +122,11 @@ def paired_bootstrap(baseline: error_rates.UtteranceErrors,
   system_sums = system_errors[samples].sum(axis=1)
   word_sums = words[samples].sum(axis=1)
   absolute = (system_sums - base_sums) / word_sums
-  with np.errstate(divide='ignore', invalid='ignore'):
-    relative = (system_sums - base_sums) / base_sums
-    full_relative = (system_errors.sum() - base_errors.sum()) / base_errors.sum()
-  tail = 100 * (1 - confidence) / 2
-  interval = lambda values: tuple(float(v) for v in np.percentile(values, [tail, 100 - tail]))
+  relative = _relative(system_sums - base_sums, base_sums)
+  full_relative = float(_relative(np.array([system_errors.sum() - base_errors.sum()]),
+                                  np.array([base_errors.sum()]))[0])
+  tail = (1 - confidence) / 2
+  interval = lambda values: (_percentile(values, tail), _percentile(values, 1 - tail))
   return WerComparison(
       baseline_wer=float(base_errors.sum() / words.sum()),
       system_wer=float(system_errors.sum() / words.sum()),

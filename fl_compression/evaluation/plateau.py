@@ -13,13 +13,15 @@ MIN_IMPROVEMENT = 0.01
 
 
 def plateau(curve: Sequence[tuple[int, float]], fraction: float = FRACTION,
-            min_improvement: float = MIN_IMPROVEMENT) -> Optional[dict[str, Any]]:
-  """The rule on a curve of (step, WER) in step order: the best WER before and after the cut
-  at `(1 - fraction)` of the last step, the relative improvement, whether it plateaued, and
-  how many evaluations fall after the cut; None when either side is empty."""
+            min_improvement: float = MIN_IMPROVEMENT, start: int = 0
+            ) -> Optional[dict[str, Any]]:
+  """The rule on a curve of (step, WER) in step order that covers steps `start`..last: the best
+  WER before and after the cut at `(1 - fraction)` of that span, the relative improvement,
+  whether it plateaued, and how many evaluations fall after the cut; None when either side is
+  empty."""
   if not curve:
     return None
-  cut = curve[-1][0] * (1.0 - fraction)
+  cut = start + (curve[-1][0] - start) * (1.0 - fraction)
   before = [wer for step, wer in curve if step <= cut]
   after = [wer for step, wer in curve if step > cut]
   if not before or not after:

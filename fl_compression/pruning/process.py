@@ -168,7 +168,10 @@ def _finalizer(reducer: reduce_lib.Reducer, config: PruningConfig,
     indices = reducer.indices(server, config.mode_at(server['rounds_done'] + 1))
     full_update = reducer.expand(list(update), indices)
     # A non-finite aggregate (every client dropped: 0/0) is rejected, as TFF's own finalizer
-    # does: the model, its optimizer state and the gradient momentum stay as they were.
+    # does: the model, its optimizer state and the gradient momentum stay as they were. The
+    # round still counts (rounds_done advances, so the schedule moves on) and the masks are
+    # recomputed from the unchanged model and momentum; the round is reported in
+    # update_non_finite.
     finite = non_finite.all_finite(full_update)
     new_optimizer_state, trainable = server_optimizer.next(
         optimizer_state, list(server['model'].trainable), full_update)

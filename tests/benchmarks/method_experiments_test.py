@@ -55,7 +55,8 @@ class MethodExperimentsTest(absltest.TestCase):
     base = [1, 2, 1, 0, 2, 1, 1, 2] * 10
     dense = dict(_run(base), selected_round=20, model_parameters=100, model_parameter_bytes=400,
                  client_bytes_down=400, client_bytes_up=400, options={},
-                 wer_curves={'dev-clean': {'5': 0.060, '10': 0.050, '15': 0.049, '20': 0.049}})
+                 wer_curves={'dev-clean': {'5': 0.060, '10': 0.050, '15': 0.049, '18': 0.0495,
+                                           '20': 0.049}})
     pruned = dict(_run([e + 1 for e in base]), selected_round=20, model_parameters=70,
                   model_parameter_bytes=280, client_bytes_down=280, client_bytes_up=280,
                   options={'finetune_start': 6},
@@ -73,7 +74,8 @@ class MethodExperimentsTest(absltest.TestCase):
     report = experiments.render_report(results, settings, [])
     self.assertIn('- **FP column 30% within +10% relative of dense**: missed. Dev WER relative '
                   'to dense by round: 5: +100%, 10: +80%, 15: +63%, 20: +43%. Over the last 25% '
-                  'of its fine-tuning rounds its best dev WER moved -12.5% (still falling', report)
+                  'of its fine-tuning rounds its best dev WER moved -12.5% (still falling at '
+                  'the end of the budget).', report)
     # Dense's own curve: -2.0% over its last quarter, under the 1% rule? No: 0.049 vs 0.050.
     self.assertIn('Plateau rule', report)
     self.assertIn('**plateaued**', report)
@@ -83,11 +85,15 @@ class MethodExperimentsTest(absltest.TestCase):
     self.assertIn('| 50% column (adaptive) | not run yet | not run yet |', report)
     self.assertRegex(report, r'\| FP column 30% \(adaptive\) \| 45\.00% \| \+80\.0% \[[^|]*\] \| '
                      r'10\.00% \| 20 \| 70 \| 560 \(0\.70x\) \| 280 \(0\.70x\) \|')
-    self.assertIn('## Methods on `wide` (4.6M parameters)', report)
+    self.assertIn('## Methods on `wide` (0.00M parameters)', report)  # The constructed 100.
 
   def test_plateau_rule_and_pareto_front(self):
-    flat = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.0499, '40': 0.0500})
+    flat = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.0499, '35': 0.0499,
+                                '40': 0.0500})
     self.assertTrue(flat['plateaued'])
+    # One evaluation after the cut is not enough to call it.
+    self.assertFalse(experiments.plateau({'10': 0.06, '20': 0.05, '30': 0.0499,
+                                          '40': 0.05})['plateaued'])
     falling = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.045, '40': 0.040})
     self.assertFalse(falling['plateaued'])
     self.assertAlmostEqual(falling['improvement'], 1 - 0.040 / 0.045)

@@ -30,6 +30,24 @@ class PairedBootstrapTest(absltest.TestCase):
     self.assertEqual(result.relative_interval, (0.0, 0.0))
     self.assertTrue(result.within_relative(0.0))
 
+  def test_resamples_without_baseline_errors_are_zero_or_infinite_not_nan(self):
+    words = np.full(40, 5)
+    base = np.zeros(40, int)
+    base[0] = 1  # Most resamples miss the baseline's one error.
+    perfect = bootstrap.paired_bootstrap(_errors(base, words), _errors(base, words), seed=1)
+    self.assertEqual(perfect.relative_interval, (0.0, 0.0))
+    worse = base.copy()
+    worse[1:6] = 1
+    result = bootstrap.paired_bootstrap(_errors(base, words), _errors(worse, words), seed=1)
+    self.assertEqual(result.relative, 5.0)
+    self.assertFalse(np.isnan(result.relative_interval).any())
+    self.assertEqual(result.relative_interval[1], np.inf)
+    self.assertFalse(result.within_relative(0.5))
+    self.assertIn('+∞', result.describe_relative())
+    no_errors = bootstrap.paired_bootstrap(_errors(np.zeros(40), words),
+                                           _errors(worse, words), seed=1)
+    self.assertEqual(no_errors.relative, np.inf)
+
   def test_constructed_differences_are_recovered_exactly(self):
     words = np.full(50, 5)
     base = np.arange(50) % 4 + 1
