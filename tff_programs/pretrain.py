@@ -127,6 +127,29 @@ def _append_signatures(path: str, step: int, model: tf.keras.Model,
     writer.writerow(row)
 
 
+# Flags a resumed run must keep (the budget flags may change).
+_RUN_DEFINING_FLAGS = ('model', 'seed', 'batch_size', 'learning_rate', 'warmup_steps',
+                       'eval_every_steps', 'plateau_fraction', 'plateau_min_improvement',
+                       'plateau_min_evaluations')
+
+
+def _check_run_config(root: str) -> None:
+  """Refuses to resume a run in `root` with other settings; records them for a new run."""
+  config = {name: flags.FLAGS[name].value for name in _RUN_DEFINING_FLAGS}
+  path = os.path.join(root, 'run_config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = [f'--{k}={config[k]} (the run has {saved[k]})' for k in config
+               if k in saved and saved[k] != config[k]]
+    if changed:
+      raise flag_utils.FlagError(f'--root_output_dir={root} holds a run with other settings: '
+                                 f'{"; ".join(changed)}; use another --root_output_dir')
+  elif not os.path.exists(os.path.join(root, 'checkpoints')):
+    with open(path, 'w') as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+
+
 def _drop_rows_after(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
@@ -161,6 +184,7 @@ def run() -> None:
                                f'{_PLATEAU_MIN_IMPROVEMENT.value}')
   root = flag_utils.ensure_writable_dir('root_output_dir',
                                         flag_utils.resolve_path(_ROOT_OUTPUT_DIR.value))
+  _check_run_config(root)
   data_dir = flag_utils.resolve_path(_DATA_DIR.value)
   options = tasks.TaskOptions(data_dir=data_dir, seed=_SEED.value)
   tokenizer = features.CharTokenizer()
@@ -218,6 +242,48 @@ def run() -> None:
   earlier_seconds = curve[-1]['elapsed_seconds'] if curve else 0.0
   started = time.monotonic()
   losses = []
+
+  def evaluate(current: int, elapsed: float) -> bool:
+    """Checkpoints, scores dev, records the curve row, signatures and the best model; True
+    when the plateau rule says stop. The checkpoint comes first: a crash after it leaves a step
+    without its row, which a resumed run evaluates first (see below)."""
+    nonlocal best
+    manager.save(checkpoint_number=current)
+    hypotheses = speech_eval.transcribe(model, dev_data, tokenizer)
+    rates = error_rates.error_rates([u.transcript for u in dev], hypotheses)
+    recent = losses[-_EVAL_EVERY.value:]
+    row = {'step': current, 'loss': float(np.mean(recent)) if recent else float('nan'),
+           'dev_wer': rates.wer, 'dev_cer': rates.cer, 'elapsed_seconds': round(elapsed, 1)}
+    new_file = not os.path.exists(curve_path)
+    with open(curve_path, 'a', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=list(row))
+      if new_file:
+        writer.writeheader()
+      writer.writerow(row)
+    dev_curve.append((current, rates.wer))
+    _append_signatures(os.path.join(root, 'signatures.csv'), current, model, initial_weights)
+    print(f'step {current:>6} | loss {row["loss"]:.3f} | dev WER {100 * rates.wer:.2f}% '
+          f'CER {100 * rates.cer:.2f}% | {elapsed / 60:.1f} min', flush=True)
+    if rates.wer < best['dev_wer']:
+      best = {'dev_wer': rates.wer, 'dev_cer': rates.cer, 'step': current}
+      checkpoint.save_model(os.path.join(root, 'final_model'), model_config,
+                            _model_weights(model), {
+          'mode': 'centralized pretraining (server-side, train-clean-100)',
+          'round': current, 'seed': _SEED.value, 'dev_wer': rates.wer},
+                            initial_weights=initial_weights)
+      with open(best_path, 'w') as f:
+        json.dump(best, f)
+    if plateau():
+      print(f'dev WER plateaued: the best of the last {100 * _PLATEAU_FRACTION.value:g}% of '
+            f'the steps is not {100 * _PLATEAU_MIN_IMPROVEMENT.value:g}% below the best '
+            'before them', flush=True)
+      return True
+    return False
+
+  if int(step.numpy()) and (not dev_curve or dev_curve[-1][0] < int(step.numpy())):
+    # Checkpointed but not evaluated before the previous invocation stopped.
+    if evaluate(int(step.numpy()), earlier_seconds):
+      return
   print(f'centralized pretraining of {_MODEL.value} ({model_config["name"]}, '
         f'{model.count_params():,} parameters) on {sum(map(len, clients.values()))} '
         f'utterances; budget {_MAX_MINUTES.value} min, {_MAX_STEPS.value} steps, or the dev '
@@ -232,36 +298,7 @@ def run() -> None:
     elapsed = earlier_seconds + time.monotonic() - started
     done = current >= _MAX_STEPS.value or elapsed > 60 * _MAX_MINUTES.value
     if current % _EVAL_EVERY.value == 0 or done:
-      hypotheses = speech_eval.transcribe(model, dev_data, tokenizer)
-      rates = error_rates.error_rates([u.transcript for u in dev], hypotheses)
-      row = {'step': current, 'loss': float(np.mean(losses[-_EVAL_EVERY.value:])),
-             'dev_wer': rates.wer, 'dev_cer': rates.cer, 'elapsed_seconds': round(elapsed, 1)}
-      new_file = not os.path.exists(curve_path)
-      with open(curve_path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new_file:
-          writer.writeheader()
-        writer.writerow(row)
-      dev_curve.append((current, rates.wer))
-      _append_signatures(os.path.join(root, 'signatures.csv'), current, model, initial_weights)
-      print(f'step {current:>6} | loss {row["loss"]:.3f} | dev WER {100 * rates.wer:.2f}% '
-            f'CER {100 * rates.cer:.2f}% | {elapsed / 60:.1f} min', flush=True)
-      if rates.wer < best['dev_wer']:
-        best = {'dev_wer': rates.wer, 'dev_cer': rates.cer, 'step': current}
-        checkpoint.save_model(os.path.join(root, 'final_model'), model_config,
-                              _model_weights(model), {
-            'mode': 'centralized pretraining (server-side, train-clean-100)',
-            'round': current, 'seed': _SEED.value, 'dev_wer': rates.wer},
-                              initial_weights=initial_weights)
-        with open(best_path, 'w') as f:
-          json.dump(best, f)
-      # Saved after the best model, so a crash in between redoes this evaluation on resume.
-      manager.save(checkpoint_number=current)
-      if plateau():
-        print(f'dev WER plateaued: the best of the last {100 * _PLATEAU_FRACTION.value:g}% of '
-              f'the steps is not {100 * _PLATEAU_MIN_IMPROVEMENT.value:g}% below the best '
-              'before them', flush=True)
-        done = True
+      done = evaluate(current, elapsed) or done
     if done:
       break
   print(f'best dev WER {100 * best["dev_wer"]:.2f}% at step {best.get("step")}; model in '

@@ -62,6 +62,26 @@ class PretrainProgramTest(absltest.TestCase):
     signatures = _read(os.path.join(root, 'signatures.csv'))
     self.assertEqual([int(r['step']) for r in signatures], [2, 4, 6])
     self.assertIn('signature/attention/query/block_00', signatures[0])
+    # A crash after the step-6 checkpoint but before its evaluation: the resumed run evaluates
+    # that step first instead of leaving a hole in the curve.
+    for name in ('curve.csv', 'signatures.csv'):
+      with open(os.path.join(root, name)) as f:
+        lines = f.readlines()
+      with open(os.path.join(root, name), 'w') as f:
+        f.writelines(lines[:-1])
+    third = tff_test_utils.run_program('pretrain', *common, '--max_steps=6', timeout=600)
+    self.assertEqual(third.returncode, 0, third.stderr[-3000:])
+    self.assertEqual([int(r['step']) for r in _read(os.path.join(root, 'curve.csv'))],
+                     [2, 4, 6])
+    # Resuming with another run-defining setting is refused, and nothing saved is touched.
+    with open(os.path.join(root, 'curve.csv')) as f:
+      before = f.read()
+    changed = tff_test_utils.run_program('pretrain', *common, '--max_steps=8',
+                                         '--learning_rate=0.5', timeout=300)
+    self.assertNotEqual(changed.returncode, 0)
+    self.assertIn('--learning_rate=0.5 (the run has', changed.stderr)
+    with open(os.path.join(root, 'curve.csv')) as f:
+      self.assertEqual(f.read(), before)
     # The saved model carries the exact initial weights, which its seed regenerates.
     model_dir = os.path.join(root, 'final_model')
     config = checkpoint.load_config(model_dir)['model']
