@@ -34,6 +34,11 @@ _DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus', 'The corpus 
 _COMMAND = flags.DEFINE_string('command', '', 'The pretraining command, for the card.')
 
 
+def _shown_path(path: str) -> str:
+  """`path` relative to the directory `bazel run` was started from."""
+  return os.path.relpath(path, os.environ.get('BUILD_WORKING_DIRECTORY', os.getcwd()))
+
+
 def _sha256(path: str) -> str:
   with open(path, 'rb') as f:
     return hashlib.sha256(f.read()).hexdigest()
@@ -113,7 +118,7 @@ def _card(config, parameters, curve, results, main, output_dir) -> str:
                 f'{100 * r["dev_wer"]:.2f}% (step {int(r["step"]):,}, '
                 f'{r["elapsed_seconds"] / 60:.0f} min)' for r in milestones) + '.', '',
             'Word error rates of the shipped weights (`bazel run //tff_programs:evaluate -- '
-            f'--model_dir={os.path.relpath(output_dir, os.getcwd())}`):', '', '```',
+            f'--model_dir={_shown_path(output_dir)}`):', '', '```',
             speech_eval.format_table(results), '```', '',
             '`dev-clean` has the training speakers with new sentences; `test-clean` has '
             'speakers who never appear in training.', '']
