@@ -34,9 +34,10 @@ class Task:
   # task's random augmentation.
   train_preprocess: Callable[[tf.data.Dataset, tf.Tensor], tf.data.Dataset]
   eval_preprocess: Callable[[tf.data.Dataset], tf.data.Dataset]
-  # Speech tasks: (model weights, model config) -> {split: ErrorRates} on the dev and test
-  # splits (greedy transcripts scored with jiwer), reported with each evaluation.
-  transcription_eval: Optional[Callable[[Any, dict], dict[str, Any]]] = None
+  # Speech tasks: (model weights, model config[, splits]) -> {split: ErrorRates} on the dev
+  # and test splits, or the given ones (greedy transcripts scored with jiwer), reported with
+  # each evaluation.
+  transcription_eval: Optional[Callable[..., dict[str, Any]]] = None
   # model config -> model_fn: the task's TFF model for another config of the same family
   # (a reduced model of federated pruning, for example).
   make_model_fn: Optional[Callable[[dict], Callable[[], tff.learning.models.VariableModel]]] = None
@@ -204,11 +205,11 @@ def _build_speech(task_name: str, model_name: str, options: TaskOptions) -> Task
 
   evaluator = []  # Built at the first evaluation (its features are cached then).
 
-  def transcription_eval(weights, config=None):
+  def transcription_eval(weights, config=None, splits=None):
     if not evaluator:
       evaluator.append(speech_eval.SplitEvaluator(
           {split: reports[split].utterances for split in (spec.dev_split, spec.test_split)}))
-    return evaluator[0](weights, config or model_config)
+    return evaluator[0](weights, config or model_config, splits)
 
   return Task(task_name, model_config, train_data, eval_data, make_model_fn(model_config),
               train_preprocess, eval_preprocess, transcription_eval, make_model_fn)

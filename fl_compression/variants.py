@@ -9,3 +9,4 @@ module before looking an algorithm up.
 from fl_compression.compression import process as _compression  # omc, fedaqt
 from fl_compression.learning import algorithms as _algorithms  # fedavg, tff_compression
 from fl_compression.pruning import process as _pruning  # fp, fd
+from fl_compression.zerofl import process as _zerofl  # zerofl

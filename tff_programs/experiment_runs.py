@@ -104,17 +104,54 @@ def basis(initial_model_dir: str, data_dir: str, domain: str = corpus.MAIN) -> d
   return found
 
 
+class BestDevModel:
+  """Keeps, in `directory`, the evaluated model with the lowest dev WER from round
+  `select_from_round` on (ties: the earliest round), so that a run transcribes its test split
+  once, for the round dev selects. Survives a restart: the kept model is a file."""
+
+  def __init__(self, directory: str, dev_split: str, select_from_round: int):
+    self.directory = directory
+    self.dev_split = dev_split
+    self.select_from_round = select_from_round
+
+  def best(self) -> dict[str, Any] | None:
+    """{'round', 'dev_wer'} of the kept model, or None."""
+    path = os.path.join(self.directory, 'best.json')
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def __call__(self, round_num: int, model_config: dict, weights, metrics: dict) -> None:
+    if round_num < self.select_from_round or 'transcription' not in metrics:
+      return
+    wer = metrics['transcription'][self.dev_split]['wer']
+    best = self.best()
+    if best is not None and (wer, round_num) >= (best['dev_wer'], best['round']):
+      return
+    # Weights first, then the record naming them: a crash in between keeps the old record.
+    checkpoint.save_model(os.path.join(self.directory, 'model'), model_config, weights,
+                          {'round': round_num, 'dev_wer': wer})
+    with open(os.path.join(self.directory, 'best.json.tmp'), 'w') as f:
+      json.dump({'round': round_num, 'dev_wer': wer}, f)
+    os.replace(os.path.join(self.directory, 'best.json.tmp'),
+               os.path.join(self.directory, 'best.json'))
+
+  def weights(self):
+    return checkpoint.load_weights(os.path.join(self.directory, 'model'))
+
+
 def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
                   hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
                   state_dir: str, total_rounds: int, evaluation_period: int = 0,
                   select_from_round: int = 1, domain: str = corpus.MAIN) -> dict[str, Any]:
   """One run of `spec` from the pretrained weights; a killed run resumes from `state_dir`.
 
-  The model is transcribed every `evaluation_period` rounds (0: after the last round only) on
-  the domain's dev and test splits; the run's result is the evaluated round from
-  `select_from_round` on with the lowest dev WER (`selected_round`; ties: the earliest), whose
-  test WER is its reported one. Every round's metrics and every evaluation are kept in
-  `state_dir` as they are made, so a resumed run reports all its rounds.
+  The model's dev split is transcribed every `evaluation_period` rounds (0: after the last
+  round only); the run's result is the evaluated round from `select_from_round` on with the
+  lowest dev WER (`selected_round`; ties: the earliest), whose model alone is transcribed on
+  the test split, once (`BestDevModel`). Every round's metrics and every evaluation are kept
+  in `state_dir` as they are made, so a resumed run reports all its rounds.
   """
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
@@ -128,6 +165,9 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
   evaluations = release.JsonFileReleaseManager(os.path.join(state_dir, 'evaluations'))
   utterances = release.JsonFileReleaseManager(os.path.join(state_dir, 'utterance_errors'))
   evaluated = task.transcription_eval is not None
+  splits = corpus.domain(domain)
+  keeper = BestDevModel(os.path.join(state_dir, 'best_dev'), splits.dev_split,
+                        select_from_round)
   result = asyncio.run(program_logic.train_model(
       training=training, task=task, sampler=sampler, total_rounds=total_rounds,
       evaluation_period=evaluation_period or total_rounds,
@@ -136,16 +176,34 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       evaluation_metrics_manager=evaluations if evaluated else None,
       utterance_errors_manager=utterances if evaluated else None,
       model_output_manager=model, initial_model_weights=initial_weights,
-      evaluate_clients=False, evaluate_initial=False))
+      evaluate_clients=False, evaluate_initial=False,
+      transcription_splits=[splits.dev_split] if evaluated else None,
+      on_evaluation=keeper if evaluated else None))
   selection = {}
   if evaluated:
     curves = {r: v['transcription'] for r, v in evaluations.read().items()}
-    dev_split = corpus.domain(domain).dev_split
-    selected = select_round({r: c[dev_split]['wer'] for r, c in curves.items()},
+    selected = select_round({r: c[splits.dev_split]['wer'] for r, c in curves.items()},
                             select_from_round)
+    best = keeper.best()
+    if best is None or best['round'] != selected:
+      raise RuntimeError(f'{spec.key}: the kept best-dev model is of round '
+                         f'{best and best["round"]}, the evaluations select round {selected}')
+    test_path = os.path.join(state_dir, 'best_dev', 'test.json')
+    if not os.path.exists(test_path):
+      with open(os.path.join(keeper.directory, 'model', 'config.json')) as f:
+        model_config = json.load(f)['model']
+      rates = task.transcription_eval(keeper.weights(), model_config, [splits.test_split])
+      with open(test_path + '.tmp', 'w') as f:
+        json.dump({split: {'rates': r.as_dict(), 'utterances': r.utterances.as_dict()}
+                   for split, r in rates.items()}, f)
+      os.replace(test_path + '.tmp', test_path)
+    with open(test_path) as f:
+      test = json.load(f)
     selection = {
-        'error_rates': curves[selected], 'selected_round': selected,
-        'utterance_errors': utterances.read()[selected],
+        'error_rates': {**curves[selected], **{s: t['rates'] for s, t in test.items()}},
+        'selected_round': selected,
+        'utterance_errors': {**utterances.read()[selected],
+                             **{s: t['utterances'] for s, t in test.items()}},
         'final_error_rates': curves[total_rounds],
         'wer_curves': {split: {str(r): curves[r][split]['wer'] for r in sorted(curves)}
                        for split in curves[total_rounds]}}

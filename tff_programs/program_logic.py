@@ -8,7 +8,7 @@ at any point and started again resumes after the last saved round and loses noth
 
 import dataclasses
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow_federated as tff
@@ -74,6 +74,8 @@ async def train_model(
     signature_fn: Optional[Callable[[Any, dict], Optional[dict]]] = None,
     evaluate_clients: bool = True,  # False: no federated evaluation (transcripts still scored).
     evaluate_initial: bool = True,
+    transcription_splits: Optional[Sequence[str]] = None,
+    on_evaluation: Optional[Callable[[int, dict, Any, dict], None]] = None,
 ) -> TrainingResult:
   """Trains for `total_rounds`, resuming from the latest saved program state if any.
 
@@ -91,7 +93,9 @@ async def train_model(
   run starts from
   `initial_model_weights` when given (e.g. a pretrained model); a resumed run from its state.
   `evaluate_initial=False` skips the evaluation of the starting model (e.g. when many runs
-  share it).
+  share it). `transcription_splits` restricts the transcribed splits (e.g. dev only, when
+  test is transcribed once for the round dev selects); `on_evaluation(round, model_config,
+  weights, metrics)` sees each evaluated model after its metrics are released.
   """
   built: dict[Any, stages.Stage] = {}
 
@@ -132,7 +136,8 @@ async def train_model(
       metrics['eval'] = await tff.program.materialize_value(eval_round_metrics(output.metrics))
     if task.transcription_eval is not None:
       weights = await tff.program.materialize_value(weights)
-      rates = task.transcription_eval(weights, stage.model_config)
+      rates = (task.transcription_eval(weights, stage.model_config, transcription_splits)
+               if transcription_splits else task.transcription_eval(weights, stage.model_config))
       metrics['transcription'] = {split: r.as_dict() for split, r in rates.items()}
       utterance_errors[round_num] = {split: r.utterances.as_dict() for split, r in rates.items()}
       if utterance_errors_manager is not None:
@@ -143,6 +148,9 @@ async def train_model(
         metrics['signature'] = found
     if metrics and evaluation_metrics_manager is not None:
       await evaluation_metrics_manager.release(metrics, key=round_num)
+    if on_evaluation is not None:
+      on_evaluation(round_num, stage.model_config,
+                    await tff.program.materialize_value(weights), metrics)
     return metrics
 
   train_metrics: dict[str, Any] = {}

@@ -39,6 +39,7 @@ from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from fl_compression.compression import process as compression_process
 from fl_compression.pruning import plan as plan_lib
+from fl_compression.zerofl import process as zerofl_process
 from tff_programs import backends
 from tff_programs import flag_utils
 from tff_programs import program_main
@@ -166,12 +167,29 @@ flags.DEFINE_string('fd_target', 'flat', 'fd: which encoder blocks lose units: f
                     '--fd_ranking), or blocks:i,j,...')
 flags.DEFINE_string('fd_ranking', '', 'fd: ranking.json of //tff_programs:layer_importance for '
                     'the trained model (for --fd_target=ambient:N or critical:N).')
+# ZeroFL (--algorithm=zerofl); see fl_compression/zerofl/process.py.
+flags.DEFINE_float('zerofl_sparsity', 0.9, 'zerofl: fraction of each SWAT matrix that is zero '
+                   'in the clients\' computation (top-k by magnitude kept), in [0, 1).')
+flags.DEFINE_float('zerofl_mask_ratio', 0.2, 'zerofl: clients upload the top 1 - sparsity + '
+                   'mask_ratio of each SWAT matrix\'s entries (by trained magnitude).')
+flags.DEFINE_float('zerofl_activation_sparsity', 0.0, 'zerofl: fraction of a SWAT layer\'s '
+                   'input activations zeroed (smallest magnitudes) for its kernel gradient.')
+flags.DEFINE_string('zerofl_aggregation', 'mean_of_senders', 'zerofl: mean_of_senders (each '
+                    'entry averaged over the clients that sent it) or zero_fill (unsent '
+                    'entries count as no change).')
+flags.DEFINE_string('zerofl_upload', 'sparse', 'zerofl: sparse (top-k entries) or whole (SWAT '
+                    'training with the whole update uploaded).')
+flags.DEFINE_string('zerofl_compress', 'none', 'zerofl: none, or omc (the uploaded values in '
+                    '--omc_format).')
+_ZEROFL_FLAGS = ('zerofl_sparsity', 'zerofl_mask_ratio', 'zerofl_activation_sparsity',
+                 'zerofl_aggregation', 'zerofl_upload', 'zerofl_compress')
 _FD_FLAGS = ('fp_pattern', 'fp_norm', 'fp_prunable', 'fd_rate', 'fd_target', 'fd_ranking')
 _ALGORITHM_FLAGS = {
     'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FD_FLAGS,
     **_COMPRESSION_FLAGS,
     # Per-block formats from a ranking: OMC alone (not stacked on pruning's reduced model).
     'omc': _COMPRESSION_FLAGS['omc'] + ('omc_allocation', 'omc_ranking'),
+    'zerofl': _ZEROFL_FLAGS + ('omc_format', 'omc_transform'),
 }
 _RUN_DEFINING_ALGORITHM_FLAGS = tuple(sorted({f for group in _ALGORITHM_FLAGS.values()
                                              for f in group}))
@@ -222,6 +240,9 @@ def _check_algorithm_flags_apply() -> None:
   if _ALGORITHM.value == 'fp':  # Only the flags of the compression it stacks.
     used = set(_FP_FLAGS + ('fp_compress',) + _COMPRESSION_FLAGS.get(
         flags.FLAGS['fp_compress'].value, ()))
+  elif _ALGORITHM.value == 'zerofl':
+    used = set(_ZEROFL_FLAGS + (('omc_format', 'omc_transform')
+                                if flags.FLAGS['zerofl_compress'].value == 'omc' else ()))
   else:
     used = set(_ALGORITHM_FLAGS.get(_ALGORITHM.value, ()))
   stacked_on = {name: compress for compress, group in _COMPRESSION_FLAGS.items()
@@ -229,7 +250,9 @@ def _check_algorithm_flags_apply() -> None:
   for name in sorted(set(_RUN_DEFINING_ALGORITHM_FLAGS) - used):
     if flags.FLAGS[name].present:
       hint = (f' without --fp_compress={stacked_on[name]}'
-              if _ALGORITHM.value == 'fp' and name in stacked_on else '')
+              if _ALGORITHM.value == 'fp' and name in stacked_on else
+              ' without --zerofl_compress=omc' if _ALGORITHM.value == 'zerofl'
+              and name in ('omc_format', 'omc_transform') else '')
       raise flag_utils.FlagError(
           f'--{name} does not apply to --algorithm={_ALGORITHM.value}{hint}')
 
@@ -500,7 +523,7 @@ def run() -> None:
       options=_algorithm_options())
   try:
     training = algorithms.get(_ALGORITHM.value).staged(context)
-  except (plan_lib.PlanError, compression_process.ConfigError,
+  except (plan_lib.PlanError, compression_process.ConfigError, zerofl_process.ConfigError,
           importance_targets.TargetError) as e:
     raise flag_utils.FlagError(str(e)) from None
   new_root = not os.path.exists(root)

@@ -2,7 +2,7 @@
 
 import collections
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -53,9 +53,13 @@ class SplitEvaluator:
         split: (utterances, utterance_dataset(utterances, config, batch_size).cache())
         for split, utterances in splits.items() if utterances}
 
-  def __call__(self, weights, model_config: dict) -> dict[str, error_rates.ErrorRates]:
+  def __call__(self, weights, model_config: dict, splits: Optional[Sequence[str]] = None
+               ) -> dict[str, error_rates.ErrorRates]:
     """`weights`: a `tff.learning.models.ModelWeights` (or its trainable/non-trainable lists)
-    of a model of `model_config`."""
+    of a model of `model_config`; scored on `splits` (default: all)."""
+    unknown = sorted(set(splits or ()) - set(self._splits))
+    if unknown:
+      raise ValueError(f'no utterances of split(s) {", ".join(unknown)} to score')
     from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
     model = registry.build_keras_model(model_config)
     trainable, non_trainable = weights[0], weights[1]
@@ -64,7 +68,8 @@ class SplitEvaluator:
     for variable, value in zip(model.non_trainable_variables, non_trainable):
       variable.assign(value)
     return {split: score(utterances, transcribe(model, dataset, self._tokenizer))
-            for split, (utterances, dataset) in self._splits.items()}
+            for split, (utterances, dataset) in self._splits.items()
+            if splits is None or split in splits}
 
 
 def score(utterances: Sequence[librispeech.Utterance], hypotheses: Sequence[str]

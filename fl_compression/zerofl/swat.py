@@ -33,6 +33,7 @@ def top_k_indices(values: tf.Tensor, k) -> tf.Tensor:
 def top_k_mask(values: tf.Tensor, density: float) -> tf.Tensor:
   """A float32 0/1 mask of `values`' shape keeping its top `kept_count(size, density)`
   entries by magnitude (static size)."""
+  values = tf.convert_to_tensor(values)
   size = int(np.prod(values.shape.as_list(), dtype=np.int64))
   return mask_of(top_k_indices(values, kept_count(size, density)), values.shape)
 

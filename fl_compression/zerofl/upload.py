@@ -87,7 +87,7 @@ def decode_positions(buffer: tf.Tensor, size: int, count: int) -> tf.Tensor:
     return tf.reshape(tf.cast(tf.where(flat > 0), tf.int32), [count])
 
   def from_gaps():
-    last = tf.bitwise.bitwise_and(body, 0x80) == 0
+    last = tf.equal(tf.bitwise.bitwise_and(body, 0x80), 0)
     # The gap each byte belongs to, and the byte's place within its gap.
     gap_id = tf.cumsum(tf.cast(last, tf.int32), exclusive=True)
     start = tf.concat([[0], tf.cast(tf.where(last)[:, 0] + 1, tf.int32)], 0)

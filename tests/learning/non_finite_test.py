@@ -25,6 +25,7 @@ _VARIANTS = (
     ('fedaqt', {'bits': 8}),
     ('fp', {'sparsity': 0.3, 'refine_start': 2, 'finetune_start': 3, 'compress': 'fedaqt',
             'bits': 8}),
+    ('zerofl', {'sparsity': 0.5, 'mask_ratio': 0.2}),
 )
 
 

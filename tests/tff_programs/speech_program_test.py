@@ -118,6 +118,38 @@ class SpeechProgramTest(absltest.TestCase):
     tff_test_utils.assert_one_line_error(self, missing, f'--run={tmp}/nowhere: '
                                          f'{tmp}/nowhere/summary.json is missing')
 
+  def test_zerofl_trains_sparsely_and_saves_the_top_k_model(self):
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    data_dir, root = os.path.join(tmp, 'corpus'), os.path.join(tmp, 'run')
+    corpus.generate(data_dir, _TINY, log=lambda message: None)
+    result = tff_test_utils.run_program(
+        'train', '--task=speech_ctc', f'--data_dir={data_dir}', f'--root_output_dir={root}',
+        '--domain=short-form', '--total_rounds=2', '--clients_per_round=2', '--batch_size=2',
+        '--algorithm=zerofl', '--zerofl_sparsity=0.8', '--zerofl_mask_ratio=0.1',
+        '--zerofl_compress=omc', '--omc_format=S1E4M6', timeout=900)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(root, 'metrics.csv')) as f:
+      rows = list(csv.DictReader(f))
+    self.assertLen(rows, 2)
+    up, down = (float(rows[-1][f'communication/client_bytes_{d}']) for d in ('up', 'down'))
+    self.assertLess(up, 0.6 * down)  # 30% of the block kernels' entries, 11-bit values.
+    self.assertGreater(float(rows[-1]['client_work/uploaded_fraction']), 0.0)
+    self.assertIn('client_work/top_k_changes', rows[-1])
+    # The saved model is what the clients computed with: each block kernel at 20% density.
+    model_dir = os.path.join(root, 'final_model')
+    weights = checkpoint.load_weights(model_dir)
+    model, _ = checkpoint.load_keras_model(model_dir)
+    for variable, value in zip(model.trainable_variables, weights.trainable):
+      if 'block_' in variable.name and 'kernel' in variable.name and value.ndim == 2:
+        self.assertAlmostEqual((value != 0).mean(), 0.2, delta=0.01, msg=variable.name)
+    bad = tff_test_utils.run_program(
+        'train', '--task=speech_ctc', f'--data_dir={data_dir}', f'--root_output_dir={root}_bad',
+        '--algorithm=zerofl', '--zerofl_sparsity=0.9', '--zerofl_mask_ratio=0.2',
+        '--omc_format=S1E3M2')
+    tff_test_utils.assert_one_line_error(
+        self, bad, '--omc_format does not apply to --algorithm=zerofl without '
+        '--zerofl_compress=omc')
+
 
 if __name__ == '__main__':
   absltest.main()
