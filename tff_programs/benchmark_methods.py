@@ -47,7 +47,8 @@ _ONLY = flags.DEFINE_list('only', [], 'Run only these run keys (e.g. fedavg,'
                           'fp/column/adaptive/0.3); empty: every run of --models.')
 _TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 60, 'Rounds of every run.')
 _EVALUATION_PERIOD = flags.DEFINE_integer('evaluation_period', 5,
-                                          'Rounds between dev/test transcriptions.')
+                                          'Rounds between dev transcriptions (test is '
+                                          'transcribed once, at the round dev selects).')
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 8, 'Speakers per round.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
 _CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
@@ -74,6 +75,45 @@ def _check_model(model: str) -> str:
                                'with //tff_programs:pretrain, or leave the model out of '
                                '--models)')
   return _sha256(path)
+
+
+# ZeroFL's client step probe: a batch of the run's size, 6 s utterances.
+_STEP_SECONDS = 6.0
+_STEP_LABEL_LENGTH = 90
+
+
+def zerofl_step_costs(model_config: dict) -> dict:
+  """Per SWAT sparsity (and 'dense'): FLOPs of the dense-layer products of one client step
+  and the measured time and tensor memory of one SGD step, each step in a fresh process."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from fl_compression.benchmarks import client_step  # pylint: disable=g-import-not-at-top
+  from fl_compression.models import pruned_dense  # pylint: disable=g-import-not-at-top
+  from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
+  from fl_compression.zerofl import flops  # pylint: disable=g-import-not-at-top
+  from fl_compression.zerofl import process as zerofl  # pylint: disable=g-import-not-at-top
+
+  frames = int(_STEP_SECONDS * client_step.FRAMES_PER_SECOND)
+  features = tf.random.stateless_normal([_BATCH_SIZE.value, frames, 80], seed=[0, 1])
+  lengths = tf.fill([_BATCH_SIZE.value], frames)
+  costs = {}
+  for sparsity in (None,) + experiments.ZEROFL_SPARSITIES:
+    swat = None if sparsity is None else {'sparsity': sparsity}
+    if swat:
+      with pruned_dense.building_dense(zerofl.swat_factory(
+          zerofl.ZeroFLConfig(sparsity=sparsity, mask_ratio=0.0))):
+        model = registry.build_keras_model(model_config)
+    else:
+      model = registry.build_keras_model(model_config)
+    counted = flops.step_flops(model, features, lengths)
+    measured = client_step.measure_in_subprocess(
+        model_config, batch_size=_BATCH_SIZE.value, seconds=_STEP_SECONDS,
+        label_length=_STEP_LABEL_LENGTH, steps=5, swat=swat)
+    costs['dense' if sparsity is None else f'{sparsity:g}'] = {
+        'forward_flops': counted['forward'], 'backward_flops': counted['backward'],
+        'step_seconds': measured['step_seconds'],
+        'step_tensor_bytes': measured['step_tensor_bytes'],
+        'batch_size': measured['batch_size'], 'frames': measured['frames']}
+  return costs
 
 
 def run() -> None:
@@ -131,6 +171,12 @@ def run() -> None:
       initial[model] = {split: dict(r.as_dict(), utterances=r.utterances.as_dict())
                         for split, r in rates.items()}
       store.put('initial', initial)
+  if (any(s.algorithm == 'zerofl' for s in specs) and store.get('zerofl_step_costs') is None
+      and not _REPORT_ONLY.value):
+    print('measuring the ZeroFL client step (FLOPs, time, tensor memory) ...', flush=True)
+    model_config = checkpoint.load_config(
+        flag_utils.resolve_path(_INITIAL_MODEL_DIR.value))['model']
+    store.put('zerofl_step_costs', zerofl_step_costs(model_config))
   pending = [s for s in specs if store.get(s.key) is None]
   print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
         f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)

@@ -3,7 +3,8 @@
 `export_bundle(model_dir, output_dir, options)` writes, atomically (a failed export leaves an
 existing bundle as it was):
 
-- `model.tflite`: the `train`, `infer`, `transcribe`, `save` and `restore` signatures;
+- `model.tflite`: the `train`, `infer`, `transcribe`, `save` and `restore` signatures (and
+  `sparse_update` with sparse training, ZeroFL's client upload);
 - `model_int8.tflite` with `--quantize=int8` (and for FedAQT models): `infer` and
   `transcribe` with the weight matrices stored as int8 codes (per-channel scales; a FedAQT
   model's own bit width), builtins only;
@@ -16,6 +17,7 @@ existing bundle as it was):
 checks on every input, so a wrong input gets an error naming it instead of a kernel failure.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +31,10 @@ import tensorflow as tf
 
 from fl_compression.data import features as features_lib
 from fl_compression.models import checkpoint
+from fl_compression.models import pruned_dense
 from fl_compression.models import registry
+from fl_compression.zerofl import process as zerofl_process
+from fl_compression.zerofl import upload as zerofl_upload
 from tflite_export import convert
 from tflite_export import flatbuffer
 from tflite_export import memory
@@ -62,12 +67,19 @@ class ExportOptions:
                                    f'{", ".join(QUANTIZE_CHOICES)}')
 
 
-def load_source_model(model_dir: str) -> tuple[tf.keras.Model, dict[str, Any]]:
-  """The saved model of `--model_dir`, or an `ExportError` that says what is wrong with it."""
+def load_source_model(model_dir: str, sparse_training: float = 0.0
+                      ) -> tuple[tf.keras.Model, dict[str, Any]]:
+  """The saved model of `--model_dir`, or an `ExportError` that says what is wrong with it;
+  with `sparse_training`, its dense layers in the Conformer blocks are SWAT layers of that
+  sparsity (ZeroFL's clients' model, same variables)."""
   if not os.path.isdir(model_dir):
     raise signatures.ExportError(f'--model_dir={model_dir} does not exist')
+  building = (pruned_dense.building_dense(zerofl_process.swat_factory(
+      zerofl_process.ZeroFLConfig(sparsity=sparse_training, mask_ratio=0.0)))
+              if sparse_training else contextlib.nullcontext())
   try:
-    model, config = checkpoint.load_keras_model(model_dir)
+    with building:
+      model, config = checkpoint.load_keras_model(model_dir)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise signatures.ExportError(f'--model_dir={model_dir}: {e}') from None
   return model, config
@@ -134,7 +146,7 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
                   verifier: Verifier | None = None) -> dict[str, Any]:
   """Writes the bundle of `model_dir` to `output_dir` (see the module docstring); with a
   `verifier`, checks the bundle before it is published and records the result."""
-  model, config = load_source_model(model_dir)
+  model, config = load_source_model(model_dir, options.training.sparse_training)
   model_config = config['model']
   vocab = vocabulary(model_config)
   if os.path.exists(output_dir) and os.listdir(output_dir) and not os.path.isfile(
@@ -188,7 +200,8 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
                      'dropout': 'off',
                      'trainable_variables': [name for name, _ in module.checkpointed
                                              if not name.startswith('optimizer/')],
-                     'checkpoint_tensors': [name for name, _ in module.checkpointed]},
+                     'checkpoint_tensors': [name for name, _ in module.checkpointed],
+                     **_sparse_update_manifest(module)},
         'signatures': describe_signatures(model_path),
         'files': {MODEL_FILE: _file_entry(model_path),
                   VOCAB_FILE: _file_entry(os.path.join(staging, VOCAB_FILE))},
@@ -216,7 +229,7 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
     _write_manifest(staging, manifest)
     if verifier is not None:
       log('verifying the bundle against the Keras model ...')
-      reference, _ = load_source_model(model_dir)
+      reference, _ = load_source_model(model_dir, options.training.sparse_training)
       manifest['verification'] = verifier(staging, reference, int8_path, int8_reference)
       _write_manifest(staging, manifest)
     _publish(staging, output_dir)
@@ -224,6 +237,34 @@ def export_bundle(model_dir: str, output_dir: str, options: ExportOptions = Expo
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return manifest
+
+
+def _sparse_update_manifest(module: signatures.OnDeviceModel) -> dict[str, Any]:
+  """The upload format of `sparse_update`, for the app team (empty without sparse training)."""
+  if not module.options.sparse_training:
+    return {}
+  variables = {}
+  for variable, sparse in zip(module.trainable, module.sparse):
+    entry = {'shape': [int(d) for d in variable.shape]}
+    if sparse:
+      entry.update(sent='top_k', count=module.upload_count(variable))
+    else:
+      entry['sent'] = 'whole'
+    variables[signatures.variable_name(variable)] = entry
+  return {'sparse_update': {
+      'update': 'round-start weights minus current weights (the round starts when the model '
+                'is loaded and at each restore); the server averages updates and subtracts '
+                'them times its learning rate',
+      'top_k': '`values/<variable>`: float32 [count], the update at the `count` entries of '
+               'largest current magnitude, in ascending flat (row-major) position order; '
+               '`positions/<variable>`: uint8 buffer, byte 0 = 0: a bitmap of the positions '
+               '(one bit per entry, least significant bit first, ceil(size / 8) bytes), '
+               'byte 0 = 1: the gaps between consecutive positions (the first from -1) as '
+               'LEB128 varints (7 bits per byte, high bit set on all but the last byte of a '
+               'gap); whichever is smaller',
+      'whole': '`update/<variable>`: float32, the whole update',
+      'sparsity': module.options.sparse_training, 'mask_ratio': module.options.mask_ratio,
+      'variables': variables}}
 
 
 def _write_manifest(directory: str, manifest: dict[str, Any]) -> None:
@@ -335,6 +376,30 @@ class Bundle:
     if not os.path.isfile(checkpoint_path):
       raise BundleError(f'cannot restore from {checkpoint_path}: no such checkpoint file')
     self._run('restore', checkpoint_path=np.array(checkpoint_path, dtype=np.bytes_))
+
+  def sparse_update(self) -> dict[str, np.ndarray]:
+    """The ZeroFL upload since the round started (see `tflite_export.signatures`), decoded:
+    variable name -> dense update (zero where a SWAT kernel's entry is not sent)."""
+    outputs = self._run('sparse_update')
+    return decode_sparse_update(self.manifest, outputs)
+
+
+def decode_sparse_update(manifest: dict[str, Any], outputs: dict[str, np.ndarray]
+                         ) -> dict[str, np.ndarray]:
+  """`sparse_update`'s outputs as dense updates per variable, using the shapes and counts the
+  manifest lists (what a server does with an upload)."""
+  decoded = {}
+  for name, entry in manifest['training']['sparse_update']['variables'].items():
+    if entry['sent'] == 'whole':
+      decoded[name] = np.asarray(outputs[f'update/{name}'])
+      continue
+    size = int(np.prod(entry['shape']))
+    indices = zerofl_upload.decode_positions(tf.constant(outputs[f'positions/{name}']), size,
+                                             entry['count']).numpy()
+    dense = np.zeros(size, np.float32)
+    dense[indices] = outputs[f'values/{name}']
+    decoded[name] = dense.reshape(entry['shape'])
+  return decoded
 
 
 # Two stride-2 3x3 'valid' convolutions need 7 feature frames for one encoder frame.

@@ -40,8 +40,9 @@ def _convert(converter: tf.lite.TFLiteConverter, directory: str) -> bytes:
     tf.io.gfile.rmtree(directory)
 
 
-def to_tflite(module: signatures.OnDeviceModel, names=signatures.SIGNATURES) -> bytes:
-  converter, directory = _converter(module, names)
+def to_tflite(module: signatures.OnDeviceModel, names=None) -> bytes:
+  """Every signature of `module` (`module.signature_names`), or `names`."""
+  converter, directory = _converter(module, names or module.signature_names)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                          tf.lite.OpsSet.SELECT_TF_OPS]
   converter.experimental_enable_resource_variables = True

@@ -1,7 +1,8 @@
 """Exports a saved speech model to a TFLite handoff bundle with on-device training signatures.
 
   bazel run //tflite_export:export -- --model_dir=runs/exp1/final_model \\
-      --output_dir=runs/exp1/tflite [--quantize=int8] [--trainable=last_blocks:2]
+      --output_dir=runs/exp1/tflite [--quantize=int8] [--trainable=last_blocks:2] \\
+      [--sparse_training=0.9 --mask_ratio=0.2]
 
 Writes model.tflite (train/infer/transcribe/save/restore), vocab.txt, manifest.json and, with
 --quantize=int8 or for a FedAQT model, model_int8.tflite; then checks the bundle against the
@@ -36,6 +37,11 @@ _RANKING = flags.DEFINE_string('ranking', '', 'ranking.json of //tff_programs:la
 _OPTIMIZER = flags.DEFINE_enum('optimizer', 'adam', list(signatures.OPTIMIZERS),
                                'Optimizer of the train signature.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-4, 'Learning rate of `train`.')
+_SPARSE_TRAINING = flags.DEFINE_float(
+    'sparse_training', 0.0, 'ZeroFL: sparsity of the SWAT layers\' kernels in `train` and '
+    '`infer` (top-k entries kept), in [0, 1); adds the `sparse_update` signature. 0: dense.')
+_MASK_RATIO = flags.DEFINE_float('mask_ratio', 0.0, 'ZeroFL: `sparse_update` sends the top '
+                                 '1 - sparse_training + mask_ratio of each SWAT kernel.')
 _QUANTIZE = flags.DEFINE_string('quantize', 'none', 'int8: also write model_int8.tflite '
                                 '(inference signatures, int8 weights).')
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
@@ -110,7 +116,9 @@ def run() -> None:
     options = bundle.ExportOptions(
         training=signatures.TrainingOptions(optimizer=_OPTIMIZER.value,
                                             learning_rate=_LEARNING_RATE.value,
-                                            trainable=trainable),
+                                            trainable=trainable,
+                                            sparse_training=_SPARSE_TRAINING.value,
+                                            mask_ratio=_MASK_RATIO.value),
         quantize=_QUANTIZE.value, measure_memory=_MEASURE_MEMORY.value,
         data_dir=flag_utils.resolve_path(_DATA_DIR.value))
 

@@ -11,6 +11,14 @@
   log-mel features and per-utterance normalization as training (`fl_compression.data.features`).
 - `save(checkpoint_path)` / `restore(checkpoint_path)`: the trainable variables and the
   optimizer state in one TensorFlow checkpoint file at a path given at run time.
+- With sparse training (ZeroFL, `TrainingOptions.sparse_training`): the model's SWAT layers
+  compute `train` and `infer` with the top-k entries of their kernels
+  (`fl_compression.zerofl.swat`), and `sparse_update() -> {...}` returns what a ZeroFL client
+  uploads: for each SWAT kernel the entries of the update `round start - current` at the top
+  `1 - sparsity + mask_ratio` positions by current magnitude (`values/<variable>`, float32,
+  ascending position order, and `positions/<variable>`, the encoded uint8 buffer of
+  `fl_compression.zerofl.upload`), for every other trainable variable its whole update
+  (`update/<variable>`). The round starts when the model is loaded and at each `restore`.
 
 Batch and time axes are dynamic. The layers are formulated so that `infer` and `transcribe`
 convert to TFLite builtins only; `train`, `save` and `restore` need a few TensorFlow kernels
@@ -21,14 +29,18 @@ import dataclasses
 import math
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from fl_compression.data import features as features_lib
 from fl_compression.models import asr
 from fl_compression.models import tokens
 from fl_compression.models import transducer
+from fl_compression.zerofl import swat
+from fl_compression.zerofl import upload as zerofl_upload
 
 SIGNATURES = ('train', 'infer', 'transcribe', 'save', 'restore')
+SPARSE_SIGNATURES = SIGNATURES + ('sparse_update',)
 INFERENCE_SIGNATURES = ('infer', 'transcribe')
 OPTIMIZERS = ('sgd', 'adam')
 
@@ -55,8 +67,16 @@ class TrainingOptions:
   beta_1: float = 0.9
   beta_2: float = 0.999
   epsilon: float = 1e-7
+  # ZeroFL: sparsity of the SWAT kernels (0: dense training) and the upload's mask ratio.
+  sparse_training: float = 0.0
+  mask_ratio: float = 0.0
 
   def __post_init__(self):
+    if not 0.0 <= self.sparse_training < 1.0:
+      raise ExportError(f'--sparse_training={self.sparse_training} is outside [0, 1)')
+    if not 0.0 <= self.mask_ratio <= self.sparse_training:
+      raise ExportError(f'--mask_ratio={self.mask_ratio} must be in [0, --sparse_training='
+                        f'{self.sparse_training}] (the upload is at most the whole matrix)')
     if self.optimizer not in OPTIMIZERS:
       raise ExportError(f'--optimizer={self.optimizer} is unknown; known: '
                         f'{", ".join(OPTIMIZERS)}')
@@ -195,6 +215,15 @@ class OnDeviceModel(tf.Module):
                         f'give {feature_config.num_mel_bins}')
     self.trainable = select_trainable(keras_model, options.trainable)
     self.optimizer = OnDeviceOptimizer(options, self.trainable)
+    swat_kernels = {layer.kernel.ref() for layer in keras_model.submodules
+                    if isinstance(layer, swat.SwatDense)}
+    if options.sparse_training and not swat_kernels:
+      raise ExportError('--sparse_training: the model was not built with SWAT layers '
+                        '(load it with tflite_export.bundle.load_source_model)')
+    self.sparse = [v.ref() in swat_kernels for v in self.trainable]
+    # The weights at the start of the round (`sparse_update`'s reference).
+    self.round_start = ([tf.Variable(v, trainable=False, name='round_start')
+                         for v in self.trainable] if options.sparse_training else [])
     # What a checkpoint holds: (name in the file, variable).
     self.checkpointed = ([(variable_name(v), v) for v in self.trainable] +
                          self.optimizer.slots)
@@ -211,9 +240,13 @@ class OnDeviceModel(tf.Module):
         self._transcribe, input_signature=[tf.TensorSpec([None], tf.float32, name='audio')])
     self.save = tf.function(self._save, input_signature=[path])
     self.restore = tf.function(self._restore, input_signature=[path])
+    self.signature_names = SPARSE_SIGNATURES if options.sparse_training else SIGNATURES
+    if options.sparse_training:
+      self.sparse_update = tf.function(self._sparse_update, input_signature=[])
 
-  def concrete_functions(self, names=SIGNATURES) -> dict:
-    return {name: getattr(self, name).get_concrete_function() for name in names}
+  def concrete_functions(self, names=None) -> dict:
+    return {name: getattr(self, name).get_concrete_function()
+            for name in (names or self.signature_names)}
 
   def loss(self, features, feature_length, labels, label_length) -> tf.Tensor:
     """The mean per-utterance loss of the model's own kind (CTC or transducer), dropout off."""
@@ -272,4 +305,26 @@ class OnDeviceModel(tf.Module):
     with tf.control_dependencies(values):
       for (_, variable), value in zip(self.checkpointed, values):
         variable.assign(value)
+      trainable_values = values[:len(self.trainable)]
+      for start, value in zip(self.round_start, trainable_values):
+        start.assign(value)  # A restore starts a round.
     return {'checkpoint_path': checkpoint_path}
+
+  def upload_count(self, variable: tf.Variable) -> int:
+    """Entries of a SWAT kernel that `sparse_update` returns."""
+    return zerofl_upload.upload_count(int(np.prod(variable.shape)),
+                                      self.options.sparse_training, self.options.mask_ratio)
+
+  def _sparse_update(self):
+    outputs = {}
+    for variable, start, sparse in zip(self.trainable, self.round_start, self.sparse):
+      name = variable_name(variable)
+      update = start - variable
+      if not sparse:
+        outputs[f'update/{name}'] = update
+        continue
+      indices = zerofl_upload.select(variable, self.upload_count(variable))
+      outputs[f'values/{name}'] = tf.gather(tf.reshape(update, [-1]), indices)
+      outputs[f'positions/{name}'] = zerofl_upload.encode_positions(
+          indices, int(np.prod(variable.shape)))
+    return outputs

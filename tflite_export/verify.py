@@ -10,7 +10,11 @@ Checks (each with its measured value and limit; the export fails if one fails):
   integer grid, within `LOGITS_ATOL`;
 - on real utterances (the corpus's `test-clean`, when `data_dir` has one): `transcribe` of the
   audio gives the tokens of the Python pipeline (tensorflow-io decoding, log-mel, Keras model,
-  greedy decoding) for every utterance; the WER of both, and of the int8 model, is reported.
+  greedy decoding) for every utterance; the WER of both, and of the int8 model, is reported;
+- with sparse training (ZeroFL): the weights after the two `train` steps equal those of the
+  same two steps of the TensorFlow module (SWAT forward and backward), within
+  `SPARSE_WEIGHTS_ATOL`, and `sparse_update` decodes to exactly the round's update at the
+  top-k positions of the trained weights (numpy), zero elsewhere.
 Without a corpus the batch is seeded random features and labels, and `transcribe` is checked
 on random audio.
 """
@@ -30,6 +34,7 @@ from tflite_export import bundle as bundle_lib
 from tflite_export import signatures
 
 VERIFY_SPLIT = 'test-clean'
+SPARSE_WEIGHTS_ATOL = 1e-5
 
 
 def _utterances(data_dir: str | None, count: int) -> list[librispeech.Utterance]:
@@ -51,6 +56,32 @@ def _padded(arrays: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
 
 def _check(value: float, limit: float, ok: bool) -> dict[str, Any]:
   return {'value': float(value), 'limit': float(limit), 'ok': bool(ok)}
+
+
+def _sparse_checks(model: tf.keras.Model, manifest: dict[str, Any], batch, tflite_weights,
+                   update) -> dict[str, Any]:
+  """The ZeroFL checks (see the module docstring); trains `model` (the last use of it)."""
+  training = {k: manifest['training'][k] for k in (
+      'optimizer', 'learning_rate', 'trainable', 'beta_1', 'beta_2', 'epsilon',
+      'sparse_training', 'mask_ratio')}
+  module = signatures.OnDeviceModel(model, signatures.TrainingOptions(**training))
+  initial = {signatures.variable_name(v): v.numpy() for v in module.trainable}
+  for _ in range(2):
+    module.train(*[tf.constant(x) for x in batch])
+  worst = max(float(np.max(np.abs(v.numpy() - tflite_weights[signatures.variable_name(v)])))
+              for v in module.trainable)
+  mismatched = 0
+  for name, entry in manifest['training']['sparse_update']['variables'].items():
+    expected = initial[name] - tflite_weights[name]
+    if entry['sent'] == 'top_k':
+      order = np.argsort(-np.abs(tflite_weights[name]).ravel(), kind='stable')[:entry['count']]
+      kept = np.zeros(expected.size, bool)
+      kept[order] = True
+      expected = np.where(kept.reshape(expected.shape), expected, 0.0)
+    mismatched += int(not np.array_equal(update[name], expected.astype(np.float32)))
+  return {'sparse_train_weights_max_abs_diff': _check(worst, SPARSE_WEIGHTS_ATOL,
+                                                      worst <= SPARSE_WEIGHTS_ATOL),
+          'sparse_update_mismatched_variables': _check(mismatched, 0, mismatched == 0)}
 
 
 def verify(bundle_dir: str, model: tf.keras.Model, data_dir: str | None = None, *,
@@ -115,6 +146,14 @@ def verify(bundle_dir: str, model: tf.keras.Model, data_dir: str | None = None, 
     restored = fresh.infer(features, feature_length)
   exact = all(np.array_equal(trained[k], restored[k]) for k in trained)
   checks['save_restore_reproduces_infer'] = _check(float(not exact), 0, exact)
+  sparse = bundle.manifest['training'].get('sparse_update')
+  if sparse:
+    update = bundle.sparse_update()
+    with tempfile.TemporaryDirectory() as directory:
+      path = os.path.join(directory, 'checkpoint')
+      bundle.save(path)
+      reader = tf.train.load_checkpoint(path)
+      tflite_weights = {name: reader.get_tensor(name) for name in update}
 
   # Transcription of whole utterances from audio, against the Python pipeline.
   reference = bundle_lib.Bundle(bundle_dir)  # untrained by the steps above
@@ -132,6 +171,9 @@ def verify(bundle_dir: str, model: tf.keras.Model, data_dir: str | None = None, 
     if int8:
       texts['int8'].append(tokenizer.decode(int8.transcribe(samples).tolist()))
   checks['transcribe_token_mismatches'] = _check(mismatches, 0, mismatches == 0)
+  if sparse:
+    checks.update(_sparse_checks(model, bundle.manifest, (features, feature_length, label_ids,
+                                                          label_length), tflite_weights, update))
   if utterances:
     refs = [u.transcript for u in utterances]
     for name, hyps in texts.items():

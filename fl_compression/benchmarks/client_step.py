@@ -148,9 +148,11 @@ def _compressed_model(model_config, compression: dict[str, Any], learning_rate: 
 def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
             label_length: int, steps: int, seed: int = 0,
             compression: dict[str, Any] | None = None,
-            rematerialize: bool = False, profile_top: int = 0) -> dict[str, Any]:
+            rematerialize: bool = False, profile_top: int = 0,
+            swat: dict[str, Any] | None = None) -> dict[str, Any]:
   """Runs in this process: builds the model, times `steps` SGD steps after a traced first one
-  (and profiles one more if `profile_top`)."""
+  (and profiles one more if `profile_top`). `swat` ({'sparsity', 'activation_sparsity'})
+  measures ZeroFL's client step: the model's SWAT layers (`fl_compression.zerofl`)."""
   import psutil  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -164,6 +166,13 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
   learning_rate = 1e-4
   if compression:
     model = _compressed_model(model_config, compression, learning_rate)
+  elif swat:
+    from fl_compression.models import pruned_dense  # pylint: disable=g-import-not-at-top
+    from fl_compression.zerofl import process as zerofl  # pylint: disable=g-import-not-at-top
+    config = zerofl.ZeroFLConfig(sparsity=swat['sparsity'], mask_ratio=0.0,
+                                 activation_sparsity=swat.get('activation_sparsity', 0.0))
+    with pruned_dense.building_dense(zerofl.swat_factory(config)):
+      model = registry.build_keras_model(model_config)
   else:
     model = registry.build_keras_model(model_config)
   if rematerialize and not conformer.set_rematerialization(model, True):
@@ -215,7 +224,7 @@ def measure(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                'peak_live_tensors': memory_profile.top_groups(groups, profile_top)}
   allocator = (ALLOCATOR if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
                else 'default')
-  return {'model': model_config['name'], 'compression': compression,
+  return {'model': model_config['name'], 'compression': compression, 'swat': swat,
           'rematerialize': bool(rematerialize), 'allocator': allocator,
           'remat_revision': REMAT_REVISION if rematerialize else None,
           'parameters': on_the_fly.parameter_count(model),
@@ -248,12 +257,12 @@ def is_current(result: dict[str, Any] | None, *, batch_size: int, seconds: float
 def measure_in_subprocess(model_config: dict[str, Any], *, batch_size: int, seconds: float,
                           label_length: int, steps: int = 3, timeout: float = 1800,
                           compression: dict[str, Any] | None = None,
-                          rematerialize: bool = False, profile_top: int = 0
-                          ) -> dict[str, Any]:
+                          rematerialize: bool = False, profile_top: int = 0,
+                          swat: dict[str, Any] | None = None) -> dict[str, Any]:
   """`measure` in a fresh Python process (same interpreter and import path)."""
   request = dict(model_config=model_config, batch_size=batch_size, seconds=seconds,
                  label_length=label_length, steps=steps, compression=compression,
-                 rematerialize=rematerialize, profile_top=profile_top)
+                 rematerialize=rematerialize, profile_top=profile_top, swat=swat)
   return fresh_process.run_module('fl_compression.benchmarks.client_step', request,
                                   timeout=timeout, env=ALLOCATOR_ENV,
                                   what=f'client step measurement of {model_config["name"]}')

@@ -10,7 +10,10 @@ Rows: federated pruning (column pattern, magnitude importance, adaptive per-laye
 S1E4M6 partial (90% of the matrices per client, stochastic requantization); FedAQT 8-bit with
 round-to-nearest and stochastic requantization; 30% pruning with OMC stacked; FedAvg with TFF's
 own `tff.learning.compression_aggregator()`; dense FedAvg with a second client-sampling seed
-(run-to-run noise). On the `wide` model (4x the parameters): dense and pruning at 30/50%.
+(run-to-run noise); ZeroFL (SWAT local training, sparse uploads) at sparsity 90/95% with mask
+ratios 0, 0.1 and 0.2, with zero-filled aggregation at 90%/0.2, and SWAT with the whole update
+uploaded at both sparsities. On the `wide` model (4x the parameters): dense and pruning at
+30/50%.
 """
 
 import math
@@ -31,6 +34,8 @@ PARTIAL_FRACTION = 0.9
 AQT_BITS = 8
 STACKED_SPARSITY = 0.3
 DENSE = 'fedavg'
+ZEROFL_SPARSITIES = (0.9, 0.95)
+ZEROFL_MASK_RATIOS = (0.2, 0.1, 0.0)
 # Options the program reads; the rest go to the algorithm.
 PROGRAM_OPTIONS = ('sampler_seed', 'model', 'select_from_round')
 # Plateau rule of the dense baseline on dev (pretraining's rule): over the last quarter of the
@@ -66,6 +71,17 @@ OMC_KEY = f'omc/{OMC_FORMAT}/partial/stochastic'
 OMC_NEAREST_KEY = f'omc/{OMC_FORMAT}/partial/nearest'
 STACKED_KEY = f'fp+omc/column/adaptive/{STACKED_SPARSITY:g}/{OMC_FORMAT}'
 TFF_KEY = 'tff_compression'
+
+
+def zerofl_key(sparsity: float, mask_ratio: float, aggregation: str = 'mean_of_senders'
+               ) -> str:
+  return f'zerofl/{sparsity:g}/{mask_ratio:g}' + (
+      '' if aggregation == 'mean_of_senders' else f'/{aggregation}')
+
+
+def swat_key(sparsity: float) -> str:
+  """SWAT local training with the whole update uploaded (ZeroFL's comparison point)."""
+  return f'swat/{sparsity:g}'
 
 
 def aqt_key(rounding: str) -> str:
@@ -108,6 +124,13 @@ def plan_runs(total_rounds: int, models: Sequence[str] = MODELS) -> list[common.
       add(fd_key(sparsity), 'fd', pattern='column', rate=sparsity)
     fp(STACKED_KEY, STACKED_SPARSITY, compress='omc', format=OMC_FORMAT)
     add(dense_key(seed=NOISE_SEED), 'fedavg', sampler_seed=NOISE_SEED)
+    for sparsity in ZEROFL_SPARSITIES:
+      add(swat_key(sparsity), 'zerofl', sparsity=sparsity, mask_ratio=0.0, upload='whole')
+      for mask_ratio in ZEROFL_MASK_RATIOS:
+        add(zerofl_key(sparsity, mask_ratio), 'zerofl', sparsity=sparsity,
+            mask_ratio=mask_ratio)
+    add(zerofl_key(0.9, 0.2, 'zero_fill'), 'zerofl', sparsity=0.9, mask_ratio=0.2,
+        aggregation='zero_fill')
   if 'wide' in models:
     add(dense_key('wide'), 'fedavg', model='wide')
     for sparsity in WIDE_RATES:
@@ -221,6 +244,11 @@ def label(key: str) -> str:
     return f'FP column {100 * float(parts[-1]):g}% (adaptive)'
   if parts[0] == 'fd':
     return f'FD column {100 * float(parts[-1]):g}% (random, full model)'
+  if parts[0] == 'zerofl':
+    return (f'ZeroFL {100 * float(parts[1]):g}%, mask ratio {parts[2]}'
+            + (', zero fill' if len(parts) > 3 else ''))
+  if parts[0] == 'swat':
+    return f'SWAT {100 * float(parts[1]):g}%, whole update uploaded'
   return key
 
 
@@ -280,6 +308,7 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
     if keys:
       lines += _method_table(results, keys, model)
   lines += _size_section(results)
+  lines += zerofl_section(results)
   noise = compare(results, dense_key(seed=NOISE_SEED), dense_key())
   if noise is not None:
     lines += ['## Run-to-run noise', '',
@@ -292,6 +321,73 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
   if missing:
     lines += ['## Not run yet', '', ', '.join(f'`{k}`' for k in missing), '']
   return '\n'.join(lines)
+
+
+def zerofl_section(results: dict[str, Any]) -> list[str]:
+  """ZeroFL against dense FedAvg and against SWAT with the whole update uploaded: WER, uplink
+  bytes, the client step's theoretical FLOPs and its measured time and tensor memory."""
+  keys = [k for k in table_keys(results) if k.split('/')[0] in ('zerofl', 'swat')]
+  if not keys:
+    return []
+  dense = results.get(dense_key())
+  costs = results.get('zerofl_step_costs') or {}
+  base_cost = costs.get('dense')
+  lines = ['## ZeroFL: sparse local training and sparse uploads', '',
+           'Clients train with SWAT (each Conformer-block dense kernel used with its top-k '
+           'entries by magnitude; dense kernel gradients, so entries move in and out of the '
+           'top-k set) and upload, per such kernel, the update at the top `1 - sparsity + mask '
+           'ratio` entries of the trained weights (float32 values; positions as a bitmap or '
+           'varint gaps, whichever is smaller), every other variable whole. The server '
+           'averages each entry over the clients that sent it (zero fill: over all clients). '
+           'The evaluated model is the top-k model. Uplink: bytes one client sends per round '
+           '(measured buffer sizes, mean over rounds). FLOPs: dense-layer products of one client '
+           'step (`fl_compression.zerofl.flops`); time and tensor memory: one SGD step of '
+           f'{_step_shape(base_cost)} measured in a fresh process (`client_step`), against the '
+           'dense step. The step multiplies masked dense kernels (no sparse kernel): its time '
+           'and memory are those of the dense products plus the top-k selections.', '',
+           '| run | test WER | vs dense [95% CI] | uplink bytes per round | vs whole upload | '
+           'vs dense FedAvg uplink | forward FLOPs | backward FLOPs | step time | step tensors |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  test = test_split(results)
+  for key in keys:
+    run = results[key]
+    parts = key.split('/')
+    whole = results.get(swat_key(float(parts[1])))
+    comparison = compare(results, key, dense_key())
+    cost = costs.get(parts[1]) or {}
+    ratio = lambda a, b: f'{a / b:.2f}x' if a is not None and b else 'n/a'  # noqa: E731
+    field = lambda c, name: (c or {}).get(name)  # noqa: E731
+    lines.append(
+        f'| {label(key)} | {common.pct(run["error_rates"][test]["wer"])} | '
+        f'{comparison.describe_relative() if comparison else "n/a"} | '
+        f'{run["client_bytes_up"]:,.0f} | '
+        f'{ratio(run["client_bytes_up"], whole["client_bytes_up"] if whole else None)} | '
+        f'{ratio(run["client_bytes_up"], dense["client_bytes_up"] if dense else None)} | '
+        f'{ratio(field(cost, "forward_flops"), field(base_cost, "forward_flops"))} | '
+        f'{ratio(field(cost, "backward_flops"), field(base_cost, "backward_flops"))} | '
+        f'{ratio(field(cost, "step_seconds"), field(base_cost, "step_seconds"))} | '
+        f'{ratio(field(cost, "step_tensor_bytes"), field(base_cost, "step_tensor_bytes"))} |')
+  lines.append('')
+  findings = []
+  for sparsity in ZEROFL_SPARSITIES:
+    for mask_ratio in (0.1, 0.2):
+      comparison = compare(results, zerofl_key(sparsity, mask_ratio), zerofl_key(sparsity, 0.0))
+      if comparison is not None:
+        findings.append(f'mask ratio {mask_ratio:g} against 0 at {100 * sparsity:g}%: '
+                        f'{comparison.describe_relative()}')
+  fill = compare(results, zerofl_key(0.9, 0.2, 'zero_fill'), zerofl_key(0.9, 0.2))
+  if fill is not None:
+    findings.append(f'zero fill against mean of senders (90%, 0.2): {fill.describe_relative()}')
+  if findings:
+    lines += ['Paired test-WER differences (relative, 95% CI): ' + '; '.join(findings) + '.',
+              '']
+  return lines
+
+
+def _step_shape(cost: Optional[dict[str, Any]]) -> str:
+  if not cost:
+    return 'a batch'
+  return f'{cost["batch_size"]} utterances of {cost["frames"] / 100:g} s'
 
 
 def _why_missed(results: dict[str, Any]) -> list[str]:
@@ -410,18 +506,33 @@ def plot(results: dict[str, Any], output_dir: str) -> list[str]:
   fig.tight_layout()
   fig.savefig(os.path.join(output_dir, 'wer_vs_bytes.png'), dpi=110)
   plt.close(fig)
-  return ['wer_vs_bytes.png']
+  figures = ['wer_vs_bytes.png']
+  uplink = [p for p in pareto_points(results, 'client_bytes_up')
+            if p['key'].split('/')[0] in ('zerofl', 'swat', DENSE)]
+  if len(uplink) > 1:
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    draw_points(ax, uplink)
+    ax.set_xlabel('client uplink bytes per round (MB)')
+    ax.set_ylabel('test WER (%)')
+    ax.set_title('ZeroFL and SWAT: test WER against uplink (bars: 95% paired interval)')
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, 'zerofl_wer_vs_uplink.png'), dpi=110)
+    plt.close(fig)
+    figures.append('zerofl_wer_vs_uplink.png')
+  return figures
 
 
 def pareto_points(results: dict[str, Any], axis: str, model: str = 'tiny'
                   ) -> list[dict[str, Any]]:
   """Per run of `model`: label, test WER, its interval (from the paired comparison with dense,
-  shifted to the run's WER) and the x value (`client_bytes`, `model_bytes` or `held_bytes`)."""
+  shifted to the run's WER) and the x value (`client_bytes`, `client_bytes_up`, `model_bytes`
+  or `held_bytes`)."""
   found = []
   baseline = dense_key(model)
   for key in table_keys(results, model):
     run = results[key]
     x = {'client_bytes': client_bytes, 'held_bytes': held_bytes,
+         'client_bytes_up': lambda r: r['client_bytes_up'],
          'model_bytes': lambda r: r['model_parameter_bytes']}[axis](run)
     wer = run['error_rates'][test_split(results)]['wer']
     comparison = compare(results, key, baseline) if key != baseline else None

@@ -113,7 +113,7 @@ def config_from_options(options: dict[str, Any]) -> ZeroFLConfig:
                       upload=options.get('upload', 'sparse'), values_codec=values_codec)
 
 
-def _swat_factory(config: ZeroFLConfig) -> pruned_dense.DenseFactory:
+def swat_factory(config: ZeroFLConfig) -> pruned_dense.DenseFactory:
   """Builds every dense layer outside `SWAT_EXCLUDED` as a `SwatDense`."""
 
   def factory(units, name, activation=None, use_bias=True):
@@ -129,7 +129,7 @@ def swat_model_fn(model_fn: fedavg.ModelFn, config: ZeroFLConfig) -> fedavg.Mode
   """`model_fn`'s model with its SWAT layers (same variables)."""
 
   def build():
-    with pruned_dense.building_dense(_swat_factory(config)):
+    with pruned_dense.building_dense(swat_factory(config)):
       return model_fn()
 
   return build
@@ -137,7 +137,7 @@ def swat_model_fn(model_fn: fedavg.ModelFn, config: ZeroFLConfig) -> fedavg.Mode
 
 def swat_variables(model_config: dict[str, Any], config: ZeroFLConfig) -> list[bool]:
   """Per trainable variable of the model, whether it is a SWAT kernel."""
-  with pruned_dense.building_dense(_swat_factory(config)):
+  with pruned_dense.building_dense(swat_factory(config)):
     model = registry.build_keras_model(model_config)
   kernels = {layer.kernel.ref() for layer in model.submodules if isinstance(layer, swat.SwatDense)}
   found = [v.ref() in kernels for v in model.trainable_variables]

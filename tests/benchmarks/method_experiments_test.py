@@ -87,6 +87,35 @@ class MethodExperimentsTest(absltest.TestCase):
                      r'10\.00% \| 20 \| 70 \| 560 \(0\.70x\) \| 280 \(0\.70x\) \|')
     self.assertIn('## Methods on `wide` (0.00M parameters)', report)  # The constructed 100.
 
+  def test_zerofl_section_compares_uplink_flops_and_mask_ratios(self):
+    base = [1, 2, 1, 0, 2, 1, 1, 2] * 10
+
+    def run(errors, up):
+      return dict(_run(errors), client_bytes_up=up, client_bytes_down=1000, options={})
+
+    results = {'initial': {'splits': {'test': 'test-clean', 'dev': 'dev-clean'}},
+               'total_rounds': 20, 'fedavg': run(base, 1000),
+               experiments.swat_key(0.9): run(base, 1000),
+               experiments.zerofl_key(0.9, 0.2): run(base, 250),
+               experiments.zerofl_key(0.9, 0.0): run([e + 1 for e in base], 125),
+               'zerofl_step_costs': {
+                   'dense': {'forward_flops': 100.0, 'backward_flops': 200.0,
+                             'step_seconds': 1.0, 'step_tensor_bytes': 50, 'batch_size': 8,
+                             'frames': 600},
+                   '0.9': {'forward_flops': 20.0, 'backward_flops': 120.0,
+                           'step_seconds': 1.3, 'step_tensor_bytes': 60, 'batch_size': 8,
+                           'frames': 600}}}
+    lines = '\n'.join(experiments.zerofl_section(results))
+    self.assertIn('8 utterances of 6 s', lines)
+    self.assertIn('| ZeroFL 90%, mask ratio 0.2 | 25.00% | +0.0% [+0.0%, +0.0%] | 250 | 0.25x | '
+                  '0.25x | 0.20x | 0.60x | 1.30x | 1.20x |', lines)
+    self.assertIn('| SWAT 90%, whole update uploaded | 25.00% | +0.0% [+0.0%, +0.0%] | 1,000 | '
+                  '1.00x |', lines)
+    # Mask ratio 0.2 against 0: one error fewer per utterance, about -44%.
+    self.assertRegex(lines, r'mask ratio 0\.2 against 0 at 90%: -44\.4% \[')
+    self.assertEqual(experiments.zerofl_section({'initial': results['initial'],
+                                                 'fedavg': results['fedavg']}), [])
+
   def test_plateau_rule_and_pareto_front(self):
     flat = experiments.plateau({'10': 0.060, '20': 0.050, '30': 0.0499, '35': 0.0499,
                                 '40': 0.0500})

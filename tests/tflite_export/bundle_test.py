@@ -30,6 +30,7 @@ from tests import tff_test_utils
 from tflite_export import bundle as bundle_lib
 from tflite_export import flatbuffer
 from tflite_export import signatures
+from tflite_export import verify
 
 _CORPUS = corpus.CorpusConfig(
     main=corpus.DomainSize(num_train_speakers=1, num_test_speakers=1,
@@ -432,6 +433,58 @@ class ReducedAndTransducerExportTest(absltest.TestCase):
   def _read(runner, name):
     with open(os.path.join(runner.bundle_dir, name), 'rb') as f:
       return f.read()
+
+  def test_sparse_training_bundle_trains_with_top_k_and_returns_the_zerofl_upload(self):
+    model_dir = tff_test_utils.repo_path('checkpoints/conformer_ctc_tiny')
+    bundle_dir = os.path.join(self.tmp, 'sparse')
+    options = bundle_lib.ExportOptions(
+        training=signatures.TrainingOptions(sparse_training=0.9, mask_ratio=0.2),
+        measure_memory=False)
+
+    def verifier(directory, reference, int8_path, int8_reference):
+      return verify.verify(directory, reference, None)
+
+    manifest = bundle_lib.export_bundle(model_dir, bundle_dir, options, log=lambda line: None,
+                                        verifier=verifier)
+    checks = manifest['verification']['checks']
+    self.assertLessEqual(checks['sparse_train_weights_max_abs_diff']['value'],
+                         verify.SPARSE_WEIGHTS_ATOL)
+    self.assertEqual(checks['sparse_update_mismatched_variables']['value'], 0)
+    self.assertIn('sparse_update', manifest['signatures'])
+    self.assertTrue(manifest['signatures']['infer']['builtin_only'])
+    # `infer` computes the plain model with every SWAT kernel cut to its top 10% (numpy).
+    plain, _ = checkpoint.load_keras_model(model_dir)
+    described = manifest['training']['sparse_update']['variables']
+    by_name = {signatures.variable_name(v): v for v in plain.trainable_variables}
+    top_k = [name for name, entry in described.items() if entry['sent'] == 'top_k']
+    self.assertTrue(all('encoder/block_' in name for name in top_k), top_k)
+    self.assertGreater(len(top_k), 20)
+    for name in top_k:
+      values = by_name[name].numpy()
+      keep = np.argsort(-np.abs(values).ravel(), kind='stable')[:int(round(0.1 * values.size))]
+      masked = np.zeros(values.size, np.float32)
+      masked[keep] = values.ravel()[keep]
+      by_name[name].assign(masked.reshape(values.shape))
+    runner = bundle_lib.Bundle(bundle_dir)
+    out = runner.infer(self.features, self.lengths)
+    logits, _ = plain([self.features, self.lengths], training=False)
+    np.testing.assert_allclose(out['logits'], logits.numpy(), atol=bundle_lib.LOGITS_ATOL)
+    # After a step, each SWAT kernel sends exactly 30% of its entries; a restore starts a new
+    # round (nothing to send).
+    runner.train(self.features, self.lengths, self.labels, self.label_lengths)
+    update = runner.sparse_update()
+    for name in top_k:
+      self.assertEqual(described[name]['count'], int(round(0.3 * update[name].size)))
+      self.assertLessEqual(np.count_nonzero(update[name]), described[name]['count'])
+    self.assertGreater(max(np.count_nonzero(update[name]) for name in top_k), 0)
+    path = os.path.join(self.tmp, 'sparse_checkpoint')
+    runner.save(path)
+    runner.restore(path)
+    self.assertTrue(all(not np.any(u) for u in runner.sparse_update().values()))
+    for bad, message in (({'sparse_training': 1.0}, '--sparse_training=1.0 is outside'),
+                         ({'sparse_training': 0.5, 'mask_ratio': 0.6}, '--mask_ratio=0.6')):
+      with self.assertRaisesRegex(signatures.ExportError, message):
+        signatures.TrainingOptions(**bad)
 
   def test_transducer_with_lstm_exports_with_builtin_inference(self):
     encoder = dict(asr.named_config('tiny')['encoder'], num_blocks=1, model_dim=32,
