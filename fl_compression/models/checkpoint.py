@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+# Registers the speech models, so that every saved model rebuilds from its config alone.
+from fl_compression.models import asr  # pylint: disable=unused-import
 from fl_compression.models import registry
 
 FORMAT_VERSION = 1

@@ -66,7 +66,8 @@ class BenchmarkPruningTest(absltest.TestCase):
     with open(os.path.join(out, 'report.md')) as f:
       report = f.read()
     self.assertIn('## 4. With and without mask refinement at 0.4', report)
-    self.assertRegex(report, r'\| with refinement \| [\d.]+% \| [\d.]+% \| \d+ \|')
+    self.assertRegex(report, r'\| with refinement \| [\d.]+% \| [+-][\d.]+% \[[^|]*\] \| '
+                             r'[\d.]+% \| \d+ \|')
     self.assertRegex(report, r'refinement beats no refinement at 40% \| [\d.]+% vs [\d.]+% \| ')
 
     # Started again, it finds everything done and rewrites the same report.

@@ -12,7 +12,6 @@ import tempfile
 from absl.testing import absltest
 
 from fl_compression.data import corpus
-from fl_compression.models import asr  # pylint: disable=unused-import (registers models)
 from fl_compression.models import checkpoint
 from tests import tff_test_utils
 
