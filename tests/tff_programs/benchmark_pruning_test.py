@@ -68,7 +68,8 @@ class BenchmarkPruningTest(absltest.TestCase):
     self.assertIn('## 4. With and without mask refinement at 0.4', report)
     self.assertRegex(report, r'\| with refinement \| [\d.]+% \| [+-][\d.]+% \[[^|]*\] \| '
                              r'[\d.]+% \| \d+ \|')
-    self.assertRegex(report, r'refinement beats no refinement at 40% \| [\d.]+% vs [\d.]+% \| ')
+    self.assertRegex(report, r'refinement beats no refinement at 40% \| [\d.]+% vs [\d.]+%: '
+                             r'[+-][\d.]+% \[')
 
     # Started again, it finds everything done and rewrites the same report.
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

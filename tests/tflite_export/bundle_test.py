@@ -68,7 +68,7 @@ def _analyzer_ops(model: bytes) -> dict[str, set[str]]:
     tf.lite.experimental.Analyzer.analyze(model_content=model)
   subgraphs, names, current = {}, {}, None
   for line in out.getvalue().splitlines():
-    header = re.match(r'^Subgraph#(\d+) (\w*)\(', line)
+    header = re.match(r'^Subgraph#(\d+) ([^(]*)\(', line)
     if header:
       current = int(header.group(1))
       subgraphs[current] = []
@@ -447,9 +447,11 @@ class ReducedAndTransducerExportTest(absltest.TestCase):
     manifest = bundle_lib.export_bundle(model_dir, bundle_dir, options, log=lambda line: None,
                                         verifier=verifier)
     checks = manifest['verification']['checks']
-    self.assertLessEqual(checks['sparse_train_weights_max_abs_diff']['value'],
-                         verify.SPARSE_WEIGHTS_ATOL)
+    self.assertLessEqual(checks['sparse_second_loss_relative_diff']['value'],
+                         bundle_lib.LOSS_RTOL)
     self.assertEqual(checks['sparse_update_mismatched_variables']['value'], 0)
+    # Two Adam steps of 2e-4: the TF and TFLite weights agree to a fraction of one step.
+    self.assertLess(manifest['verification']['sparse_train_weights_max_abs_diff'], 1e-4)
     self.assertIn('sparse_update', manifest['signatures'])
     self.assertTrue(manifest['signatures']['infer']['builtin_only'])
     # `infer` computes the plain model with every SWAT kernel cut to its top 10% (numpy).
