@@ -1,0 +1,74 @@
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+from scipy import stats
+
+from fl_compression.importance import stability
+from tests import tff_test_utils
+
+
+def _ranking(damage, classes=None):
+  blocks = [{'block': i, 'reinit_wer': d, 'class': (classes or ['ambient'] * len(damage))[i]}
+            for i, d in enumerate(damage)]
+  order = sorted(range(len(damage)), key=lambda b: (damage[b], b))
+  return {'intact_wer': 0.05, 'blocks': blocks, 'ambient_first': order}
+
+
+class StabilityTest(absltest.TestCase):
+
+  def test_pairs_against_scipy_and_top_overlap(self):
+    rng = np.random.default_rng(0)
+    a, b, c = (list(rng.uniform(0.05, 1.0, 8)) for _ in range(3))
+    result = stability.compare([('deep', 's1', _ranking(a)), ('deep', 's2', _ranking(b)),
+                                ('deep', 's3', _ranking(c)),
+                                ('narrow', 's1', _ranking(a[:6], ['critical'] * 6))])
+    deep = result['configurations']['deep']
+    self.assertLen(deep['pairs'], 3)
+    first = deep['pairs'][0]
+    self.assertAlmostEqual(first['spearman'], stats.spearmanr(a, b).correlation)
+    expected = len(set(np.argsort(a)[:3]) & set(np.argsort(b)[:3]))
+    self.assertEqual(first['top_overlap'], expected)
+    self.assertAlmostEqual(deep['mean_spearman'],
+                           np.mean([p['spearman'] for p in deep['pairs']]))
+    narrow = result['configurations']['narrow']
+    self.assertEqual(narrow['pairs'], [])
+    self.assertEqual(narrow['trainings'][0]['classes'],
+                     {'ambient': 0, 'intermediate': 0, 'critical': 6})
+    report = stability.render(result, 'cmd')
+    self.assertIn('## `deep` (8 blocks)', report)
+    self.assertIn(f'| s1 / s2 | {first["spearman"]:+.2f} | {expected} of 3 |', report)
+
+  def test_identical_rankings_correlate_fully_and_sizes_must_match(self):
+    same = _ranking([0.1, 0.5, 0.2, 0.9])
+    result = stability.compare([('d', 'x', same), ('d', 'y', same)])
+    self.assertAlmostEqual(result['configurations']['d']['pairs'][0]['spearman'], 1.0)
+    self.assertEqual(result['configurations']['d']['pairs'][0]['top_overlap'], 3)
+    with self.assertRaisesRegex(stability.StabilityError, 'different numbers of blocks'):
+      stability.compare([('d', 'x', same), ('d', 'y', _ranking([0.1, 0.2]))])
+
+  def test_program_writes_the_report_and_names_bad_input(self):
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    paths = []
+    for i, damage in enumerate(([0.1, 0.3, 0.2], [0.1, 0.2, 0.3])):
+      paths.append(os.path.join(tmp, f'r{i}.json'))
+      with open(paths[-1], 'w') as f:
+        json.dump(_ranking(damage), f)
+    out = os.path.join(tmp, 'out')
+    result = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
+                                        f'--ranking=deep:a:{paths[0]}',
+                                        f'--ranking=deep:b:{paths[1]}', timeout=120)
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    with open(os.path.join(out, 'stability.json')) as f:
+      self.assertAlmostEqual(json.load(f)['configurations']['deep']['pairs'][0]['spearman'],
+                             0.5)
+    missing = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
+                                         f'--ranking=deep:a:{paths[0]}',
+                                         f'--ranking=deep:b:{tmp}/none.json', timeout=120)
+    tff_test_utils.assert_one_line_error(self, missing, f'--ranking=deep:b:{tmp}/none.json:')
+
+
+if __name__ == '__main__':
+  absltest.main()
