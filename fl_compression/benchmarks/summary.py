@@ -117,13 +117,26 @@ def _best(found: Sequence[dict[str, Any]], field: str, limit: float) -> Optional
   return min(candidates, key=lambda r: r[field]) if candidates else None
 
 
+def _budget(results: dict[str, Any]) -> str:
+  """The equal budget, with what the plateau rule says of dense FedAvg's dev curve."""
+  dense = results.get(methods.dense_key()) or {}
+  curve = (dense.get('wer_curves') or {}).get(methods.dev_split(results))
+  rule = methods.plateau(curve) if curve else None
+  if rule is None:
+    return 'an equal budget (dense FedAvg\'s dev curve not measured)'
+  if rule['plateaued']:
+    return 'an equal budget at which dense FedAvg\'s dev WER has plateaued'
+  return ('an equal budget at whose end dense FedAvg\'s dev WER did not meet the plateau rule '
+          f'({100 * -rule["improvement"]:+.1f}% over the last rounds; see the report)')
+
+
 def render(results: dict[str, Any], probes: dict[str, Any], settings: dict[str, Any],
            figures: Sequence[str]) -> str:
   found = rows(results, probes)
   lines = ['# Which method when', '', f'`{settings["command"]}`', '',
            f'From [`{settings["methods"]}`]({settings["methods_link"]}) (every method from the '
-           'same pretrained `tiny` model, the same clients and an equal budget at which dense '
-           'FedAvg has plateaued; each run reported at its best dev round) and the '
+           f'same pretrained `tiny` model, the same clients and {_budget(results)}; each run '
+           'reported at its best dev round) and the '
            '`conformer_l` client-step memory probes of the compression and pruning benchmarks. '
            'WER differences are relative to dense FedAvg on the same test utterances, with '
            'their paired bootstrap 95% interval. Ratios are to dense FedAvg.', '']

@@ -53,6 +53,19 @@ class SummaryTest(absltest.TestCase):
     self.assertRegex(text, r'\| FP column 50% \(adaptive\) \| [\d.]+% \| \*\*\+[\d.]+% \[')
     self.assertIn('| 0.10x | 0.50x | 0.50x |', text)
 
+  def test_states_whether_dense_fedavg_plateaued(self):
+    settings = {'command': 'x', 'methods': 'm', 'methods_link': 'm.md'}
+    dense = self.results[methods.dense_key()]
+    dense['wer_curves'] = {'dev-clean': {'5': 0.10, '10': 0.09, '15': 0.09, '20': 0.09,
+                                         '25': 0.09, '30': 0.09, '35': 0.09, '40': 0.09}}
+    self.assertIn("dense FedAvg's dev WER has plateaued",
+                  summary.render(self.results, self.probes, settings, []))
+    dense['wer_curves'] = {'dev-clean': {'5': 0.10, '10': 0.09, '15': 0.08, '20': 0.07,
+                                         '25': 0.06, '30': 0.05, '35': 0.04, '40': 0.03}}
+    text = summary.render(self.results, self.probes, settings, [])
+    self.assertIn("dense FedAvg's dev WER did not meet the plateau rule", text)
+    self.assertNotIn('has plateaued', text)
+
   def test_memory_points_use_each_probes_own_dense_step(self):
     found = {p['key']: p['x'] for p in summary.points(self.results, 'memory', self.probes)}
     self.assertEqual(found, {methods.dense_key(): 1.0, methods.OMC_KEY: 0.8,
