@@ -56,6 +56,16 @@ def deep_config(vocab_size: int, seed: int = 0, model_dim: int = 64) -> registry
           'vocab_size': vocab_size, 'seed': seed}
 
 
+def micro_config(vocab_size: int, seed: int = 0) -> registry.ModelConfig:
+  """2 blocks of dimension 32 (about 82k parameters): every kind of layer of `tiny`, in the
+  smallest model that has two blocks. For tests and smoke runs, not for WER."""
+  return {'name': 'conformer_ctc', 'encoder': dict(_MICRO_ENCODER), 'vocab_size': vocab_size,
+          'seed': seed}
+
+
+_MICRO_ENCODER = dict(_TINY_ENCODER, num_blocks=2, model_dim=32, num_heads=4, num_groups=4)
+
+
 def wide_config(vocab_size: int, seed: int = 0) -> registry.ModelConfig:
   """`tiny` at twice the width (4 blocks of dimension 192): about 4x its parameters, for
   measuring how the cost of pruning changes with model size."""
@@ -97,6 +107,12 @@ def _tiny_transducer(vocab_size, seed):
       seed=seed)
 
 
+def _micro_transducer(vocab_size, seed):
+  return transducer.transducer_config(
+      _MICRO_ENCODER, vocab_size or 29, embedding_dim=16, joint_dim=32, context_size=2,
+      seed=seed)
+
+
 def _published(encoder, decoder_units):
   def make(vocab_size, seed):
     return transducer.transducer_config(
@@ -114,6 +130,8 @@ def _paper_transducer(vocab_size, seed):
 NAMED_CONFIGS = {
     'tiny': lambda vocab_size, seed: tiny_config(vocab_size or 29, seed),
     'tiny_transducer': _tiny_transducer,
+    'micro': lambda vocab_size, seed: micro_config(vocab_size or 29, seed),
+    'micro_transducer': _micro_transducer,
     'wide': lambda vocab_size, seed: wide_config(vocab_size or 29, seed),
     'deep': lambda vocab_size, seed: deep_config(vocab_size or 29, seed),
     'deep_narrow': lambda vocab_size, seed: deep_config(vocab_size or 29, seed, model_dim=48),

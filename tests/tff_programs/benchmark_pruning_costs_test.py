@@ -31,7 +31,7 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
     command = tff_test_utils.program_command('benchmark_pruning') + [
         f'--data_dir={data_dir}', f'--initial_model_dir={model_dir}', f'--output_dir={out}',
         '--experiments=costs', '--total_rounds=2', '--clients_per_round=1', '--batch_size=2',
-        '--memory_model=', '--cost_model=tiny_transducer', '--step_seconds=0.5',
+        '--memory_model=', '--cost_model=micro_transducer', '--step_seconds=0.5',
         '--phase_repeats=1']
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
@@ -41,8 +41,8 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
     with open(os.path.join(out, 'results.json')) as f:
       results = json.load(f)['results']
     dense = results['fedavg']
-    base = results['costs/tiny_transducer/fedavg']
-    pruned = results['costs/tiny_transducer/fp/column/magnitude/0.5']
+    base = results['costs/micro_transducer/fedavg']
+    pruned = results['costs/micro_transducer/fp/column/magnitude/0.5']
     self.assertIsNotNone(dense['error_rates'])
     # Cost runs are not evaluated, and they train the other model.
     self.assertIsNone(base['error_rates'])
@@ -53,7 +53,7 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
     for run in (base, pruned):
       self.assertLen(run['round_seconds'], 2)
     scale = results['scale_costs']
-    self.assertEqual(scale['model'], 'tiny_transducer')
+    self.assertEqual(scale['model'], 'micro_transducer')
     self.assertEqual(scale['parameters'], base['model_parameters'])
     self.assertAlmostEqual(scale['ratios']['client_bytes'],
                            (pruned['client_bytes_down'] + pruned['client_bytes_up']) /
@@ -61,7 +61,7 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
     self.assertGreater(scale['fedavg']['client_step_seconds'], 0)
     self.assertIn('costs', results)  # The tiny model's costs as well.
     phases = results['round_phases']
-    self.assertEqual((phases['model'], phases['repeats']), ('tiny_transducer', 1))
+    self.assertEqual((phases['model'], phases['repeats']), ('micro_transducer', 1))
     for key in ('fedavg', 'fp/column/magnitude/0.5'):
       self.assertAlmostEqual(sum(phases[key][p] for p in ('distributor', 'client_work',
                                                            'aggregator', 'finalizer')),
@@ -69,9 +69,9 @@ class BenchmarkPruningCostsTest(absltest.TestCase):
 
     with open(os.path.join(out, 'report.md')) as f:
       report = f.read()
-    self.assertIn('### The same costs with `tiny_transducer`', report)
-    self.assertRegex(report, r'50% column \(`tiny_transducer`\): client bytes per round')
-    self.assertRegex(report, r'\| costs/tiny_transducer/fedavg \|  \|  \|  \|  \| [\d,]+ \|')
+    self.assertIn('### The same costs with `micro_transducer`', report)
+    self.assertRegex(report, r'50% column \(`micro_transducer`\): client bytes per round')
+    self.assertRegex(report, r'\| costs/micro_transducer/fedavg \|  \|  \|  \|  \| [\d,]+ \|')
     self.assertRegex(report, r'\| client_work \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \|')
 
 

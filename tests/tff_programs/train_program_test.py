@@ -136,7 +136,8 @@ class TrainProgramTest(absltest.TestCase):
     data_dir = os.path.join(tmp, 'corpus')
     corpus.generate(data_dir, corpus.SMALL, log=lambda message: None)
     root = self._kill_and_resume(
-        ['--task=speech_ctc', f'--data_dir={data_dir}', '--algorithm=fp', '--fp_sparsity=0.3',
+        ['--task=speech_ctc', '--model=micro', f'--data_dir={data_dir}', '--algorithm=fp',
+         '--fp_sparsity=0.3',
          '--fp_refine_start=2', '--fp_finetune_start=4', '--clients_per_round=2',
          '--batch_size=2', '--evaluation_period=5', '--client_optimizer=adam',
          '--client_learning_rate=0.001'], 2, 5,
