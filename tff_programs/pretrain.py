@@ -60,7 +60,7 @@ _LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning r
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 300, 'Linear warm-up steps.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every_steps', 250, 'Dev evaluation period.')
 _MODEL = flags.DEFINE_enum('model', 'tiny', ['tiny', 'wide', 'deep', 'deep_narrow',
-                                             'tiny_transducer'],
+                                             'tiny_transducer', 'micro'],
                            'Model configuration (fl_compression.models.asr.named_config).')
 _PLATEAU_FRACTION = flags.DEFINE_float(
     'plateau_fraction', 0.25, 'Plateau rule: the trailing fraction of the steps, in (0, 1).')

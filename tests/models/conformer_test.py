@@ -1,4 +1,5 @@
 import math
+import re
 
 from absl.testing import absltest
 import numpy as np
@@ -93,6 +94,22 @@ def _loss_and_gradients(model: tf.keras.Model):
 
   loss, grads = step()
   return float(loss), [g.numpy() for g in grads]
+
+
+class TestModelsTest(absltest.TestCase):
+
+  def test_micro_models_have_every_variable_kind_of_the_tiny_ones_in_two_blocks(self):
+    # Tests run the federated programs on `micro`: it must exercise every layer `tiny` has.
+    def kinds(name):
+      model = registry.build_keras_model(asr.named_config(name))
+      names = [v.name for v in model.trainable_variables + model.non_trainable_variables]
+      return ({re.sub(r'block_\d+', 'block', n) for n in names},
+              {m.group(0) for n in names for m in [re.search(r'block_\d+', n)] if m})
+    for small, large in (('micro', 'tiny'), ('micro_transducer', 'tiny_transducer')):
+      small_kinds, small_blocks = kinds(small)
+      large_kinds, _ = kinds(large)
+      self.assertEqual(small_kinds, large_kinds, small)
+      self.assertEqual(small_blocks, {'block_00', 'block_01'}, small)
 
 
 class RematerializationTest(absltest.TestCase):

@@ -48,7 +48,7 @@ class PretrainProgramTest(absltest.TestCase):
     data_dir, root = os.path.join(tmp, 'corpus'), os.path.join(tmp, 'pretrain')
     corpus.generate(data_dir, corpus.SMALL, log=lambda message: None)
     common = [f'--data_dir={data_dir}', f'--root_output_dir={root}', '--batch_size=2',
-              '--eval_every_steps=2', '--warmup_steps=2']
+              '--eval_every_steps=2', '--warmup_steps=2', '--model=micro']
     first = tff_test_utils.run_program('pretrain', *common, '--max_steps=4', timeout=600)
     self.assertEqual(first.returncode, 0, first.stderr[-3000:])
     self.assertEqual([int(r['step']) for r in _read(os.path.join(root, 'curve.csv'))], [2, 4])
