@@ -80,17 +80,18 @@ def repo_path(relative: str) -> str:
   return os.path.join(os.path.dirname(__file__), '..', relative)
 
 
-def save_small_speech_model(model_dir: str, vocab_size: int = 29) -> dict:
-  """Saves a Conformer-CTC of one block of dimension 32 at its initialization (the smallest
-  model that still has every kind of layer) and returns its config: what benchmark tests start
-  their runs from, where the shipped `tiny` model would only make them slower."""
+def save_small_speech_model(model_dir: str, vocab_size: int = 29, num_blocks: int = 1) -> dict:
+  """Saves a Conformer-CTC of `num_blocks` blocks of dimension 32 at its initialization (one:
+  the smallest model that still has every kind of layer) and returns its config: what
+  benchmark tests start their runs from, where the shipped `tiny` model would only make them
+  slower."""
   from fl_compression.models import asr  # pylint: disable=g-import-not-at-top
   from fl_compression.models import checkpoint  # pylint: disable=g-import-not-at-top
   from fl_compression.models import registry  # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
   config = asr.tiny_config(vocab_size)
-  config['encoder'].update(num_blocks=1, model_dim=32, num_heads=4, num_groups=4)
+  config['encoder'].update(num_blocks=num_blocks, model_dim=32, num_heads=4, num_groups=4)
   model = registry.build_keras_model(config)
   checkpoint.save_model(model_dir, config, tff.learning.models.ModelWeights(
       [v.numpy() for v in model.trainable_variables],

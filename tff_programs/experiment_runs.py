@@ -87,6 +87,21 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
   return task, initial_weights
 
 
+def domain_test_errors(data_dir: str, domain: str, weights, model_config: dict
+                       ) -> dict[str, dict[str, Any]]:
+  """`{test split: {'rates', 'utterances'}}` of `weights` on `domain`'s test split of
+  `data_dir`: what a model fine-tuned on one domain still does on another."""
+  from fl_compression.data import features  # pylint: disable=g-import-not-at-top
+  from fl_compression.evaluation import speech_eval  # pylint: disable=g-import-not-at-top
+  split = corpus.domain(domain).test_split
+  reports = tasks.load_speech_splits(
+      tasks.TaskOptions(data_dir=flag_utils.resolve_path(data_dir), domain=domain),
+      features.CharTokenizer(), log=lambda line: None)
+  rates = speech_eval.SplitEvaluator({split: reports[split].utterances})(weights, model_config)
+  return {split: {'rates': rates[split].as_dict(),
+                  'utterances': rates[split].utterances.as_dict()}}
+
+
 def basis(initial_model_dir: str, data_dir: str, domain: str = corpus.MAIN) -> dict[str, Any]:
   """What stored results depend on beyond the flags: a hash of the starting weights (empty
   without a starting model) and the fingerprint of the corpus domain the runs use (`external`
@@ -144,14 +159,16 @@ class BestDevModel:
 def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
                   hparams: algorithms.Hyperparameters, sampler: program_logic.ClientSampler,
                   state_dir: str, total_rounds: int, evaluation_period: int = 0,
-                  select_from_round: int = 1, domain: str = corpus.MAIN) -> dict[str, Any]:
+                  select_from_round: int = 1, domain: str = corpus.MAIN,
+                  also_test: Sequence[str] = (), data_dir: str = '') -> dict[str, Any]:
   """One run of `spec` from the pretrained weights; a killed run resumes from `state_dir`.
 
   The model's dev split is transcribed every `evaluation_period` rounds (0: after the last
   round only); the run's result is the evaluated round from `select_from_round` on with the
   lowest dev WER (`selected_round`; ties: the earliest), whose model alone is transcribed on
-  the test split, once (`BestDevModel`). Every round's metrics and every evaluation are kept
-  in `state_dir` as they are made, so a resumed run reports all its rounds.
+  the test split, once (`BestDevModel`), and on the test split of each domain of `also_test`
+  (of `data_dir`: what fine-tuning on `domain` forgets). Every round's metrics and every
+  evaluation are kept in `state_dir` as they are made, so a resumed run reports all its rounds.
   """
   context = algorithms.BuildContext(
       model_config=task.model_config, make_model_fn=task.make_model_fn, hparams=hparams,
@@ -199,6 +216,17 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       os.replace(test_path + '.tmp', test_path)
     with open(test_path) as f:
       test = json.load(f)
+    for other in also_test:
+      other_path = os.path.join(state_dir, 'best_dev', f'test_{other}.json')
+      if not os.path.exists(other_path):
+        with open(os.path.join(keeper.directory, 'model', 'config.json')) as f:
+          model_config = json.load(f)['model']
+        found = domain_test_errors(data_dir, other, keeper.weights(), model_config)
+        with open(other_path + '.tmp', 'w') as f:
+          json.dump(found, f)
+        os.replace(other_path + '.tmp', other_path)
+      with open(other_path) as f:
+        test.update(json.load(f))
     selection = {
         'error_rates': {**curves[selected], **{s: t['rates'] for s, t in test.items()}},
         'selected_round': selected,
@@ -233,6 +261,9 @@ def federated_run(spec: experiments.RunSpec, task: tasks.Task, initial_weights,
       # Stage builds, and this invocation's construction of the algorithm.
       'build_seconds': float(sum(built)) + construction_seconds,
       'mask_changes': [float(r.get('finalizer/mask_changes', 0.0)) for r in rounds],
+      # Federated dropout: the fraction of the model's parameters the clients do not get.
+      'dropped_fraction': next((float(rounds[-1][k]) for k in rounds[-1]
+                                if k.endswith('/dropped_fraction')), None),
       'client_batches': int(sum(r['client_work/train/num_batches'] for r in rounds)),
       'train_loss_last_round': float(rounds[-1]['client_work/train/loss']),
       'pruning_plan': plan_lib.describe(model_config['pruning'])
@@ -342,6 +373,8 @@ class RunJob:
   evaluation_period: int = 0  # Rounds between dev/test evaluations (0: the last round only).
   select_from_round: int = 1  # The first round the dev selection may choose.
   domain: str = corpus.MAIN
+  # Other domains whose test split the selected model is also transcribed on.
+  also_test: tuple[str, ...] = ()
 
 
 def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
@@ -419,7 +452,7 @@ def _run_job(job: RunJob) -> dict[str, Any]:
     return federated_run(_spec(job.key, job.algorithm, job.options), task, initial_weights,
                          algorithms.Hyperparameters(**job.hparams), sampler, job.state_dir,
                          job.total_rounds, job.evaluation_period, job.select_from_round,
-                         job.domain)
+                         job.domain, job.also_test, job.data_dir)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -249,6 +249,7 @@ class FederatedPruning(stages.StagedTraining):
     self._make_model_fn = make_model_fn
     self._client_optimizer, self._server_optimizer = client_optimizer, server_optimizer
     full = registry.build_keras_model(model_config)
+    self.full_parameters = int(full.count_params())
     self.layers = plan_lib.prunable_layers(full, self.config.prunable)
     if not self.layers:
       raise plan_lib.PlanError(f'--algorithm=fp: the {model_config.get("name")} model has '
@@ -273,6 +274,14 @@ class FederatedPruning(stages.StagedTraining):
       sparsity = plan_lib.adaptive_sparsity(self.layers, self._magnitudes, sparsity,
                                             self.config.max_layer_sparsity)
     return plan_lib.make_plan(self.layers, self.config.pattern, sparsity)
+
+  def dropped_fraction(self, round_num: int = 1, sparsity: Optional[float] = None) -> float:
+    """The fraction of the model's parameters the clients do not get in `round_num` (what the
+    distributor releases as `dropped_fraction`), or with uniform `sparsity` of the prunable
+    layers in its place; from the plan alone, nothing is built."""
+    plan = (self.plan_at(round_num) if sparsity is None else
+            plan_lib.make_plan(self.layers, self.config.pattern, sparsity))
+    return plan_lib.removed_parameters(plan) / self.full_parameters
 
   def stage_key(self, round_num: int):
     """The plan's shapes: rounds with equal keys share one compiled process. Fine-tuning

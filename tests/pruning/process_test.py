@@ -344,6 +344,12 @@ class TargetedDropoutTest(absltest.TestCase):
     for name, plan in plans.items():
       self.assertAlmostEqual(fractions[name], plan_lib.removed_parameters(plan) / total,
                              places=6)
+    # What benchmarks read before a run (to match a flat rate to a targeted one) is what the
+    # run releases.
+    self.assertAlmostEqual(targeted.dropped_fraction(1), fractions['targeted'], places=6)
+    self.assertAlmostEqual(flat.dropped_fraction(1), fractions['flat'], places=6)
+    self.assertAlmostEqual(flat.dropped_fraction(sparsity=0.5), fractions['flat'], places=6)
+    self.assertLess(flat.dropped_fraction(sparsity=0.2), fractions['flat'])
     # One block of two: about half of the flat dropout's parameters.
     self.assertAlmostEqual(fractions['targeted'] / fractions['flat'], 0.5, delta=0.05)
 

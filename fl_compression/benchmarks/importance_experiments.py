@@ -1,0 +1,237 @@
+"""Targeted federated dropout on the held-out domain: the layer heterogeneity paper's table.
+
+A model pretrained on the main domain is fine-tuned federatedly on the held-out short-form
+domain, every run on the same clients, seed and budget. Rows: no dropout (`none`, FedAvg);
+dropout at 50% of the units of the N most ambient (`Amb-N`) or N most critical (`Crit-N`)
+encoder blocks of a ranking (`//tff_programs:layer_importance`), N in 2, 3, 4; dropout of every
+block at the flat rate whose dropped parameters are closest to Amb-4's (`Flat-<rate %>`); and
+the pretrained model without fine-tuning (`no-finetune`). Each run is transcribed on the
+held-out dev split every few rounds; its best-dev round is transcribed on the held-out test
+split and on the main domain's test split (what fine-tuning forgets).
+"""
+
+from typing import Any, Callable, Optional, Sequence
+
+from fl_compression.benchmarks import pruning_experiments as common
+from fl_compression.data import corpus
+from fl_compression.evaluation import bootstrap
+from fl_compression.evaluation import error_rates
+
+BLOCK_COUNTS = (2, 3, 4)
+RATE = 0.5
+NONE = 'none'
+NO_FINETUNE = 'no-finetune'
+HELDOUT_TEST = corpus.domain(corpus.SHORT_FORM).test_split
+MAIN_TEST = corpus.domain(corpus.MAIN).test_split
+# Flat rates tried when matching Amb-N's dropped parameters: whole percents.
+FLAT_RATES = tuple(r / 100 for r in range(1, 91))
+
+
+def targeted_key(target: str, blocks: int, rate: float = RATE) -> str:
+  return f'fd/{target}:{blocks}/{rate:g}'
+
+
+def flat_key(rate: float) -> str:
+  return f'fd/flat/{rate:g}'
+
+
+def row_name(key: str) -> str:
+  """`Amb-2`, `Crit-3`, `Flat-20`, `none` or `no-finetune`."""
+  if key in (NONE, NO_FINETUNE):
+    return key
+  parts = key.split('/')
+  if parts[1] == 'flat':
+    return f'Flat-{round(100 * float(parts[2]))}'
+  target, blocks = parts[1].split(':')
+  return f'{"Amb" if target == "ambient" else "Crit"}-{blocks}'
+
+
+def match_flat_rate(target_fraction: float, fraction_of_rate: Callable[[float], float],
+                    rates: Sequence[float] = FLAT_RATES) -> float:
+  """The rate among `rates` whose flat dropout drops the fraction of parameters closest to
+  `target_fraction` (ties: the lower rate)."""
+  if not rates:
+    raise ValueError('no flat rates to choose from')
+  return min(rates, key=lambda r: (abs(fraction_of_rate(r) - target_fraction), r))
+
+
+def plan_runs(block_counts: Sequence[int], ranking_path: str, flat_rate: Optional[float]
+              ) -> list[common.RunSpec]:
+  """The fine-tuning runs: no dropout first, then Amb-N and Crit-N for each N, then flat."""
+  runs = [common.RunSpec(NONE, 'fedavg')]
+  for n in block_counts:
+    for target in ('ambient', 'critical'):
+      runs.append(common.RunSpec(targeted_key(target, n), 'fd', tuple(sorted(
+          {'pattern': 'column', 'rate': RATE, 'target': f'{target}:{n}',
+           'ranking': ranking_path}.items()))))
+  if flat_rate is not None:
+    runs.append(common.RunSpec(flat_key(flat_rate), 'fd', tuple(sorted(
+        {'pattern': 'column', 'rate': flat_rate, 'target': 'flat'}.items()))))
+  return runs
+
+
+def flat_rate(results: dict[str, Any]) -> Optional[float]:
+  """The matched flat rate stored with the results (None before it is chosen)."""
+  return (results.get('flat_rate') or {}).get('rate')
+
+
+def row_keys(results: dict[str, Any], block_counts: Sequence[int]) -> list[str]:
+  keys = [NO_FINETUNE, NONE]
+  for n in block_counts:
+    keys += [targeted_key('ambient', n), targeted_key('critical', n)]
+  if flat_rate(results) is not None:
+    keys.append(flat_key(flat_rate(results)))
+  return keys
+
+
+# Reading results.
+
+
+def utterances(results: dict[str, Any], key: str, split: str
+               ) -> Optional[error_rates.UtteranceErrors]:
+  """Per-utterance errors of row `key` on `split` (the pretrained model's for `no-finetune`);
+  None until that run is done."""
+  if key == NO_FINETUNE:
+    found = (results.get('initial') or {}).get(split)
+    return error_rates.UtteranceErrors.from_dict(found['utterances']) if found else None
+  run = results.get(key)
+  if not run or not run.get('utterance_errors') or split not in run['utterance_errors']:
+    return None
+  return error_rates.UtteranceErrors.from_dict(run['utterance_errors'][split])
+
+
+def compare(results: dict[str, Any], key: str, baseline: str, split: str = HELDOUT_TEST
+            ) -> Optional[bootstrap.WerComparison]:
+  """`key` against `baseline` on the same utterances of `split` (paired bootstrap, 1,000
+  resamples, seed 0); None until both are done."""
+  system, base = utterances(results, key, split), utterances(results, baseline, split)
+  if system is None or base is None:
+    return None
+  return bootstrap.paired_bootstrap(base, system)
+
+
+def dropped(results: dict[str, Any], key: str) -> Optional[float]:
+  if key in (NONE, NO_FINETUNE):
+    return 0.0
+  run = results.get(key)
+  return None if not run else run.get('dropped_fraction')
+
+
+def rows(results: dict[str, Any], block_counts: Sequence[int]) -> list[dict[str, Any]]:
+  """The rows of `targeted_fd.json`, finished runs only: `row`, `params_dropped` (fraction),
+  `heldout_wer`, `heldout_delta_ci` (relative to `none`: the paired interval's two ends),
+  `main_wer`, and `key`, `selected_round`, `heldout_delta` and `main_delta_ci` (against the
+  pretrained model on the main domain)."""
+  found = []
+  for key in row_keys(results, block_counts):
+    heldout, main = (utterances(results, key, s) for s in (HELDOUT_TEST, MAIN_TEST))
+    if heldout is None:
+      continue
+    against_none = compare(results, key, NONE) if key != NONE else None
+    forgetting = compare(results, key, NO_FINETUNE, MAIN_TEST) if key != NO_FINETUNE else None
+    found.append({
+        'row': row_name(key), 'key': key, 'params_dropped': dropped(results, key),
+        'heldout_wer': heldout.wer,
+        'heldout_delta': against_none.relative if against_none else None,
+        'heldout_delta_ci': list(against_none.relative_interval) if against_none else None,
+        'main_wer': main.wer if main is not None else None,
+        'main_delta_ci': list(forgetting.relative_interval) if forgetting else None,
+        'selected_round': (results.get(key) or {}).get('selected_round')})
+  return found
+
+
+def _verdict(comparison: Optional[bootstrap.WerComparison]) -> str:
+  """Of "system better than baseline": the interval decides, or it does not."""
+  if comparison is None:
+    return 'n/a (runs missing)'
+  low, high = comparison.relative_interval
+  if high < 0:
+    return 'reproduced'
+  if low > 0:
+    return '**not reproduced** (the other way round)'
+  return 'undecided (the interval contains 0)'
+
+
+def shape_checks(results: dict[str, Any], block_counts: Sequence[int]
+                 ) -> list[tuple[str, str, str]]:
+  """(claim, measured, verdict) for each of the paper's shapes."""
+  checks = []
+
+  def measured(comparison):
+    if comparison is None:
+      return ''
+    return (f'{common.pct(comparison.system_wer)} vs {common.pct(comparison.baseline_wer)}: '
+            f'{comparison.describe_relative()}')
+
+  for n in block_counts:
+    amb, crit = targeted_key('ambient', n), targeted_key('critical', n)
+    comparison = compare(results, amb, crit)
+    checks.append((f'Amb-{n} better than Crit-{n}', measured(comparison), _verdict(comparison)))
+  for n in block_counts:
+    if n + 1 in block_counts:
+      amb, crit = targeted_key('ambient', n), targeted_key('critical', n + 1)
+      comparison = compare(results, amb, crit)
+      checks.append((f'Amb-{n} better than Crit-{n + 1} (about equal parameters trained)',
+                     measured(comparison), _verdict(comparison)))
+  top = max(block_counts) if block_counts else None
+  rate = flat_rate(results)
+  if top is not None and rate is not None:
+    amb, flat = targeted_key('ambient', top), flat_key(rate)
+    comparison = compare(results, amb, flat)
+    amb_dropped, flat_dropped = dropped(results, amb), dropped(results, flat)
+    if comparison is None or amb_dropped is None or flat_dropped is None:
+      verdict, text = 'n/a (runs missing)', ''
+    else:
+      more = amb_dropped > flat_dropped
+      text = (f'dropped {100 * amb_dropped:.1f}% vs {100 * flat_dropped:.1f}%; '
+              f'{measured(comparison)}')
+      if not more:
+        verdict = '**not reproduced** (drops no more)'
+      elif comparison.relative_interval[1] <= 0:
+        verdict = 'reproduced'
+      elif comparison.not_worse():
+        verdict = 'not shown worse (the interval contains 0)'
+      else:
+        verdict = '**not reproduced** (worse)'
+    checks.append((f'Amb-{top} drops more than {row_name(flat)} at no worse WER', text,
+                   verdict))
+  return checks
+
+
+RULE = ('Intervals: paired bootstrap over utterances, 95%, 1,000 resamples, seed 0. '
+        '"A better than B" is reproduced when the interval of A\'s relative difference to B '
+        'lies below 0, and not reproduced when it lies above 0; otherwise the split cannot '
+        'decide. "No worse" is reproduced when the upper end is at most 0.')
+
+
+def render_report(results: dict[str, Any], block_counts: Sequence[int],
+                  settings: dict[str, Any]) -> str:
+  lines = ['# Targeted federated dropout on the held-out domain', '',
+           f'Command: `{settings.get("command", "")}`', '',
+           f'Starting model: `{settings.get("initial_model_dir")}` (pretrained on the main '
+           f'domain), ranking: `{settings.get("ranking")}` (ambient first: '
+           f'{", ".join(str(b) for b in results.get("ambient_first", []))}).',
+           f'Fine-tuning on the `{corpus.SHORT_FORM}` domain: {settings.get("total_rounds")} '
+           f'rounds of {settings.get("clients_per_round")} speakers, batch '
+           f'{settings.get("batch_size")}, client Adam {settings.get("client_learning_rate")}, '
+           f'seed {settings.get("seed")}; held-out dev transcribed every '
+           f'{settings.get("evaluation_period")} rounds, the best-dev round reported on both '
+           f'test splits. Machine: {settings.get("machine", "")}.', '']
+  missing = settings.get('missing_runs') or []
+  if missing:
+    lines += [f'Runs not done yet: {", ".join(missing)}.', '']
+  lines += ['| row | params dropped | held-out test WER | vs none [95% CI] | main test WER | '
+            'vs no-finetune [95% CI] | round |', '|---|---|---|---|---|---|---|']
+  for row in rows(results, block_counts):
+    delta = compare(results, row['key'], NONE) if row['key'] != NONE else None
+    main = (compare(results, row['key'], NO_FINETUNE, MAIN_TEST)
+            if row['key'] != NO_FINETUNE else None)
+    lines.append(
+        f'| {row["row"]} | {common.pct(row["params_dropped"])} | {common.pct(row["heldout_wer"])}'
+        f' | {delta.describe_relative() if delta else ""} | {common.pct(row["main_wer"])} | '
+        f'{main.describe_relative() if main else ""} | {row["selected_round"] or ""} |')
+  lines += ['', '## The paper\'s shapes', '', RULE, '', '| claim | measured | verdict |',
+            '|---|---|---|']
+  for claim, measured, verdict in shape_checks(results, block_counts):
+    lines.append(f'| {claim} | {measured} | {verdict} |')
+  return '\n'.join(lines) + '\n'

@@ -1,0 +1,211 @@
+"""Targeted federated dropout on the held-out domain, from a layer-importance ranking.
+
+  bazel run //tff_programs:benchmark_importance -- \\
+      --initial_model_dir=$PWD/checkpoints/conformer_ctc_deep \\
+      --ranking=$PWD/reports/layer_importance/deep/ranking.json \\
+      --output_dir=$PWD/reports/layer_importance
+
+Fine-tunes the pretrained model federatedly on the held-out short-form domain with no
+dropout, with 50% dropout of the N most ambient or N most critical encoder blocks
+(`--block_counts`), and with flat dropout at the rate that drops about as many parameters as
+the largest Amb-N (see fl_compression/benchmarks/importance_experiments.py). Every run: the same
+clients, seed and rounds; the best held-out-dev round is transcribed on the held-out test split
+and on the main domain's test split.
+
+Writes `targeted_fd.json` (one object per row), `targeted_fd.md` and `targeted_fd_results.json`
+after every run; a killed benchmark started again skips what is done and resumes an unfinished
+run from its last round.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from fl_compression import tasks
+from fl_compression.benchmarks import importance_experiments as experiments
+from fl_compression.benchmarks import pruning_experiments as common
+from fl_compression.data import corpus
+from fl_compression.importance import targets as importance_targets
+from fl_compression.learning import algorithms
+from fl_compression.models import checkpoint
+from tff_programs import experiment_runs
+from tff_programs import flag_utils
+from tff_programs import program_main
+
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', 'reports/layer_importance', 'Report directory.')
+_DATA_DIR = flags.DEFINE_string('data_dir', 'data/embedded_corpus',
+                                'LibriSpeech-layout corpus with both domains (generated here '
+                                'if absent).')
+_INITIAL_MODEL_DIR = flags.DEFINE_string('initial_model_dir', 'checkpoints/conformer_ctc_deep',
+                                         'The model pretrained on the main domain.')
+_RANKING = flags.DEFINE_string('ranking', 'reports/layer_importance/deep/ranking.json',
+                               'ranking.json of //tff_programs:layer_importance for that model.')
+_BLOCK_COUNTS = flags.DEFINE_list('block_counts', [str(n) for n in experiments.BLOCK_COUNTS],
+                                  'N of the Amb-N and Crit-N rows.')
+_ONLY = flags.DEFINE_list('only', [], 'Run only these run keys (e.g. none,fd/ambient:2/0.5); '
+                          'empty: every row.')
+_TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 30, 'Rounds of every run.')
+_EVALUATION_PERIOD = flags.DEFINE_integer('evaluation_period', 5,
+                                          'Rounds between held-out dev transcriptions.')
+_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 8, 'Speakers per round.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Client batch size.')
+_CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 2e-4, 'Client Adam rate.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of client sampling and augmentation.')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False,
+                                 'Write the report from the stored results, running nothing.')
+
+
+def _block_counts(num_blocks: int) -> list[int]:
+  try:
+    counts = [int(n) for n in _BLOCK_COUNTS.value]
+  except ValueError:
+    raise flag_utils.FlagError(f'--block_counts={",".join(_BLOCK_COUNTS.value)}: expected '
+                               'integers') from None
+  bad = [n for n in counts if not 1 <= n < num_blocks]
+  if not counts or bad:
+    raise flag_utils.FlagError(f'--block_counts={",".join(_BLOCK_COUNTS.value)}: each must be '
+                               f'in [1, {num_blocks - 1}] (the model has {num_blocks} blocks)')
+  return sorted(set(counts))
+
+
+def _hparams() -> algorithms.Hyperparameters:
+  return algorithms.Hyperparameters(
+      client_optimizer='adam', client_learning_rate=_CLIENT_LEARNING_RATE.value,
+      server_optimizer='sgd', server_learning_rate=1.0)
+
+
+def _dropout(model_config: dict, options: dict):
+  """The federated dropout of `options` for `model_config`, unbuilt (for its plan)."""
+  return algorithms.get('fd').staged(algorithms.BuildContext(
+      model_config=model_config, make_model_fn=None, hparams=_hparams(), total_rounds=1,
+      options=options))
+
+
+def _flat_rate(model_config: dict, ranking_path: str, top: int) -> dict:
+  """The flat rate whose dropped parameters are closest to Amb-`top`'s, with both fractions."""
+  amb = _dropout(model_config, {'pattern': 'column', 'rate': experiments.RATE,
+                                'target': f'ambient:{top}', 'ranking': ranking_path})
+  flat = _dropout(model_config, {'pattern': 'column', 'rate': 0.5, 'target': 'flat'})
+  target = amb.dropped_fraction()
+  rate = experiments.match_flat_rate(target, lambda r: flat.dropped_fraction(sparsity=r))
+  return {'rate': rate, 'ambient_dropped': target,
+          'flat_dropped': flat.dropped_fraction(sparsity=rate)}
+
+
+def run() -> None:
+  for name in ('total_rounds', 'evaluation_period', 'clients_per_round', 'batch_size'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  flag_utils.require_positive('client_learning_rate', _CLIENT_LEARNING_RATE.value)
+  if _EVALUATION_PERIOD.value > _TOTAL_ROUNDS.value:
+    raise flag_utils.FlagError(f'--evaluation_period={_EVALUATION_PERIOD.value} is above '
+                               f'--total_rounds={_TOTAL_ROUNDS.value}')
+  model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
+  try:
+    model_config = checkpoint.load_config(model_dir)['model']
+    with open(os.path.join(model_dir, checkpoint.WEIGHTS_FILE), 'rb') as f:
+      weights_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+  except (OSError, ValueError, KeyError) as e:
+    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
+  num_blocks = model_config.get('encoder', {}).get('num_blocks', 0)
+  if not num_blocks:
+    raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: the '
+                               f'{model_config.get("name")} model has no encoder blocks')
+  ranking_path = flag_utils.resolve_path(_RANKING.value)
+  try:
+    ranking = importance_targets.load_ranking(ranking_path, model_config, 'ranking')
+  except importance_targets.TargetError as e:
+    raise flag_utils.FlagError(str(e)) from None
+  with open(ranking_path, 'rb') as f:
+    ranking_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+  block_counts = _block_counts(num_blocks)
+  data_dir = flag_utils.resolve_path(_DATA_DIR.value)
+  try:  # Both domains: fine-tuning on the held-out one, forgetting measured on the main one.
+    for domain in (corpus.MAIN, corpus.SHORT_FORM):
+      tasks.ensure_domain(data_dir, domain, _SEED.value)
+  except (OSError, ValueError, RuntimeError) as e:
+    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
+  output_dir = flag_utils.ensure_writable_dir('output_dir',
+                                              flag_utils.resolve_path(_OUTPUT_DIR.value))
+  settings = {
+      'initial_model_dir': _INITIAL_MODEL_DIR.value, 'initial_model': weights_hash,
+      'ranking': _RANKING.value, 'ranking_sha256': ranking_hash, 'data_dir': _DATA_DIR.value,
+      'total_rounds': _TOTAL_ROUNDS.value, 'evaluation_period': _EVALUATION_PERIOD.value,
+      'clients_per_round': _CLIENTS_PER_ROUND.value, 'batch_size': _BATCH_SIZE.value,
+      'client_learning_rate': _CLIENT_LEARNING_RATE.value, 'seed': _SEED.value,
+      'corpus': experiment_runs.basis('', _DATA_DIR.value, corpus.SHORT_FORM)['corpus']}
+  try:
+    store = common.ResultStore(os.path.join(output_dir, 'targeted_fd_results.json'), settings)
+  except ValueError as e:
+    raise flag_utils.FlagError(f'--output_dir={_OUTPUT_DIR.value}: {e}') from None
+  started = time.monotonic()
+  if store.get('flat_rate') is None:
+    store.put('flat_rate', _flat_rate(model_config, ranking_path, max(block_counts)))
+  store.put('ambient_first', list(ranking['ambient_first']))
+  specs = experiments.plan_runs(block_counts, ranking_path, store.get('flat_rate')['rate'])
+  unknown = sorted(set(_ONLY.value) - {s.key for s in specs})
+  if unknown:
+    raise flag_utils.FlagError(f'--only: {", ".join(unknown)} not among the runs; known: '
+                               f'{", ".join(s.key for s in specs)}')
+  if _ONLY.value:
+    specs = [s for s in specs if s.key in _ONLY.value]
+
+  if store.get('initial') is None and not _REPORT_ONLY.value:
+    print('transcribing the pretrained model on both domains ...', flush=True)
+    task, weights = experiment_runs.load_speech_task(
+        _INITIAL_MODEL_DIR.value, _DATA_DIR.value, _BATCH_SIZE.value, _SEED.value,
+        domain=corpus.SHORT_FORM)
+    initial = {split: {'rates': r.as_dict(), 'utterances': r.utterances.as_dict()}
+               for split, r in task.transcription_eval(weights, task.model_config).items()}
+    initial.update(experiment_runs.domain_test_errors(data_dir, corpus.MAIN, weights,
+                                                      task.model_config))
+    store.put('initial', initial)
+  pending = [s for s in specs if store.get(s.key) is None]
+  print(f'{len(specs)} fine-tuning runs, {len(specs) - len(pending)} already done; '
+        f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
+
+  def run_one(spec: common.RunSpec, state_dir: str):
+    return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
+        key=spec.key, algorithm=spec.algorithm, options=spec.option_dict,
+        hparams=dataclasses.asdict(_hparams()), initial_model_dir=_INITIAL_MODEL_DIR.value,
+        data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
+        total_rounds=_TOTAL_ROUNDS.value, state_dir=state_dir, log_dir=output_dir,
+        evaluation_period=_EVALUATION_PERIOD.value, domain=corpus.SHORT_FORM,
+        also_test=(corpus.MAIN,)), timeout=12 * 3600)
+
+  def write_report():
+    results = store.data['results']
+    report_settings = dict(
+        settings, machine=f'{os.cpu_count()} CPU cores',
+        command=' '.join(['bazel run //tff_programs:benchmark_importance --'] + [
+            a for a in sys.argv[1:] if not a.startswith('--report_only')]),
+        missing_runs=[s.key for s in specs if store.get(s.key) is None])
+    with open(os.path.join(output_dir, 'targeted_fd.json.tmp'), 'w') as f:
+      json.dump(experiments.rows(results, block_counts), f, indent=1)
+    os.replace(os.path.join(output_dir, 'targeted_fd.json.tmp'),
+               os.path.join(output_dir, 'targeted_fd.json'))
+    report = experiments.render_report(results, block_counts, report_settings)
+    with open(os.path.join(output_dir, 'targeted_fd.md'), 'w') as f:
+      f.write(report)
+    return report
+
+  if not _REPORT_ONLY.value:
+    experiment_runs.run_pending(specs, store, run_one,
+                                os.path.join(output_dir, 'targeted_fd_states'),
+                                after_each=write_report)
+  report = write_report()
+  print(f'\n{report}\nreport: {os.path.join(output_dir, "targeted_fd.md")} '
+        f'({(time.monotonic() - started) / 60:.1f} min this invocation)', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(program_main.make_main(run))
