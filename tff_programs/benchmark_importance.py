@@ -1,20 +1,26 @@
-"""Targeted federated dropout on the held-out domain, from a layer-importance ranking.
+"""Uses of a layer-importance ranking, measured: targeted federated dropout on the held-out
+domain, and importance-aware pruning and OMC allocation on the main domain.
 
   bazel run //tff_programs:benchmark_importance -- \\
       --initial_model_dir=$PWD/checkpoints/conformer_ctc_deep \\
       --ranking=$PWD/reports/layer_importance/deep/ranking.json \\
       --output_dir=$PWD/reports/layer_importance
 
-Fine-tunes the pretrained model federatedly on the held-out short-form domain with no
-dropout, with 50% dropout of the N most ambient or N most critical encoder blocks
-(`--block_counts`), and with flat dropout at the rate that drops about as many parameters as
-the largest Amb-N (see fl_compression/benchmarks/importance_experiments.py). Every run: the same
-clients, seed and rounds; the best held-out-dev round is transcribed on the held-out test split
-and on the main domain's test split.
+`--experiments=targeted_fd`: fine-tunes the pretrained model federatedly on the held-out
+short-form domain with no dropout, with 50% dropout of the N most ambient or N most critical
+encoder blocks (`--block_counts`), and with flat dropout at the rate that drops about as many
+parameters as the largest Amb-N; each run's best held-out-dev round is transcribed on the
+held-out test split and on the main domain's (what fine-tuning forgets). Writes
+`targeted_fd.json` (one object per row), `targeted_fd.md`, `targeted_fd_results.json`.
 
-Writes `targeted_fd.json` (one object per row), `targeted_fd.md` and `targeted_fd_results.json`
-after every run; a killed benchmark started again skips what is done and resumes an unfinished
-run from its last round.
+`--experiments=allocation`: on the main domain, federated pruning at 30/50% with uniform,
+magnitude-adaptive and importance allocation of per-block sparsity, and OMC at three formats
+with uniform and importance allocation of mantissa bits, next to float32 FedAvg. Writes
+`allocation.md` and `allocation_results.json`.
+
+Every run: the same clients, seed and rounds (fl_compression/benchmarks/importance_experiments.py).
+Results are written after every run; a killed benchmark started again skips what is done and
+resumes an unfinished run from its last round.
 """
 
 import os
@@ -32,6 +38,7 @@ from absl import flags
 
 from fl_compression import tasks
 from fl_compression.benchmarks import importance_experiments as experiments
+from fl_compression.benchmarks import method_experiments
 from fl_compression.benchmarks import pruning_experiments as common
 from fl_compression.data import corpus
 from fl_compression.importance import targets as importance_targets
@@ -51,6 +58,8 @@ _RANKING = flags.DEFINE_string('ranking', 'reports/layer_importance/deep/ranking
                                'ranking.json of //tff_programs:layer_importance for that model.')
 _BLOCK_COUNTS = flags.DEFINE_list('block_counts', [str(n) for n in experiments.BLOCK_COUNTS],
                                   'N of the Amb-N and Crit-N rows.')
+_EXPERIMENTS = flags.DEFINE_list('experiments', ['targeted_fd', 'allocation'],
+                                 'targeted_fd (held-out domain) and/or allocation (main domain).')
 _ONLY = flags.DEFINE_list('only', [], 'Run only these run keys (e.g. none,fd/ambient:2/0.5); '
                           'empty: every row.')
 _TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 30, 'Rounds of every run.')
@@ -101,13 +110,11 @@ def _flat_rate(model_config: dict, ranking_path: str, top: int) -> dict:
           'flat_dropped': flat.dropped_fraction(sparsity=rate)}
 
 
-def run() -> None:
-  for name in ('total_rounds', 'evaluation_period', 'clients_per_round', 'batch_size'):
-    flag_utils.require_positive(name, flags.FLAGS[name].value)
-  flag_utils.require_positive('client_learning_rate', _CLIENT_LEARNING_RATE.value)
-  if _EVALUATION_PERIOD.value > _TOTAL_ROUNDS.value:
-    raise flag_utils.FlagError(f'--evaluation_period={_EVALUATION_PERIOD.value} is above '
-                               f'--total_rounds={_TOTAL_ROUNDS.value}')
+EXPERIMENTS = ('targeted_fd', 'allocation')
+
+
+def _model() -> tuple[dict, str]:
+  """The starting model's config and weights hash; one-line errors name the flag."""
   model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
   try:
     model_config = checkpoint.load_config(model_dir)['model']
@@ -115,49 +122,62 @@ def run() -> None:
       weights_hash = hashlib.sha256(f.read()).hexdigest()[:16]
   except (OSError, ValueError, KeyError) as e:
     raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
-  num_blocks = model_config.get('encoder', {}).get('num_blocks', 0)
-  if not num_blocks:
+  if not model_config.get('encoder', {}).get('num_blocks', 0):
     raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: the '
                                f'{model_config.get("name")} model has no encoder blocks')
-  ranking_path = flag_utils.resolve_path(_RANKING.value)
+  return model_config, weights_hash
+
+
+def _store(name: str, settings: dict) -> common.ResultStore:
   try:
-    ranking = importance_targets.load_ranking(ranking_path, model_config, 'ranking')
-  except importance_targets.TargetError as e:
-    raise flag_utils.FlagError(str(e)) from None
-  with open(ranking_path, 'rb') as f:
-    ranking_hash = hashlib.sha256(f.read()).hexdigest()[:16]
-  block_counts = _block_counts(num_blocks)
-  data_dir = flag_utils.resolve_path(_DATA_DIR.value)
-  try:  # Both domains: fine-tuning on the held-out one, forgetting measured on the main one.
-    for domain in (corpus.MAIN, corpus.SHORT_FORM):
-      tasks.ensure_domain(data_dir, domain, _SEED.value)
-  except (OSError, ValueError, RuntimeError) as e:
-    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
-  output_dir = flag_utils.ensure_writable_dir('output_dir',
-                                              flag_utils.resolve_path(_OUTPUT_DIR.value))
-  settings = {
-      'initial_model_dir': _INITIAL_MODEL_DIR.value, 'initial_model': weights_hash,
-      'ranking': _RANKING.value, 'ranking_sha256': ranking_hash, 'data_dir': _DATA_DIR.value,
-      'total_rounds': _TOTAL_ROUNDS.value, 'evaluation_period': _EVALUATION_PERIOD.value,
-      'clients_per_round': _CLIENTS_PER_ROUND.value, 'batch_size': _BATCH_SIZE.value,
-      'client_learning_rate': _CLIENT_LEARNING_RATE.value, 'seed': _SEED.value,
-      'corpus': experiment_runs.basis('', _DATA_DIR.value, corpus.SHORT_FORM)['corpus']}
-  try:
-    store = common.ResultStore(os.path.join(output_dir, 'targeted_fd_results.json'), settings)
+    return common.ResultStore(os.path.join(_output_dir(), f'{name}_results.json'), settings)
   except ValueError as e:
     raise flag_utils.FlagError(f'--output_dir={_OUTPUT_DIR.value}: {e}') from None
-  started = time.monotonic()
+
+
+def _output_dir() -> str:
+  return flag_utils.ensure_writable_dir('output_dir', flag_utils.resolve_path(_OUTPUT_DIR.value))
+
+
+def _run_one(domain: str, also_test: tuple[str, ...]):
+  def run_one(spec: common.RunSpec, state_dir: str):
+    options = spec.option_dict
+    return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
+        key=spec.key, algorithm=spec.algorithm,
+        options=method_experiments.algorithm_options(spec),
+        hparams=dataclasses.asdict(_hparams()), initial_model_dir=_INITIAL_MODEL_DIR.value,
+        data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
+        total_rounds=_TOTAL_ROUNDS.value, state_dir=state_dir, log_dir=_output_dir(),
+        evaluation_period=_EVALUATION_PERIOD.value,
+        select_from_round=options.get('select_from_round', 1), domain=domain,
+        also_test=also_test), timeout=12 * 3600)
+  return run_one
+
+
+def _report_settings(settings: dict, specs, store) -> dict:
+  return dict(settings, machine=f'{os.cpu_count()} CPU cores',
+              command=' '.join(['bazel run //tff_programs:benchmark_importance --'] + [
+                  a for a in sys.argv[1:] if not a.startswith('--report_only')]),
+              missing_runs=[s.key for s in specs if store.get(s.key) is None])
+
+
+def _write(name: str, text: str) -> None:
+  path = os.path.join(_output_dir(), name)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def _targeted_fd(settings: dict, model_config: dict, ranking_path: str, ranking: dict,
+                 block_counts: list[int], only: set[str]) -> None:
+  store = _store('targeted_fd', dict(settings, corpus=experiment_runs.basis(
+      '', _DATA_DIR.value, corpus.SHORT_FORM)['corpus']))
   if store.get('flat_rate') is None:
     store.put('flat_rate', _flat_rate(model_config, ranking_path, max(block_counts)))
   store.put('ambient_first', list(ranking['ambient_first']))
   specs = experiments.plan_runs(block_counts, ranking_path, store.get('flat_rate')['rate'])
-  unknown = sorted(set(_ONLY.value) - {s.key for s in specs})
-  if unknown:
-    raise flag_utils.FlagError(f'--only: {", ".join(unknown)} not among the runs; known: '
-                               f'{", ".join(s.key for s in specs)}')
-  if _ONLY.value:
-    specs = [s for s in specs if s.key in _ONLY.value]
-
+  specs = [s for s in specs if not only or s.key in only]
   if store.get('initial') is None and not _REPORT_ONLY.value:
     print('transcribing the pretrained model on both domains ...', flush=True)
     task, weights = experiment_runs.load_speech_task(
@@ -165,46 +185,100 @@ def run() -> None:
         domain=corpus.SHORT_FORM)
     initial = {split: {'rates': r.as_dict(), 'utterances': r.utterances.as_dict()}
                for split, r in task.transcription_eval(weights, task.model_config).items()}
-    initial.update(experiment_runs.domain_test_errors(data_dir, corpus.MAIN, weights,
-                                                      task.model_config))
+    initial.update(experiment_runs.domain_test_errors(
+        flag_utils.resolve_path(_DATA_DIR.value), corpus.MAIN, weights, task.model_config))
     store.put('initial', initial)
-  pending = [s for s in specs if store.get(s.key) is None]
-  print(f'{len(specs)} fine-tuning runs, {len(specs) - len(pending)} already done; '
-        f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
-
-  def run_one(spec: common.RunSpec, state_dir: str):
-    return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
-        key=spec.key, algorithm=spec.algorithm, options=spec.option_dict,
-        hparams=dataclasses.asdict(_hparams()), initial_model_dir=_INITIAL_MODEL_DIR.value,
-        data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-        sampler_seed=_SEED.value, clients_per_round=_CLIENTS_PER_ROUND.value,
-        total_rounds=_TOTAL_ROUNDS.value, state_dir=state_dir, log_dir=output_dir,
-        evaluation_period=_EVALUATION_PERIOD.value, domain=corpus.SHORT_FORM,
-        also_test=(corpus.MAIN,)), timeout=12 * 3600)
 
   def write_report():
     results = store.data['results']
-    report_settings = dict(
-        settings, machine=f'{os.cpu_count()} CPU cores',
-        command=' '.join(['bazel run //tff_programs:benchmark_importance --'] + [
-            a for a in sys.argv[1:] if not a.startswith('--report_only')]),
-        missing_runs=[s.key for s in specs if store.get(s.key) is None])
-    with open(os.path.join(output_dir, 'targeted_fd.json.tmp'), 'w') as f:
-      json.dump(experiments.rows(results, block_counts), f, indent=1)
-    os.replace(os.path.join(output_dir, 'targeted_fd.json.tmp'),
-               os.path.join(output_dir, 'targeted_fd.json'))
-    report = experiments.render_report(results, block_counts, report_settings)
-    with open(os.path.join(output_dir, 'targeted_fd.md'), 'w') as f:
-      f.write(report)
+    _write('targeted_fd.json', json.dumps(experiments.rows(results, block_counts), indent=1))
+    report = experiments.render_report(results, block_counts,
+                                       _report_settings(settings, specs, store))
+    _write('targeted_fd.md', report)
     return report
 
+  _run_all('targeted fine-tuning', specs, store, _run_one(corpus.SHORT_FORM, (corpus.MAIN,)),
+           'targeted_fd', write_report)
+
+
+def _allocation(settings: dict, ranking_path: str, only: set[str]) -> None:
+  store = _store('allocation', dict(settings, corpus=experiment_runs.basis(
+      '', _DATA_DIR.value, corpus.MAIN)['corpus']))
+  specs = experiments.plan_allocation_runs(_TOTAL_ROUNDS.value, ranking_path)
+  specs = [s for s in specs if not only or s.key in only]
+
+  def write_report():
+    report = experiments.allocation_report(store.data['results'],
+                                           _report_settings(settings, specs, store))
+    _write('allocation.md', report)
+    return report
+
+  _run_all('allocation', specs, store, _run_one(corpus.MAIN, ()), 'allocation', write_report)
+
+
+def _run_all(what, specs, store, run_one, name, write_report) -> None:
+  pending = [s for s in specs if store.get(s.key) is None]
+  print(f'{what}: {len(specs)} runs, {len(specs) - len(pending)} already done; '
+        f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
   if not _REPORT_ONLY.value:
     experiment_runs.run_pending(specs, store, run_one,
-                                os.path.join(output_dir, 'targeted_fd_states'),
+                                os.path.join(_output_dir(), f'{name}_states'),
                                 after_each=write_report)
-  report = write_report()
-  print(f'\n{report}\nreport: {os.path.join(output_dir, "targeted_fd.md")} '
-        f'({(time.monotonic() - started) / 60:.1f} min this invocation)', flush=True)
+  write_report()
+  print(f'report: {os.path.join(_output_dir(), name + ".md")}', flush=True)
+
+
+def run() -> None:
+  for name in ('total_rounds', 'evaluation_period', 'clients_per_round', 'batch_size'):
+    flag_utils.require_positive(name, flags.FLAGS[name].value)
+  flag_utils.require_positive('client_learning_rate', _CLIENT_LEARNING_RATE.value)
+  if _EVALUATION_PERIOD.value > _TOTAL_ROUNDS.value:
+    raise flag_utils.FlagError(f'--evaluation_period={_EVALUATION_PERIOD.value} is above '
+                               f'--total_rounds={_TOTAL_ROUNDS.value}')
+  unknown = sorted(set(_EXPERIMENTS.value) - set(EXPERIMENTS))
+  if unknown or not _EXPERIMENTS.value:
+    raise flag_utils.FlagError(f'--experiments={",".join(_EXPERIMENTS.value)}: known: '
+                               f'{", ".join(EXPERIMENTS)}')
+  model_config, weights_hash = _model()
+  ranking_path = flag_utils.resolve_path(_RANKING.value)
+  try:
+    ranking = importance_targets.load_ranking(ranking_path, model_config, 'ranking')
+  except importance_targets.TargetError as e:
+    raise flag_utils.FlagError(str(e)) from None
+  with open(ranking_path, 'rb') as f:
+    ranking_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+  block_counts = _block_counts(model_config['encoder']['num_blocks'])
+  known = set()
+  if 'targeted_fd' in _EXPERIMENTS.value:
+    known |= {s.key for s in experiments.plan_runs(block_counts, ranking_path, 0.5)
+              if not s.key.startswith('fd/flat/')}
+    known |= {k for k in _ONLY.value if k.startswith('fd/flat/')}  # Its rate is chosen later.
+  if 'allocation' in _EXPERIMENTS.value:
+    known |= {s.key for s in experiments.plan_allocation_runs(_TOTAL_ROUNDS.value, '')}
+  unknown = sorted(set(_ONLY.value) - known)
+  if unknown:
+    raise flag_utils.FlagError(f'--only: {", ".join(unknown)} not among the runs; known: '
+                               f'{", ".join(sorted(known))}')
+  data_dir = flag_utils.resolve_path(_DATA_DIR.value)
+  try:  # Both domains: fine-tuning on the held-out one, forgetting measured on the main one.
+    for domain in (corpus.MAIN, corpus.SHORT_FORM):
+      tasks.ensure_domain(data_dir, domain, _SEED.value)
+  except (OSError, ValueError, RuntimeError) as e:
+    raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
+  _output_dir()
+  settings = {
+      'initial_model_dir': _INITIAL_MODEL_DIR.value, 'initial_model': weights_hash,
+      'ranking': _RANKING.value, 'ranking_sha256': ranking_hash, 'data_dir': _DATA_DIR.value,
+      'total_rounds': _TOTAL_ROUNDS.value, 'evaluation_period': _EVALUATION_PERIOD.value,
+      'clients_per_round': _CLIENTS_PER_ROUND.value, 'batch_size': _BATCH_SIZE.value,
+      'client_learning_rate': _CLIENT_LEARNING_RATE.value, 'seed': _SEED.value}
+  started = time.monotonic()
+  only = set(_ONLY.value)
+  if 'targeted_fd' in _EXPERIMENTS.value:
+    _targeted_fd(settings, model_config, ranking_path, ranking, block_counts, only)
+  if 'allocation' in _EXPERIMENTS.value:
+    _allocation(settings, ranking_path, only)
+  print(f'({(time.monotonic() - started) / 60:.1f} min this invocation)', flush=True)
 
 
 if __name__ == '__main__':

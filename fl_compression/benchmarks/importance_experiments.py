@@ -12,6 +12,7 @@ split and on the main domain's test split (what fine-tuning forgets).
 
 from typing import Any, Callable, Optional, Sequence
 
+from fl_compression.benchmarks import method_experiments
 from fl_compression.benchmarks import pruning_experiments as common
 from fl_compression.data import corpus
 from fl_compression.evaluation import bootstrap
@@ -235,3 +236,132 @@ def render_report(results: dict[str, Any], block_counts: Sequence[int],
   for claim, measured, verdict in shape_checks(results, block_counts):
     lines.append(f'| {claim} | {measured} | {verdict} |')
   return '\n'.join(lines) + '\n'
+
+
+# Importance-aware allocation, on the main domain: federated pruning's per-block sparsity and
+# OMC's per-block mantissa bits from the ranking, against their uniform (and, for pruning,
+# magnitude-adaptive) allocations at the same totals, every run from the same model on the same
+# clients and budget, next to float32 FedAvg.
+
+DENSE = 'fedavg'
+FP_SPARSITIES = (0.3, 0.5)
+FP_ALLOCATIONS = ('uniform', 'adaptive', 'importance')
+OMC_FORMATS = ('S1E4M6', 'S1E4M3', 'S1E4M2')
+OMC_ALLOCATIONS = ('uniform', 'importance')
+
+
+def fp_allocation_key(allocation: str, sparsity: float) -> str:
+  return f'fp/{allocation}/{sparsity:g}'
+
+
+def omc_allocation_key(allocation: str, fmt: str) -> str:
+  return f'omc/{allocation}/{fmt}'
+
+
+def plan_allocation_runs(total_rounds: int, ranking_path: str) -> list[common.RunSpec]:
+  """FedAvg; pruning at each sparsity with each allocation (phases and round selection as in
+  the methods benchmark); OMC (stochastic requantization) at each format, uniform and by
+  importance."""
+  phases = method_experiments.phases(total_rounds)
+  runs = [common.RunSpec(DENSE, 'fedavg')]
+  for sparsity in FP_SPARSITIES:
+    for allocation in FP_ALLOCATIONS:
+      options = dict(pattern='column', importance='magnitude', sparsity=sparsity,
+                     allocation=allocation, select_from_round=phases['finetune_start'],
+                     **phases)
+      if allocation == 'importance':
+        options['ranking'] = ranking_path
+      runs.append(common.RunSpec(fp_allocation_key(allocation, sparsity), 'fp',
+                                 tuple(sorted(options.items()))))
+  for fmt in OMC_FORMATS:
+    for allocation in OMC_ALLOCATIONS:
+      options = dict(format=fmt, rounding='stochastic', allocation=allocation)
+      if allocation == 'importance':
+        options['ranking'] = ranking_path
+      runs.append(common.RunSpec(omc_allocation_key(allocation, fmt), 'omc',
+                                 tuple(sorted(options.items()))))
+  return runs
+
+
+def client_bytes(run: Optional[dict[str, Any]]) -> Optional[float]:
+  """Bytes one client exchanges per round (down + up), averaged over the rounds."""
+  return None if not run else run['client_bytes_down'] + run['client_bytes_up']
+
+
+def _cell(comparison: Optional[bootstrap.WerComparison]) -> str:
+  return comparison.describe_relative() if comparison else ''
+
+
+def _wer(results, key):
+  found = utterances(results, key, MAIN_TEST)
+  return common.pct(found.wer) if found else ''
+
+
+def bytes_to_reach_float(results: dict[str, Any], allocation: str) -> Optional[dict[str, Any]]:
+  """The OMC run of `allocation` with the fewest client bytes whose test WER the interval does
+  not show worse than float32 FedAvg's (its lower end is at most 0); None if none does."""
+  found = []
+  for fmt in OMC_FORMATS:
+    key = omc_allocation_key(allocation, fmt)
+    comparison = compare(results, key, DENSE, MAIN_TEST)
+    if comparison is not None and comparison.not_worse():
+      found.append({'key': key, 'format': fmt, 'client_bytes': client_bytes(results[key]),
+                    'delta': comparison.describe_relative()})
+  return min(found, key=lambda f: f['client_bytes']) if found else None
+
+
+def allocation_report(results: dict[str, Any], settings: dict[str, Any]) -> str:
+  dense_bytes = client_bytes(results.get(DENSE))
+  ratio = lambda run: common.ratio(client_bytes(run), dense_bytes)  # noqa: E731
+  lines = ['# Importance-aware allocation: pruning sparsity and OMC bits by layer importance',
+           '', f'Command: `{settings.get("command", "")}`', '',
+           f'Starting model: `{settings.get("initial_model_dir")}`, ranking: '
+           f'`{settings.get("ranking")}`. Main domain, {settings.get("total_rounds")} rounds of '
+           f'{settings.get("clients_per_round")} speakers, batch {settings.get("batch_size")}, '
+           f'client Adam {settings.get("client_learning_rate")}, seed {settings.get("seed")}; '
+           'dev transcribed every '
+           f'{settings.get("evaluation_period")} rounds, test WER at the best-dev round. '
+           f'Float32 FedAvg: test WER {_wer(results, DENSE)}.', '']
+  missing = settings.get('missing_runs') or []
+  if missing:
+    lines += [f'Runs not done yet: {", ".join(missing)}.', '']
+  lines += ['## Federated pruning: per-block sparsity', '',
+            '`importance` sets each block\'s sparsity from its re-initialization damage in the '
+            'ranking (ambient blocks sparser), `adaptive` from its weight magnitudes, '
+            '`uniform` the same everywhere; all at the same total sparsity.', '',
+            '| sparsity | allocation | test WER | vs FedAvg [95% CI] | vs uniform [95% CI] | '
+            'client bytes per round |', '|---|---|---|---|---|---|']
+  for sparsity in FP_SPARSITIES:
+    uniform = fp_allocation_key('uniform', sparsity)
+    for allocation in FP_ALLOCATIONS:
+      key = fp_allocation_key(allocation, sparsity)
+      if results.get(key) is None:
+        continue
+      against_uniform = compare(results, key, uniform, MAIN_TEST) if key != uniform else None
+      lines.append(f'| {100 * sparsity:.0f}% | {allocation} | {_wer(results, key)} | '
+                   f'{_cell(compare(results, key, DENSE, MAIN_TEST))} | {_cell(against_uniform)}'
+                   f' | {ratio(results[key])} |')
+  lines += ['', '## OMC: per-block mantissa bits', '',
+            '`importance` gives the most ambient third of the blocks one mantissa bit fewer '
+            'than the format, the most critical third one more: the same client parameter '
+            'bytes as `uniform` (blocks of equal size).', '',
+            '| format | allocation | test WER | vs FedAvg [95% CI] | vs uniform [95% CI] | '
+            'client bytes per round |', '|---|---|---|---|---|---|']
+  for fmt in OMC_FORMATS:
+    uniform = omc_allocation_key('uniform', fmt)
+    for allocation in OMC_ALLOCATIONS:
+      key = omc_allocation_key(allocation, fmt)
+      if results.get(key) is None:
+        continue
+      against_uniform = compare(results, key, uniform, MAIN_TEST) if key != uniform else None
+      lines.append(f'| {fmt} | {allocation} | {_wer(results, key)} | '
+                   f'{_cell(compare(results, key, DENSE, MAIN_TEST))} | {_cell(against_uniform)}'
+                   f' | {ratio(results[key])} |')
+  lines += ['', 'Fewest client bytes at which each allocation is not shown worse than float32 '
+            '(the interval\'s lower end at most 0):', '']
+  for allocation in OMC_ALLOCATIONS:
+    reached = bytes_to_reach_float(results, allocation)
+    lines.append(f'- {allocation}: ' + (
+        f'{reached["format"]}, {ratio(results[reached["key"]])} of FedAvg\'s bytes '
+        f'({reached["delta"]})' if reached else 'none of the formats run'))
+  return '\n'.join(lines + ['', RULE]) + '\n'

@@ -130,5 +130,38 @@ class ImportanceExperimentsTest(absltest.TestCase):
     self.assertIn('| Amb-1 better than Crit-1 | 5.00% vs 40.00%', report)
 
 
+  def test_allocation_runs_compare_each_allocation_at_the_same_totals(self):
+    specs = {s.key: s for s in experiments.plan_allocation_runs(60, '/r.json')}
+    self.assertEqual(list(specs)[0], 'fedavg')
+    self.assertLen(specs, 1 + 2 * 3 + 3 * 2)
+    importance = specs['fp/importance/0.5'].option_dict
+    uniform = specs['fp/uniform/0.5'].option_dict
+    self.assertEqual(importance.pop('ranking'), '/r.json')
+    self.assertEqual({k: v for k, v in importance.items() if k != 'allocation'},
+                     {k: v for k, v in uniform.items() if k != 'allocation'})
+    self.assertEqual(uniform['select_from_round'], uniform['finetune_start'])
+    self.assertEqual(specs['omc/importance/S1E4M3'].option_dict,
+                     {'format': 'S1E4M3', 'rounding': 'stochastic', 'allocation': 'importance',
+                      'ranking': '/r.json'})
+    self.assertNotIn('ranking', specs['omc/uniform/S1E4M3'].option_dict)
+
+  def test_bytes_to_reach_float_is_the_cheapest_format_not_shown_worse(self):
+    def run(errors, nbytes):
+      return {'utterance_errors': {_MAIN: _errors(errors)}, 'client_bytes_down': nbytes,
+              'client_bytes_up': nbytes}
+    results = {'fedavg': run([1] * 40, 100),
+               'omc/uniform/S1E4M6': run([1] * 40, 40),
+               'omc/uniform/S1E4M3': run([1] * 39 + [2], 30),
+               'omc/uniform/S1E4M2': run([2] * 40, 25)}
+    reached = experiments.bytes_to_reach_float(results, 'uniform')
+    self.assertEqual((reached['format'], reached['client_bytes']), ('S1E4M3', 60))
+    self.assertIsNone(experiments.bytes_to_reach_float(results, 'importance'))
+    report = experiments.allocation_report(results, {'total_rounds': 60})
+    self.assertIn('| S1E4M2 | uniform | 40.00% | +100.0% [+100.0%, +100.0%] |  | 0.25x |',
+                  report)
+    self.assertIn('- uniform: S1E4M3, 0.30x of FedAvg\'s bytes', report)
+    self.assertIn('- importance: none of the formats run', report)
+
+
 if __name__ == '__main__':
   absltest.main()

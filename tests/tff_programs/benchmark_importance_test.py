@@ -3,6 +3,7 @@ federated dropout rows from a ranking, the JSON rows, resumption and one-line er
 
 import json
 import os
+import re
 import tempfile
 
 from absl.testing import absltest
@@ -21,10 +22,14 @@ _CORPUS = corpus.CorpusConfig(
 
 
 def _ranking(path, blocks, ambient_first):
+  """A ranking file: the first of `ambient_first` does no damage when reset, the others more
+  the later they come."""
+  damage = {block: 0.5 * i for i, block in enumerate(ambient_first)}
   with open(path, 'w') as f:
     json.dump({'intact_wer': 0.5, 'ambient_first': ambient_first,
-               'blocks': [{'block': b, 'reinit_wer': 0.5, 'reinit_relative': 0.1 * b,
-                           'class': 'ambient'} for b in range(blocks)]}, f)
+               'blocks': [{'block': b, 'reinit_wer': 0.5 * (1 + damage[b]),
+                           'reinit_relative': damage[b], 'class': 'ambient'}
+                          for b in range(blocks)]}, f)
 
 
 class BenchmarkImportanceTest(absltest.TestCase):
@@ -40,10 +45,11 @@ class BenchmarkImportanceTest(absltest.TestCase):
     flags = [f'--data_dir={data_dir}', f'--initial_model_dir={model_dir}', f'--ranking={ranking}',
              f'--output_dir={out}', '--block_counts=1', '--total_rounds=2',
              '--evaluation_period=1', '--clients_per_round=1', '--batch_size=2',
-             '--only=none,fd/ambient:1/0.5']
+             '--only=none,fd/ambient:1/0.5,fp/importance/0.3']
     result = tff_test_utils.run_program('benchmark_importance', *flags, timeout=1200)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertIn('2 fine-tuning runs, 0 already done', result.stdout)
+    self.assertIn('targeted fine-tuning: 2 runs, 0 already done', result.stdout)
+    self.assertIn('allocation: 1 runs, 0 already done', result.stdout)
 
     with open(os.path.join(out, 'targeted_fd_results.json')) as f:
       results = json.load(f)['results']
@@ -76,10 +82,26 @@ class BenchmarkImportanceTest(absltest.TestCase):
       report = f.read()
     self.assertIn('| Amb-1 |', report)
     self.assertIn('Runs not done yet: fd/critical:1/0.5', report)
+    # Importance allocation of pruning sparsity, on the main domain: ambient block 1 sparser.
+    with open(os.path.join(out, 'allocation_results.json')) as f:
+      pruned = json.load(f)['results']['fp/importance/0.3']
+    self.assertEqual(pruned['options']['allocation'], 'importance')
+    self.assertIn(corpus.DEV_SPLIT, pruned['wer_curves'])
+    self.assertIn(corpus.TEST_SPLIT, pruned['utterance_errors'])
+    kept = {}
+    for entry in pruned['pruning_plan'].split(';'):
+      name, _, units = entry.split(':')
+      block = re.search(r'block_(\d+)', name)
+      if block:
+        kept[block.group(1)] = kept.get(block.group(1), 0) + sum(map(int, units.split(',')))
+    self.assertLess(kept['01'], kept['00'])
+    with open(os.path.join(out, 'allocation.md')) as f:
+      self.assertRegex(f.read(), r'\| 30% \| importance \| [\d.]+% \|')
 
     again = tff_test_utils.run_program('benchmark_importance', *flags, timeout=600)
     self.assertEqual(again.returncode, 0, again.stderr[-3000:])
-    self.assertIn('2 fine-tuning runs, 2 already done', again.stdout)
+    self.assertIn('targeted fine-tuning: 2 runs, 2 already done', again.stdout)
+    self.assertIn('allocation: 1 runs, 1 already done', again.stdout)
 
   def test_bad_input_is_named_in_one_line(self):
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
@@ -99,6 +121,9 @@ class BenchmarkImportanceTest(absltest.TestCase):
         ([f'--ranking={two}', f'--initial_model_dir={tmp}/nowhere'],
          f'--initial_model_dir={tmp}/nowhere'),
         ([f'--ranking={two}', '--evaluation_period=0'], '--evaluation_period'),
+        ([f'--ranking={two}', '--experiments=bogus'], '--experiments=bogus: known: targeted_fd'),
+        ([f'--ranking={two}', '--block_counts=1', '--only=fd/ambient:9/0.5'],
+         '--only: fd/ambient:9/0.5 not among'),
     ]
     for flags, message in cases:
       result = tff_test_utils.run_program('benchmark_importance', *common, *flags)
