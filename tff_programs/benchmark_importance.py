@@ -10,8 +10,10 @@ domain, and importance-aware pruning and OMC allocation on the main domain.
 short-form domain with no dropout, with 50% dropout of the N most ambient or N most critical
 encoder blocks (`--block_counts`), and with flat dropout at the rate that drops about as many
 parameters as the largest Amb-N; each run's best held-out-dev round is transcribed on the
-held-out test split and on the main domain's (what fine-tuning forgets). Writes
-`targeted_fd.json` (one object per row), `targeted_fd.md`, `targeted_fd_results.json`.
+held-out test split and on the main domain's (what fine-tuning forgets). It also fine-tunes
+only the N most critical, and the N most ambient, blocks (`--trainable_counts`), with client
+bytes up and client-step memory against training every block. Writes `targeted_fd.json` (one
+object per dropout row), `trainable.json`, `targeted_fd.md`, `targeted_fd_results.json`.
 
 `--experiments=allocation`: on the main domain, federated pruning at 30/50% with uniform,
 magnitude-adaptive and importance allocation of per-block sparsity, and OMC at three formats
@@ -60,6 +62,11 @@ _BLOCK_COUNTS = flags.DEFINE_list('block_counts', [str(n) for n in experiments.B
                                   'N of the Amb-N and Crit-N rows.')
 _EXPERIMENTS = flags.DEFINE_list('experiments', ['targeted_fd', 'allocation'],
                                  'targeted_fd (held-out domain) and/or allocation (main domain).')
+_TRAINABLE_COUNTS = flags.DEFINE_list('trainable_counts', ['8'],
+                                      'targeted_fd: N of the rows that train only the N most '
+                                      'critical (or ambient) blocks; empty: none.')
+_STEP_SECONDS = flags.DEFINE_float('step_seconds', 6.0, 'Audio seconds per utterance of the '
+                                   'client-step memory measurement of those rows.')
 _ONLY = flags.DEFINE_list('only', [], 'Run only these run keys (e.g. none,fd/ambient:2/0.5); '
                           'empty: every row.')
 _TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 30, 'Rounds of every run.')
@@ -73,16 +80,17 @@ _REPORT_ONLY = flags.DEFINE_bool('report_only', False,
                                  'Write the report from the stored results, running nothing.')
 
 
-def _block_counts(num_blocks: int) -> list[int]:
+def _counts(flag, num_blocks: int, allow_empty: bool = False) -> list[int]:
+  """`flag`'s block counts, each in [1, num_blocks - 1]; one-line errors name the flag."""
+  text = ','.join(flag.value)
   try:
-    counts = [int(n) for n in _BLOCK_COUNTS.value]
+    counts = [int(n) for n in flag.value]
   except ValueError:
-    raise flag_utils.FlagError(f'--block_counts={",".join(_BLOCK_COUNTS.value)}: expected '
-                               'integers') from None
+    raise flag_utils.FlagError(f'--{flag.name}={text}: expected integers') from None
   bad = [n for n in counts if not 1 <= n < num_blocks]
-  if not counts or bad:
-    raise flag_utils.FlagError(f'--block_counts={",".join(_BLOCK_COUNTS.value)}: each must be '
-                               f'in [1, {num_blocks - 1}] (the model has {num_blocks} blocks)')
+  if (not counts and not allow_empty) or bad:
+    raise flag_utils.FlagError(f'--{flag.name}={text}: each must be in [1, {num_blocks - 1}] '
+                               f'(the model has {num_blocks} blocks)')
   return sorted(set(counts))
 
 
@@ -142,7 +150,7 @@ def _output_dir() -> str:
 def _run_one(domain: str, also_test: tuple[str, ...]):
   def run_one(spec: common.RunSpec, state_dir: str):
     options = spec.option_dict
-    return experiment_runs.run_in_subprocess(experiment_runs.RunJob(
+    result = experiment_runs.run_in_subprocess(experiment_runs.RunJob(
         key=spec.key, algorithm=spec.algorithm,
         options=method_experiments.algorithm_options(spec),
         hparams=dataclasses.asdict(_hparams()), initial_model_dir=_INITIAL_MODEL_DIR.value,
@@ -151,7 +159,11 @@ def _run_one(domain: str, also_test: tuple[str, ...]):
         total_rounds=_TOTAL_ROUNDS.value, state_dir=state_dir, log_dir=_output_dir(),
         evaluation_period=_EVALUATION_PERIOD.value,
         select_from_round=options.get('select_from_round', 1), domain=domain,
-        also_test=also_test), timeout=12 * 3600)
+        also_test=also_test, trainable_blocks=options.get('trainable_blocks')),
+        timeout=12 * 3600)
+    if options.get('trainable_blocks') is not None:
+      result['trainable_blocks'] = list(options['trainable_blocks'])
+    return result
   return run_one
 
 
@@ -169,15 +181,40 @@ def _write(name: str, text: str) -> None:
   os.replace(path + '.tmp', path)
 
 
+def _trainable_steps(model_config: dict, specs) -> dict:
+  """The client step's tensor memory with every block training (`all`) and with each
+  trainable-subset run's blocks, each in a fresh process."""
+  from fl_compression.benchmarks import client_step  # pylint: disable=g-import-not-at-top
+  found = {}
+  for key, blocks in [('all', None)] + [(s.key, s.option_dict['trainable_blocks'])
+                                       for s in specs]:
+    config = dict(model_config)
+    if blocks is not None:
+      config['trainable_blocks'] = list(blocks)
+    measured = client_step.measure_in_subprocess(
+        config, batch_size=_BATCH_SIZE.value, seconds=_STEP_SECONDS.value, label_length=20,
+        steps=3)
+    found[key] = {k: measured[k] for k in ('step_tensor_bytes', 'tensor_peak_bytes',
+                                           'step_seconds', 'batch_size', 'frames')}
+  return found
+
+
 def _targeted_fd(settings: dict, model_config: dict, ranking_path: str, ranking: dict,
-                 block_counts: list[int], only: set[str]) -> None:
+                 block_counts: list[int], only: set[str], trainable_counts: list[int],
+                 blocks_of) -> None:
   store = _store('targeted_fd', dict(settings, corpus=experiment_runs.basis(
       '', _DATA_DIR.value, corpus.SHORT_FORM)['corpus']))
   if store.get('flat_rate') is None:
     store.put('flat_rate', _flat_rate(model_config, ranking_path, max(block_counts)))
   store.put('ambient_first', list(ranking['ambient_first']))
   specs = experiments.plan_runs(block_counts, ranking_path, store.get('flat_rate')['rate'])
-  specs = [s for s in specs if not only or s.key in only]
+  trainable = [s for s in experiments.plan_trainable_runs(trainable_counts, blocks_of)
+               if not only or s.key in only]
+  specs = [s for s in specs if not only or s.key in only] + trainable
+  if trainable and not _REPORT_ONLY.value and any(
+      s.key not in (store.get('trainable_step') or {}) for s in trainable):
+    print('measuring the client step of each trainable subset ...', flush=True)
+    store.put('trainable_step', _trainable_steps(model_config, trainable))
   if store.get('initial') is None and not _REPORT_ONLY.value:
     print('transcribing the pretrained model on both domains ...', flush=True)
     task, weights = experiment_runs.load_speech_task(
@@ -192,8 +229,12 @@ def _targeted_fd(settings: dict, model_config: dict, ranking_path: str, ranking:
   def write_report():
     results = store.data['results']
     _write('targeted_fd.json', json.dumps(experiments.rows(results, block_counts), indent=1))
+    if trainable_counts:
+      _write('trainable.json', json.dumps(experiments.trainable_rows(results, trainable_counts),
+                                          indent=1))
     report = experiments.render_report(results, block_counts,
-                                       _report_settings(settings, specs, store))
+                                       _report_settings(settings, specs, store),
+                                       trainable_counts)
     _write('targeted_fd.md', report)
     return report
 
@@ -247,12 +288,17 @@ def run() -> None:
     raise flag_utils.FlagError(str(e)) from None
   with open(ranking_path, 'rb') as f:
     ranking_hash = hashlib.sha256(f.read()).hexdigest()[:16]
-  block_counts = _block_counts(model_config['encoder']['num_blocks'])
+  num_blocks = model_config['encoder']['num_blocks']
+  block_counts = _counts(_BLOCK_COUNTS, num_blocks)
+  trainable_counts = _counts(_TRAINABLE_COUNTS, num_blocks, allow_empty=True)
+  blocks_of = lambda spec: importance_targets.target_blocks(  # noqa: E731
+      spec, num_blocks, ranking, 'trainable_counts', 'ranking')
   known = set()
   if 'targeted_fd' in _EXPERIMENTS.value:
     known |= {s.key for s in experiments.plan_runs(block_counts, ranking_path, 0.5)
               if not s.key.startswith('fd/flat/')}
     known |= {k for k in _ONLY.value if k.startswith('fd/flat/')}  # Its rate is chosen later.
+    known |= {s.key for s in experiments.plan_trainable_runs(trainable_counts, blocks_of)}
   if 'allocation' in _EXPERIMENTS.value:
     known |= {s.key for s in experiments.plan_allocation_runs(_TOTAL_ROUNDS.value, '')}
   unknown = sorted(set(_ONLY.value) - known)
@@ -275,7 +321,8 @@ def run() -> None:
   started = time.monotonic()
   only = set(_ONLY.value)
   if 'targeted_fd' in _EXPERIMENTS.value:
-    _targeted_fd(settings, model_config, ranking_path, ranking, block_counts, only)
+    _targeted_fd(settings, model_config, ranking_path, ranking, block_counts, only,
+                 trainable_counts, blocks_of)
   if 'allocation' in _EXPERIMENTS.value:
     _allocation(settings, ranking_path, only)
   print(f'({(time.monotonic() - started) / 60:.1f} min this invocation)', flush=True)

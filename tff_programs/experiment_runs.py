@@ -58,11 +58,13 @@ def parameter_bytes(weights) -> int:
 
 
 def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, seed: int,
-                     model: str = '', domain: str = corpus.MAIN) -> tuple[tasks.Task, Any]:
+                     model: str = '', domain: str = corpus.MAIN,
+                     trainable_blocks: Sequence[int] | None = None) -> tuple[tasks.Task, Any]:
   """The speech task on `data_dir`'s `domain` and the starting weights: the saved model of
   `initial_model_dir` (its own configuration; a named `model` must be that one), or without
-  one the named `model` (default `tiny`) at its initialization (weights None). Errors name the
-  flag."""
+  one the named `model` (default `tiny`) at its initialization (weights None). With
+  `trainable_blocks`, only those encoder blocks train (the starting weights rearranged to
+  match). Errors name the flag."""
   initial_config = initial_weights = None
   if initial_model_dir:
     model_dir = flag_utils.resolve_path(initial_model_dir)
@@ -73,7 +75,9 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
       raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir}: {e}') from None
   options = tasks.TaskOptions(batch_size=batch_size, seed=seed,
                               data_dir=flag_utils.resolve_path(data_dir), model=model,
-                              domain=domain, model_config=initial_config)
+                              domain=domain, model_config=initial_config,
+                              trainable_blocks=(list(trainable_blocks)
+                                                if trainable_blocks is not None else None))
   try:
     task = tasks.build_task('speech_ctc', options)
   except (ValueError, OSError, RuntimeError) as e:
@@ -84,6 +88,9 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
     raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir} holds a '
                                f'{initial_config.get("name")} model that is not the named '
                                f'{model} one')
+  if initial_weights is not None and trainable_blocks is not None:
+    initial_weights = checkpoint.reorder_weights(initial_weights, initial_config,
+                                                 task.model_config)
   return task, initial_weights
 
 
@@ -375,6 +382,8 @@ class RunJob:
   domain: str = corpus.MAIN
   # Other domains whose test split the selected model is also transcribed on.
   also_test: tuple[str, ...] = ()
+  # Only these encoder blocks train (None: the whole model).
+  trainable_blocks: tuple[int, ...] | None = None
 
 
 def run_in_subprocess(job: RunJob, timeout: float = 4 * 3600) -> dict[str, Any]:
@@ -420,7 +429,8 @@ def traffic_in_subprocess(model_names: Sequence[str], timeout: float = 1800) -> 
 def _child_task(job, model: str = ''):
   """A child's task, starting weights and client sampler (`RunJob` and `TimingJob` alike)."""
   task, initial_weights = load_speech_task(job.initial_model_dir, job.data_dir, job.batch_size,
-                                           job.seed, model, getattr(job, 'domain', corpus.MAIN))
+                                           job.seed, model, getattr(job, 'domain', corpus.MAIN),
+                                           getattr(job, 'trainable_blocks', None))
   sampler = program_logic.ClientSampler(tuple(task.train_data.client_ids),
                                         job.clients_per_round, job.sampler_seed)
   return task, initial_weights, sampler

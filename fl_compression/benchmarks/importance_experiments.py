@@ -36,11 +36,19 @@ def flat_key(rate: float) -> str:
   return f'fd/flat/{rate:g}'
 
 
+def trainable_key(target: str, blocks: int) -> str:
+  return f'trainable/{target}:{blocks}'
+
+
 def row_name(key: str) -> str:
-  """`Amb-2`, `Crit-3`, `Flat-20`, `none` or `no-finetune`."""
+  """`Amb-2`, `Crit-3`, `Flat-20`, `none`, `no-finetune`, or `Train-Crit-8` (only the 8 most
+  critical blocks train)."""
   if key in (NONE, NO_FINETUNE):
     return key
   parts = key.split('/')
+  if parts[0] == 'trainable':
+    target, blocks = parts[1].split(':')
+    return f'Train-{"Amb" if target == "ambient" else "Crit"}-{blocks}'
   if parts[1] == 'flat':
     return f'Flat-{round(100 * float(parts[2]))}'
   target, blocks = parts[1].split(':')
@@ -74,6 +82,19 @@ def plan_runs(block_counts: Sequence[int], ranking_path: str, flat_rate: Optiona
 def flat_rate(results: dict[str, Any]) -> Optional[float]:
   """The matched flat rate stored with the results (None before it is chosen)."""
   return (results.get('flat_rate') or {}).get('rate')
+
+
+def plan_trainable_runs(counts: Sequence[int],
+                        blocks_of: Callable[[str], Sequence[int]]) -> list[common.RunSpec]:
+  """FedAvg fine-tuning of only the N most critical, then the N most ambient, blocks for each
+  N of `counts`; `blocks_of('critical:8')` names the blocks (from the ranking)."""
+  runs = []
+  for n in counts:
+    for target in ('critical', 'ambient'):
+      blocks = tuple(sorted(int(b) for b in blocks_of(f'{target}:{n}')))
+      runs.append(common.RunSpec(trainable_key(target, n), 'fedavg',
+                                 (('trainable_blocks', blocks),)))
+  return runs
 
 
 def row_keys(results: dict[str, Any], block_counts: Sequence[int]) -> list[str]:
@@ -141,6 +162,55 @@ def rows(results: dict[str, Any], block_counts: Sequence[int]) -> list[dict[str,
   return found
 
 
+def trainable_rows(results: dict[str, Any], counts: Sequence[int]) -> list[dict[str, Any]]:
+  """Per finished trainable-subset run: `row`, `blocks`, `heldout_wer`, `heldout_delta_ci`
+  (against `none`, where every block trains), `main_wer`, `client_bytes_up` and its ratio to
+  `none`'s, and the client step's tensor memory ratio (`trainable_step`, when measured)."""
+  found = []
+  base = results.get(NONE)
+  steps = results.get('trainable_step') or {}
+  for n in counts:
+    for target in ('critical', 'ambient'):
+      key = trainable_key(target, n)
+      run, heldout = results.get(key), utterances(results, key, HELDOUT_TEST)
+      if run is None or heldout is None:
+        continue
+      main = utterances(results, key, MAIN_TEST)
+      against_none = compare(results, key, NONE)
+      step, all_step = steps.get(key), steps.get('all')
+      found.append({
+          'row': row_name(key), 'key': key,
+          'blocks': list(run.get('trainable_blocks', [])),
+          'heldout_wer': heldout.wer,
+          'heldout_delta_ci': list(against_none.relative_interval) if against_none else None,
+          'main_wer': main.wer if main is not None else None,
+          'client_bytes_up': run['client_bytes_up'],
+          'client_bytes_up_ratio': (run['client_bytes_up'] / base['client_bytes_up']
+                                    if base else None),
+          'step_tensor_bytes_ratio': (step['step_tensor_bytes'] / all_step['step_tensor_bytes']
+                                      if step and all_step else None)})
+  return found
+
+
+def trainable_section(results: dict[str, Any], counts: Sequence[int]) -> list[str]:
+  lines = ['', '## Training only some blocks', '',
+           'FedAvg fine-tuning in which clients train and upload only the N most critical (or '
+           'most ambient) blocks; the rest stay at their pretrained values. Against `none` '
+           '(every block trains): held-out WER with its interval, client bytes up, and the '
+           'tensor memory of one client step (`fl_compression/benchmarks/client_step.py`, a '
+           'fresh process per configuration).', '',
+           '| row | blocks | held-out test WER | vs none [95% CI] | main test WER | '
+           'bytes up vs none | step tensor memory vs none |', '|---|---|---|---|---|---|---|']
+  for row in trainable_rows(results, counts):
+    delta = compare(results, row['key'], NONE)
+    ratio = lambda v: '' if v is None else f'{v:.2f}x'  # noqa: E731
+    lines.append(f'| {row["row"]} | {", ".join(map(str, row["blocks"]))} | '
+                 f'{common.pct(row["heldout_wer"])} | {_cell(delta)} | '
+                 f'{common.pct(row["main_wer"])} | {ratio(row["client_bytes_up_ratio"])} | '
+                 f'{ratio(row["step_tensor_bytes_ratio"])} |')
+  return lines
+
+
 def _verdict(comparison: Optional[bootstrap.WerComparison]) -> str:
   """Of "system better than baseline": the interval decides, or it does not."""
   if comparison is None:
@@ -206,7 +276,7 @@ RULE = ('Intervals: paired bootstrap over utterances, 95%, 1,000 resamples, seed
 
 
 def render_report(results: dict[str, Any], block_counts: Sequence[int],
-                  settings: dict[str, Any]) -> str:
+                  settings: dict[str, Any], trainable_counts: Sequence[int] = ()) -> str:
   lines = ['# Targeted federated dropout on the held-out domain', '',
            f'Command: `{settings.get("command", "")}`', '',
            f'Starting model: `{settings.get("initial_model_dir")}` (pretrained on the main '
@@ -235,6 +305,8 @@ def render_report(results: dict[str, Any], block_counts: Sequence[int],
             '|---|---|---|']
   for claim, measured, verdict in shape_checks(results, block_counts):
     lines.append(f'| {claim} | {measured} | {verdict} |')
+  if trainable_counts:
+    lines += trainable_section(results, trainable_counts)
   return '\n'.join(lines) + '\n'
 
 

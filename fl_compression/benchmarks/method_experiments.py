@@ -37,7 +37,7 @@ DENSE = 'fedavg'
 ZEROFL_SPARSITIES = (0.9, 0.95)
 ZEROFL_MASK_RATIOS = (0.2, 0.1, 0.0)
 # Options the program reads; the rest go to the algorithm.
-PROGRAM_OPTIONS = ('sampler_seed', 'model', 'select_from_round')
+PROGRAM_OPTIONS = ('sampler_seed', 'model', 'select_from_round', 'trainable_blocks')
 # Plateau rule of the dense baseline on dev (pretraining's rule): over the last quarter of the
 # rounds, the best dev WER improves on the best before them by less than 1%, with at least
 # PLATEAU_MIN_EVALUATIONS evaluations after the cut.

@@ -163,5 +163,28 @@ class ImportanceExperimentsTest(absltest.TestCase):
     self.assertIn('- importance: none of the formats run', report)
 
 
+  def test_trainable_rows_train_the_ranked_blocks_and_compare_with_every_block(self):
+    specs = experiments.plan_trainable_runs(
+        [2], lambda spec: [3, 1] if spec.startswith('critical') else [0, 2])
+    self.assertEqual([(s.key, s.algorithm, s.option_dict) for s in specs],
+                     [('trainable/critical:2', 'fedavg', {'trainable_blocks': (1, 3)}),
+                      ('trainable/ambient:2', 'fedavg', {'trainable_blocks': (0, 2)})])
+    self.assertEqual(experiments.row_name('trainable/critical:2'), 'Train-Crit-2')
+    results = _results()
+    results['none'].update(client_bytes_up=1000.0)
+    results['trainable/critical:2'] = dict(_run([1] * 40, [1] * 40, None), client_bytes_up=400.0,
+                                           trainable_blocks=[1, 3])
+    results['trainable_step'] = {'all': {'step_tensor_bytes': 200},
+                                 'trainable/critical:2': {'step_tensor_bytes': 150}}
+    (row,) = experiments.trainable_rows(results, [2])
+    self.assertEqual((row['row'], row['blocks']), ('Train-Crit-2', [1, 3]))
+    self.assertAlmostEqual(row['client_bytes_up_ratio'], 0.4)
+    self.assertAlmostEqual(row['step_tensor_bytes_ratio'], 0.75)
+    self.assertEqual(row['heldout_delta_ci'], [0.0, 0.0])
+    report = experiments.render_report(results, [1, 2], {}, trainable_counts=[2])
+    self.assertIn('| Train-Crit-2 | 1, 3 | 20.00% | +0.0% [+0.0%, +0.0%] | 20.00% | 0.40x | '
+                  '0.75x |', report)
+
+
 if __name__ == '__main__':
   absltest.main()

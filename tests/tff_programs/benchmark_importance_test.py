@@ -45,10 +45,11 @@ class BenchmarkImportanceTest(absltest.TestCase):
     flags = [f'--data_dir={data_dir}', f'--initial_model_dir={model_dir}', f'--ranking={ranking}',
              f'--output_dir={out}', '--block_counts=1', '--total_rounds=2',
              '--evaluation_period=1', '--clients_per_round=1', '--batch_size=2',
-             '--only=none,fd/ambient:1/0.5,fp/importance/0.3']
+             '--trainable_counts=1', '--step_seconds=1',
+             '--only=none,fd/ambient:1/0.5,trainable/critical:1,fp/importance/0.3']
     result = tff_test_utils.run_program('benchmark_importance', *flags, timeout=1200)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertIn('targeted fine-tuning: 2 runs, 0 already done', result.stdout)
+    self.assertIn('targeted fine-tuning: 3 runs, 0 already done', result.stdout)
     self.assertIn('allocation: 1 runs, 0 already done', result.stdout)
 
     with open(os.path.join(out, 'targeted_fd_results.json')) as f:
@@ -82,6 +83,14 @@ class BenchmarkImportanceTest(absltest.TestCase):
       report = f.read()
     self.assertIn('| Amb-1 |', report)
     self.assertIn('Runs not done yet: fd/critical:1/0.5', report)
+    # Training only the most critical block (block 0 of this ranking): fewer bytes up and a
+    # smaller client step than training both.
+    with open(os.path.join(out, 'trainable.json')) as f:
+      (trained,) = json.load(f)
+    self.assertEqual((trained['row'], trained['blocks']), ('Train-Crit-1', [0]))
+    self.assertLess(trained['client_bytes_up_ratio'], 0.9)
+    self.assertLess(trained['step_tensor_bytes_ratio'], 1.0)
+    self.assertIn('| Train-Crit-1 | 0 |', report)
     # Importance allocation of pruning sparsity, on the main domain: ambient block 1 sparser.
     with open(os.path.join(out, 'allocation_results.json')) as f:
       pruned = json.load(f)['results']['fp/importance/0.3']
@@ -100,7 +109,8 @@ class BenchmarkImportanceTest(absltest.TestCase):
 
     again = tff_test_utils.run_program('benchmark_importance', *flags, timeout=600)
     self.assertEqual(again.returncode, 0, again.stderr[-3000:])
-    self.assertIn('targeted fine-tuning: 2 runs, 2 already done', again.stdout)
+    self.assertIn('targeted fine-tuning: 3 runs, 3 already done', again.stdout)
+    self.assertNotIn('measuring the client step', again.stdout)
     self.assertIn('allocation: 1 runs, 1 already done', again.stdout)
 
   def test_bad_input_is_named_in_one_line(self):
@@ -112,7 +122,7 @@ class BenchmarkImportanceTest(absltest.TestCase):
     two = os.path.join(tmp, 'two.json')
     _ranking(two, 2, [1, 0])
     common = [f'--initial_model_dir={model_dir}', f'--output_dir={tmp}/out',
-              f'--data_dir={tmp}/corpus']
+              f'--data_dir={tmp}/corpus', '--trainable_counts=1']
     cases = [
         ([f'--ranking={three}'], f'--ranking={three} ranks 3 encoder blocks; the trained '
                                  'model has 2'),
@@ -122,6 +132,8 @@ class BenchmarkImportanceTest(absltest.TestCase):
          f'--initial_model_dir={tmp}/nowhere'),
         ([f'--ranking={two}', '--evaluation_period=0'], '--evaluation_period'),
         ([f'--ranking={two}', '--experiments=bogus'], '--experiments=bogus: known: targeted_fd'),
+        ([f'--ranking={two}', '--block_counts=1', '--trainable_counts=2'],
+         '--trainable_counts=2: each must be in [1, 1]'),
         ([f'--ranking={two}', '--block_counts=1', '--only=fd/ambient:9/0.5'],
          '--only: fd/ambient:9/0.5 not among'),
     ]
