@@ -167,11 +167,13 @@ def _run_one(domain: str, also_test: tuple[str, ...]):
   return run_one
 
 
-def _report_settings(settings: dict, specs, store) -> dict:
+def _report_settings(settings: dict, planned, store) -> dict:
+  """The report's settings; `missing_runs`: the planned runs without a result (whatever
+  --only chose this time)."""
   return dict(settings, machine=f'{os.cpu_count()} CPU cores',
               command=' '.join(['bazel run //tff_programs:benchmark_importance --'] + [
                   a for a in sys.argv[1:] if not a.startswith('--report_only')]),
-              missing_runs=[s.key for s in specs if store.get(s.key) is None])
+              missing_runs=[s.key for s in planned if store.get(s.key) is None])
 
 
 def _write(name: str, text: str) -> None:
@@ -207,10 +209,10 @@ def _targeted_fd(settings: dict, model_config: dict, ranking_path: str, ranking:
   if store.get('flat_rate') is None:
     store.put('flat_rate', _flat_rate(model_config, ranking_path, max(block_counts)))
   store.put('ambient_first', list(ranking['ambient_first']))
-  specs = experiments.plan_runs(block_counts, ranking_path, store.get('flat_rate')['rate'])
-  trainable = [s for s in experiments.plan_trainable_runs(trainable_counts, blocks_of)
-               if not only or s.key in only]
-  specs = [s for s in specs if not only or s.key in only] + trainable
+  planned = (experiments.plan_runs(block_counts, ranking_path, store.get('flat_rate')['rate'])
+             + experiments.plan_trainable_runs(trainable_counts, blocks_of))
+  specs = [s for s in planned if not only or s.key in only]
+  trainable = [s for s in specs if s.key.startswith('trainable/')]
   if trainable and not _REPORT_ONLY.value and any(
       s.key not in (store.get('trainable_step') or {}) for s in trainable):
     print('measuring the client step of each trainable subset ...', flush=True)
@@ -233,7 +235,7 @@ def _targeted_fd(settings: dict, model_config: dict, ranking_path: str, ranking:
       _write('trainable.json', json.dumps(experiments.trainable_rows(results, trainable_counts),
                                           indent=1))
     report = experiments.render_report(results, block_counts,
-                                       _report_settings(settings, specs, store),
+                                       _report_settings(settings, planned, store),
                                        trainable_counts)
     _write('targeted_fd.md', report)
     return report
@@ -245,12 +247,12 @@ def _targeted_fd(settings: dict, model_config: dict, ranking_path: str, ranking:
 def _allocation(settings: dict, ranking_path: str, only: set[str]) -> None:
   store = _store('allocation', dict(settings, corpus=experiment_runs.basis(
       '', _DATA_DIR.value, corpus.MAIN)['corpus']))
-  specs = experiments.plan_allocation_runs(_TOTAL_ROUNDS.value, ranking_path)
-  specs = [s for s in specs if not only or s.key in only]
+  planned = experiments.plan_allocation_runs(_TOTAL_ROUNDS.value, ranking_path)
+  specs = [s for s in planned if not only or s.key in only]
 
   def write_report():
     report = experiments.allocation_report(store.data['results'],
-                                           _report_settings(settings, specs, store))
+                                           _report_settings(settings, planned, store))
     _write('allocation.md', report)
     return report
 
