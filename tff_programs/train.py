@@ -181,8 +181,12 @@ flags.DEFINE_string('zerofl_upload', 'sparse', 'zerofl: sparse (top-k entries) o
                     'training with the whole update uploaded).')
 flags.DEFINE_string('zerofl_compress', 'none', 'zerofl: none, or omc (the uploaded values in '
                     '--omc_format).')
+flags.DEFINE_integer('zerofl_ramp_rounds', 0, 'zerofl: rounds over which the sparsity rises '
+                     'to --zerofl_sparsity in --zerofl_ramp_steps equal steps (0: from round 1).')
+flags.DEFINE_integer('zerofl_ramp_steps', 4, 'zerofl: steps of that ramp (a process each).')
 _ZEROFL_FLAGS = ('zerofl_sparsity', 'zerofl_mask_ratio', 'zerofl_activation_sparsity',
-                 'zerofl_aggregation', 'zerofl_upload', 'zerofl_compress')
+                 'zerofl_aggregation', 'zerofl_upload', 'zerofl_compress', 'zerofl_ramp_rounds',
+                 'zerofl_ramp_steps')
 _FD_FLAGS = ('fp_pattern', 'fp_norm', 'fp_prunable', 'fd_rate', 'fd_target', 'fd_ranking')
 _ALGORITHM_FLAGS = {
     'fp': _FP_FLAGS + ('fp_compress',) + sum(_COMPRESSION_FLAGS.values(), ()), 'fd': _FD_FLAGS,

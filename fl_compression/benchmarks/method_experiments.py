@@ -11,8 +11,9 @@ S1E4M6 partial (90% of the matrices per client, stochastic requantization); FedA
 round-to-nearest and stochastic requantization; 30% pruning with OMC stacked; FedAvg with TFF's
 own `tff.learning.compression_aggregator()`; dense FedAvg with a second client-sampling seed
 (run-to-run noise); ZeroFL (SWAT local training, sparse uploads) at sparsity 90/95% with mask
-ratios 0, 0.1 and 0.2, with zero-filled aggregation at 90%/0.2, and SWAT with the whole update
-uploaded at both sparsities. On the `wide` model (4x the parameters): dense and pruning at
+ratios 0, 0.1 and 0.2, with zero-filled aggregation at 90%/0.2, with the sparsity ramped up over
+the first third of the rounds at 90%/0.2, and SWAT with the whole update uploaded at both
+sparsities. On the `wide` model (4x the parameters): dense and pruning at
 30/50%.
 """
 
@@ -79,6 +80,11 @@ def zerofl_key(sparsity: float, mask_ratio: float, aggregation: str = 'mean_of_s
       '' if aggregation == 'mean_of_senders' else f'/{aggregation}')
 
 
+def zerofl_ramp_key(sparsity: float, mask_ratio: float) -> str:
+  """ZeroFL whose sparsity rises to `sparsity` over the first third of the rounds."""
+  return f'zerofl/{sparsity:g}/{mask_ratio:g}/ramp'
+
+
 def swat_key(sparsity: float) -> str:
   """SWAT local training with the whole update uploaded (ZeroFL's comparison point)."""
   return f'swat/{sparsity:g}'
@@ -131,6 +137,8 @@ def plan_runs(total_rounds: int, models: Sequence[str] = MODELS) -> list[common.
             mask_ratio=mask_ratio)
     add(zerofl_key(0.9, 0.2, 'zero_fill'), 'zerofl', sparsity=0.9, mask_ratio=0.2,
         aggregation='zero_fill')
+    add(zerofl_ramp_key(0.9, 0.2), 'zerofl', sparsity=0.9, mask_ratio=0.2,
+        ramp_rounds=max(1, total_rounds // 3), ramp_steps=4)
   if 'wide' in models:
     add(dense_key('wide'), 'fedavg', model='wide')
     for sparsity in WIDE_RATES:
@@ -245,8 +253,9 @@ def label(key: str) -> str:
   if parts[0] == 'fd':
     return f'FD column {100 * float(parts[-1]):g}% (random, full model)'
   if parts[0] == 'zerofl':
+    suffix = {'zero_fill': ', zero fill', 'ramp': ', sparsity ramp'}
     return (f'ZeroFL {100 * float(parts[1]):g}%, mask ratio {parts[2]}'
-            + (', zero fill' if len(parts) > 3 else ''))
+            + (suffix.get(parts[3], f', {parts[3]}') if len(parts) > 3 else ''))
   if parts[0] == 'swat':
     return f'SWAT {100 * float(parts[1]):g}%, whole update uploaded'
   return key
@@ -378,6 +387,10 @@ def zerofl_section(results: dict[str, Any]) -> list[str]:
   fill = compare(results, zerofl_key(0.9, 0.2, 'zero_fill'), zerofl_key(0.9, 0.2))
   if fill is not None:
     findings.append(f'zero fill against mean of senders (90%, 0.2): {fill.describe_relative()}')
+  ramp = compare(results, zerofl_ramp_key(0.9, 0.2), zerofl_key(0.9, 0.2))
+  if ramp is not None:
+    findings.append(f'sparsity ramp over the first third of the rounds against 90% from round '
+                    f'1 (0.2): {ramp.describe_relative()}')
   if findings:
     lines += ['Paired test-WER differences (relative, 95% CI): ' + '; '.join(findings) + '.',
               '']

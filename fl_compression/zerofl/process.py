@@ -25,7 +25,7 @@ fraction that entered the set during the client's training), `non_finite_clients
 
 import collections
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -63,8 +63,17 @@ class ZeroFLConfig:
   aggregation: str = 'mean_of_senders'
   upload: str = 'sparse'
   values_codec: Optional[codecs.OmcCodec] = None  # `--zerofl_compress=omc`: OMC values.
+  # Sparsity ramp: rounds 1..ramp_rounds raise the sparsity in `ramp_steps` equal steps to
+  # `sparsity` (0: the full sparsity from round 1). A dense pretrained model cut to its top 10%
+  # at once loses most of what it knew; a ramp lets training follow the cut.
+  ramp_rounds: int = 0
+  ramp_steps: int = 4
 
   def __post_init__(self):
+    if self.ramp_rounds < 0:
+      raise ConfigError(f'--zerofl_ramp_rounds={self.ramp_rounds} is negative')
+    if self.ramp_steps < 1:
+      raise ConfigError(f'--zerofl_ramp_steps={self.ramp_steps} must be positive')
     for name, value in (('sparsity', self.sparsity),
                         ('activation_sparsity', self.activation_sparsity)):
       if not 0.0 <= value < 1.0:
@@ -85,6 +94,20 @@ class ZeroFLConfig:
   @property
   def density(self) -> float:
     return 1.0 - self.sparsity
+
+  def sparsity_at(self, round_num: int) -> float:
+    """The SWAT sparsity of (1-based) `round_num` under the ramp."""
+    if self.ramp_rounds == 0:
+      return self.sparsity
+    step = min(self.ramp_steps, -(-min(max(round_num, 1), self.ramp_rounds) * self.ramp_steps
+                                  // self.ramp_rounds))
+    return self.sparsity * step / self.ramp_steps
+
+  def at_sparsity(self, sparsity: float) -> 'ZeroFLConfig':
+    """This config at a ramp step's `sparsity` (its mask ratio capped so that at most the whole
+    matrix is uploaded), without a ramp."""
+    return dataclasses.replace(self, sparsity=sparsity, mask_ratio=min(self.mask_ratio, sparsity),
+                               ramp_rounds=0)
 
   @property
   def activation_density(self) -> Optional[float]:
@@ -110,7 +133,9 @@ def config_from_options(options: dict[str, Any]) -> ZeroFLConfig:
                       mask_ratio=float(options.get('mask_ratio', 0.2)),
                       activation_sparsity=float(options.get('activation_sparsity', 0.0)),
                       aggregation=options.get('aggregation', 'mean_of_senders'),
-                      upload=options.get('upload', 'sparse'), values_codec=values_codec)
+                      upload=options.get('upload', 'sparse'), values_codec=values_codec,
+                      ramp_rounds=int(options.get('ramp_rounds', 0)),
+                      ramp_steps=int(options.get('ramp_steps', 4)))
 
 
 def swat_factory(config: ZeroFLConfig) -> pruned_dense.DenseFactory:
@@ -386,18 +411,39 @@ def build_zerofl(model_fn: fedavg.ModelFn, config: ZeroFLConfig, swat_vars: Sequ
 
 
 class ZeroFLTraining(stages.StagedTraining):
-  """One process; evaluation and the saved model use the top-k weights."""
+  """One process per SWAT sparsity (one without a ramp); evaluation and the saved model use
+  the top-k weights of the round's sparsity."""
 
-  def __init__(self, process, model_config, model_fn, config: ZeroFLConfig,
-               swat_vars: Sequence[bool]):
-    super().__init__(process, model_config, model_fn)
-    weights_type = process.get_model_weights.type_signature.result
+  def __init__(self, build: Callable[[ZeroFLConfig], tff.learning.templates.LearningProcess],
+               model_config, model_fn, config: ZeroFLConfig, swat_vars: Sequence[bool]):
+    self._build, self._model_config, self._model_fn = build, model_config, model_fn
+    self._config, self._swat_vars = config, list(swat_vars)
+    self._stages: dict[str, stages.Stage] = {}
 
-    @tff.tensorflow.computation(weights_type)
-    def top_k(weights):
-      return masked_weights(config, swat_vars, weights)
+  def stage_key(self, round_num: int) -> str:
+    return f'sparsity {self._config.sparsity_at(round_num):g}'
 
-    self._stage.model_weights = lambda state: top_k(process.get_model_weights(state))
+  def build_stage(self, key: str) -> stages.Stage:
+    if key not in self._stages:
+      config = self._config.at_sparsity(float(key.split()[1]))
+      process = self._build(config)
+      weights_type = process.get_model_weights.type_signature.result
+
+      @tff.tensorflow.computation(weights_type)
+      def top_k(weights):
+        return masked_weights(config, self._swat_vars, weights)
+
+      self._stages[key] = stages.Stage(
+          key, process, self._model_config, self._model_fn,
+          lambda state, process=process, top_k=top_k: top_k(process.get_model_weights(state)))
+    return self._stages[key]
+
+  def convert_state(self, state, from_stage: stages.Stage, to_stage: stages.Stage):
+    """Into the next ramp step: the same dense server model and server optimizer state."""
+    process = to_stage.train_process
+    new_state = process.set_model_weights(
+        process.initialize(), from_stage.train_process.get_model_weights(state))
+    return new_state._replace(finalizer=state.finalizer)
 
 
 @algorithms.register_staged('zerofl', 'ZeroFL: clients train sparsely (SWAT, top-k weights and '
@@ -407,6 +453,7 @@ def _build(context: algorithms.BuildContext) -> stages.StagedTraining:
   config = config_from_options(context.options)
   swat_vars = swat_variables(context.model_config, config)
   model_fn = context.make_model_fn(context.model_config)
-  process = build_zerofl(model_fn, config, swat_vars, context.hparams.build_client_optimizer(),
-                         context.hparams.build_server_optimizer())
-  return ZeroFLTraining(process, context.model_config, model_fn, config, swat_vars)
+  build = lambda c: build_zerofl(  # noqa: E731
+      model_fn, c, swat_vars, context.hparams.build_client_optimizer(),
+      context.hparams.build_server_optimizer())
+  return ZeroFLTraining(build, context.model_config, model_fn, config, swat_vars)

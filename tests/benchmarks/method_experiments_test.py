@@ -29,6 +29,10 @@ class MethodExperimentsTest(absltest.TestCase):
     self.assertEqual(wide.option_dict['select_from_round'], 16)
     self.assertNotIn('model', experiments.algorithm_options(wide))
     self.assertNotIn('select_from_round', experiments.algorithm_options(wide))
+    ramp = next(s for s in specs if s.key == experiments.zerofl_ramp_key(0.9, 0.2))
+    self.assertEqual(ramp.option_dict, {'sparsity': 0.9, 'mask_ratio': 0.2, 'ramp_rounds': 20,
+                                        'ramp_steps': 4})
+    self.assertEqual(experiments.label(ramp.key), 'ZeroFL 90%, mask ratio 0.2, sparsity ramp')
     with self.assertRaisesRegex(ValueError, 'unknown huge'):
       experiments.plan_runs(60, ['huge'])
 

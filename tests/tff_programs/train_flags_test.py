@@ -48,8 +48,8 @@ class TrainFlagsTest(absltest.TestCase):
         ({'algorithm': 'nope'}, '--algorithm=nope is unknown'),
         ({'model': 'conformer_s'}, '--model=conformer_s: --task=synthetic_mlp has one model'),
         ({'task': 'speech_ctc', 'model': 'conformer_xl'},
-         '--model=conformer_xl is unknown; known: tiny, tiny_transducer, wide, deep, '
-         'deep_narrow, conformer_s'),
+         '--model=conformer_xl is unknown; known: tiny, tiny_transducer, micro, '
+         'micro_transducer, wide, deep, deep_narrow, conformer_s'),
         ({'backend': 'cloud'}, '--backend=cloud is unknown'),
         ({'backend': 'workers', 'workers': 'localhost'}, "--workers entry 'localhost'"),
         ({'clients_per_round': 9}, '--clients_per_round=9: must be between 1 and 8, the '

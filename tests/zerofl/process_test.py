@@ -274,11 +274,62 @@ class ZeroFLProcessTest(absltest.TestCase):
         ({'activation_sparsity': 1.0}, '--zerofl_activation_sparsity=1.0 is outside'),
         ({'aggregation': 'median'}, "--zerofl_aggregation='median' is unknown"),
         ({'compress': 'zip'}, "--zerofl_compress='zip' is unknown"),
-        ({'compress': 'omc', 'format': 'S1E9M9'}, '--omc_format')):
+        ({'compress': 'omc', 'format': 'S1E9M9'}, '--omc_format'),
+        ({'ramp_rounds': -1}, '--zerofl_ramp_rounds=-1 is negative'),
+        ({'ramp_rounds': 4, 'ramp_steps': 0}, '--zerofl_ramp_steps=0 must be positive')):
       with self.assertRaises(process.ConfigError) as raised:
         process.config_from_options(options)
       self.assertIn(message, str(raised.exception))
       self.assertNotIn('\n', str(raised.exception))
+
+  def test_ramp_raises_the_sparsity_in_equal_steps(self):
+    config = process.ZeroFLConfig(sparsity=0.8, mask_ratio=0.2, ramp_rounds=6, ramp_steps=3)
+    self.assertEqual([config.sparsity_at(r) for r in range(1, 9)],
+                     [0.8 / 3, 0.8 / 3, 1.6 / 3, 1.6 / 3, 0.8, 0.8, 0.8, 0.8])
+    # Below the mask ratio, at most the whole matrix is uploaded.
+    step = config.at_sparsity(0.1)
+    self.assertEqual((step.sparsity, step.mask_ratio, step.ramp_rounds), (0.1, 0.1, 0))
+    self.assertEqual(process.ZeroFLConfig(sparsity=0.9).sparsity_at(1), 0.9)
+
+  def test_ramp_runs_a_process_per_step_and_carries_the_model_across(self):
+    from fl_compression import variants  # pylint: disable=g-import-not-at-top,unused-import
+    training = algorithms.get('zerofl').staged(algorithms.BuildContext(
+        model_config=_config(), make_model_fn=lambda config: _model_fn,
+        hparams=algorithms.Hyperparameters(client_optimizer='sgd', client_learning_rate=_LR),
+        total_rounds=3, options={'sparsity': 0.8, 'mask_ratio': 0.2, 'ramp_rounds': 2,
+                                 'ramp_steps': 2}))
+    keys = [training.stage_key(r) for r in (1, 2, 3)]
+    self.assertEqual(keys, ['sparsity 0.4', 'sparsity 0.8', 'sparsity 0.8'])
+    first, second = training.build_stage(keys[0]), training.build_stage(keys[1])
+    self.assertIs(training.build_stage(keys[2]), second)
+
+    async def body():
+      state = training.initial_state(first, self.initial)
+      state = first.train_process.next(state, self.clients[:1]).state
+      before = await tff.program.materialize_value(first.train_process.get_model_weights(state))
+      seen = await tff.program.materialize_value(first.model_weights(state))
+      state = training.convert_state(state, first, second)
+      after = await tff.program.materialize_value(second.train_process.get_model_weights(state))
+      masked = await tff.program.materialize_value(second.model_weights(state))
+      output = second.train_process.next(state, self.clients[:1])
+      metrics = await tff.program.materialize_value(output.metrics)
+      return before, seen, after, masked, metrics
+
+    before, seen, after, masked, metrics = tff_test_utils.run_on_local_backend(body)
+    for a, b in zip(list(before.trainable) + list(before.non_trainable),
+                    list(after.trainable) + list(after.non_trainable)):
+      np.testing.assert_array_equal(a, b)  # The dense server model carries over exactly.
+    swat_vars = process.swat_variables(_config(), process.ZeroFLConfig())
+    for flag, a, b in zip(swat_vars, seen.trainable, masked.trainable):
+      if flag:  # Evaluated with the stage's top-k: 60%, then 20% of each SWAT kernel.
+        self.assertAlmostEqual(np.count_nonzero(a) / a.size, 0.6, delta=0.01)
+        self.assertAlmostEqual(np.count_nonzero(b) / b.size, 0.2, delta=0.01)
+    # The second step uploads the top 1 - 0.8 + 0.2 of each SWAT kernel, the rest whole.
+    sizes = [w.size for w in self.initial.trainable]
+    sent = sum(upload.upload_count(n, 0.8, 0.2) if flag else n
+               for n, flag in zip(sizes, swat_vars))
+    self.assertAlmostEqual(float(metrics['client_work']['uploaded_fraction']), sent / sum(sizes),
+                           places=5)
 
   def test_registered_for_the_program(self):
     from fl_compression import variants  # pylint: disable=g-import-not-at-top,unused-import
