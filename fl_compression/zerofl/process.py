@@ -101,7 +101,7 @@ class ZeroFLConfig:
       return self.sparsity
     step = min(self.ramp_steps, -(-min(max(round_num, 1), self.ramp_rounds) * self.ramp_steps
                                   // self.ramp_rounds))
-    return self.sparsity * step / self.ramp_steps
+    return self.sparsity if step == self.ramp_steps else self.sparsity * step / self.ramp_steps
 
   def at_sparsity(self, sparsity: float) -> 'ZeroFLConfig':
     """This config at a ramp step's `sparsity` (its mask ratio capped so that at most the whole
