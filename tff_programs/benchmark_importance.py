@@ -143,8 +143,15 @@ def _store(name: str, settings: dict) -> common.ResultStore:
     raise flag_utils.FlagError(f'--output_dir={_OUTPUT_DIR.value}: {e}') from None
 
 
+_CREATED_OUTPUT_DIR = []
+
+
 def _output_dir() -> str:
-  return flag_utils.ensure_writable_dir('output_dir', flag_utils.resolve_path(_OUTPUT_DIR.value))
+  """--output_dir, created (and checked writable) once, after every other flag check."""
+  if not _CREATED_OUTPUT_DIR:
+    _CREATED_OUTPUT_DIR.append(flag_utils.ensure_writable_dir(
+        'output_dir', flag_utils.resolve_path(_OUTPUT_DIR.value)))
+  return _CREATED_OUTPUT_DIR[0]
 
 
 def _run_one(domain: str, also_test: tuple[str, ...]):

@@ -382,6 +382,25 @@ def bytes_to_reach_float(results: dict[str, Any], allocation: str) -> Optional[d
   return min(found, key=lambda f: f['client_bytes']) if found else None
 
 
+def _allocation_rows(results, labels, settings, allocations, key_of) -> list[str]:
+  """Table rows per setting (sparsity or format) and allocation, finished runs only: test WER,
+  its interval against float32 FedAvg and against the same setting's uniform allocation, and
+  client bytes against FedAvg's."""
+  dense_bytes = client_bytes(results.get(DENSE))
+  rows = []
+  for label, setting in zip(labels, settings):
+    uniform = key_of('uniform', setting)
+    for allocation in allocations:
+      key = key_of(allocation, setting)
+      if results.get(key) is None:
+        continue
+      against_uniform = compare(results, key, uniform, MAIN_TEST) if key != uniform else None
+      rows.append(f'| {label} | {allocation} | {_wer(results, key)} | '
+                  f'{_cell(compare(results, key, DENSE, MAIN_TEST))} | {_cell(against_uniform)} '
+                  f'| {common.ratio(client_bytes(results[key]), dense_bytes)} |')
+  return rows
+
+
 def allocation_report(results: dict[str, Any], settings: dict[str, Any]) -> str:
   dense_bytes = client_bytes(results.get(DENSE))
   ratio = lambda run: common.ratio(client_bytes(run), dense_bytes)  # noqa: E731
@@ -403,32 +422,16 @@ def allocation_report(results: dict[str, Any], settings: dict[str, Any]) -> str:
             '`uniform` the same everywhere; all at the same total sparsity.', '',
             '| sparsity | allocation | test WER | vs FedAvg [95% CI] | vs uniform [95% CI] | '
             'client bytes per round |', '|---|---|---|---|---|---|']
-  for sparsity in FP_SPARSITIES:
-    uniform = fp_allocation_key('uniform', sparsity)
-    for allocation in FP_ALLOCATIONS:
-      key = fp_allocation_key(allocation, sparsity)
-      if results.get(key) is None:
-        continue
-      against_uniform = compare(results, key, uniform, MAIN_TEST) if key != uniform else None
-      lines.append(f'| {100 * sparsity:.0f}% | {allocation} | {_wer(results, key)} | '
-                   f'{_cell(compare(results, key, DENSE, MAIN_TEST))} | {_cell(against_uniform)}'
-                   f' | {ratio(results[key])} |')
+  lines += _allocation_rows(results, [f'{100 * s:.0f}%' for s in FP_SPARSITIES], FP_SPARSITIES,
+                            FP_ALLOCATIONS, fp_allocation_key)
   lines += ['', '## OMC: per-block mantissa bits', '',
             '`importance` gives the most ambient third of the blocks one mantissa bit fewer '
             'than the format, the most critical third one more: the same client parameter '
             'bytes as `uniform` (blocks of equal size).', '',
             '| format | allocation | test WER | vs FedAvg [95% CI] | vs uniform [95% CI] | '
             'client bytes per round |', '|---|---|---|---|---|---|']
-  for fmt in OMC_FORMATS:
-    uniform = omc_allocation_key('uniform', fmt)
-    for allocation in OMC_ALLOCATIONS:
-      key = omc_allocation_key(allocation, fmt)
-      if results.get(key) is None:
-        continue
-      against_uniform = compare(results, key, uniform, MAIN_TEST) if key != uniform else None
-      lines.append(f'| {fmt} | {allocation} | {_wer(results, key)} | '
-                   f'{_cell(compare(results, key, DENSE, MAIN_TEST))} | {_cell(against_uniform)}'
-                   f' | {ratio(results[key])} |')
+  lines += _allocation_rows(results, OMC_FORMATS, OMC_FORMATS, OMC_ALLOCATIONS,
+                            omc_allocation_key)
   lines += ['', 'Fewest client bytes at which each allocation is not shown worse than float32 '
             '(the interval\'s lower end at most 0):', '']
   for allocation in OMC_ALLOCATIONS:
