@@ -5,8 +5,12 @@
       --ranking=deep:seed2:$PWD/runs/importance_deep_seed2/ranking.json ...
 
 Each `--ranking` is `configuration:training:path` to a `ranking.json` of
-`//tff_programs:layer_importance`. Writes `stability.json` and `report.md`
-(`fl_compression/importance/stability.py`).
+`//tff_programs:layer_importance`; the configuration is a named model (its size enters the
+findings). Writes `stability.json` and `report.md`: the stability tables
+(`fl_compression/importance/stability.py`) and the paper's findings, each decided by its rule
+(`fl_compression/importance/findings.py`). `--reference=configuration:training` names the
+training whose signature findings are reported (default: the first ranking), and
+`--signature_history` its `signatures.csv`.
 """
 
 import json
@@ -16,13 +20,20 @@ import sys
 from absl import app
 from absl import flags
 
+from fl_compression.importance import findings
 from fl_compression.importance import stability
+from fl_compression.models import asr
+from fl_compression.models import registry
 from tff_programs import flag_utils
 from tff_programs import program_main
 
 _RANKINGS = flags.DEFINE_multi_string('ranking', [], 'configuration:training:path of a '
                                       'ranking.json (repeat the flag).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where stability.json and report.md go.')
+_REFERENCE = flags.DEFINE_string('reference', None, 'configuration:training whose signature '
+                                 'findings are reported (default: the first --ranking).')
+_SIGNATURE_HISTORY = flags.DEFINE_string('signature_history', None, 'signatures.csv of the '
+                                         'reference training (pretraining output).')
 
 
 def _read(spec: str):
@@ -30,6 +41,9 @@ def _read(spec: str):
   if len(parts) != 3 or not all(parts):
     raise flag_utils.FlagError(f'--ranking={spec}: expected configuration:training:path')
   config, label, path = parts
+  if config not in asr.NAMED_CONFIGS:
+    raise flag_utils.FlagError(f'--ranking={spec}: {config!r} is not a named model; known: '
+                               f'{", ".join(asr.NAMED_CONFIGS)}')
   path = flag_utils.resolve_path(path)
   try:
     with open(path) as f:
@@ -48,16 +62,38 @@ def run() -> None:
   if len(_RANKINGS.value) < 2:
     raise flag_utils.FlagError('--ranking: give at least two rankings to compare')
   rankings = [_read(spec) for spec in _RANKINGS.value]
+  ranked = [findings.Ranked(*r) for r in rankings]
+  reference = ranked[0]
+  if _REFERENCE.value:
+    matches = [r for r in ranked if f'{r.config}:{r.label}' == _REFERENCE.value]
+    if not matches:
+      raise flag_utils.FlagError(f'--reference={_REFERENCE.value}: no --ranking has that '
+                                 'configuration:training')
+    reference = matches[0]
+  history = None
+  if _SIGNATURE_HISTORY.value:
+    path = flag_utils.resolve_path(_SIGNATURE_HISTORY.value)
+    try:
+      history = findings.read_signature_history(path)
+    except (OSError, ValueError, KeyError) as e:
+      raise flag_utils.FlagError(f'--signature_history={path}: {e}') from None
   try:
     result = stability.compare(rankings)
   except stability.StabilityError as e:
     raise flag_utils.FlagError(f'--ranking: {e}') from None
+  parameters = {config: registry.build_keras_model(asr.NAMED_CONFIGS[config](0, 0)).count_params()
+                for config in sorted({r.config for r in ranked})}
+  found = findings.decide(ranked, parameters, reference, history)
+  result['parameters'] = parameters
+  result['findings'] = [f.as_dict() for f in found]
   output_dir = flag_utils.ensure_writable_dir('output_dir',
                                               flag_utils.resolve_path(_OUTPUT_DIR.value))
   with open(os.path.join(output_dir, 'stability.json'), 'w') as f:
     json.dump(result, f, indent=2)
   report = stability.render(result, ' '.join(
       ['bazel run //tff_programs:importance_stability --'] + sys.argv[1:]))
+  report += '\n## The paper\'s findings\n\n' + findings.render(found) + '\n'
+
   with open(os.path.join(output_dir, 'report.md'), 'w') as f:
     f.write(report)
   print(report, flush=True)

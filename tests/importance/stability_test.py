@@ -10,7 +10,8 @@ from tests import tff_test_utils
 
 
 def _ranking(damage, classes=None):
-  blocks = [{'block': i, 'reinit_wer': d, 'class': (classes or ['ambient'] * len(damage))[i]}
+  blocks = [{'block': i, 'reinit_wer': d, 'rerand_wer': d, 'reinit_relative': d / 0.05 - 1,
+             'class': (classes or ['ambient'] * len(damage))[i]}
             for i, d in enumerate(damage)]
   order = sorted(range(len(damage)), key=lambda b: (damage[b], b))
   return {'intact_wer': 0.05, 'blocks': blocks, 'ambient_first': order}
@@ -75,12 +76,28 @@ class StabilityTest(absltest.TestCase):
                                         f'--ranking=deep:b:{paths[1]}', timeout=120)
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     with open(os.path.join(out, 'stability.json')) as f:
-      self.assertAlmostEqual(json.load(f)['configurations']['deep']['pairs'][0]['spearman'],
-                             0.5)
+      written = json.load(f)
+    self.assertAlmostEqual(written['configurations']['deep']['pairs'][0]['spearman'], 0.5)
+    # The findings are decided in the report: the two trainings agree at 0.5, the rule's bound.
+    self.assertEqual(written['parameters'], {'deep': 1_738_333})
+    stable = {f['key']: f for f in written['findings']}['stable']
+    self.assertEqual(stable['verdict'], 'reproduced')
+    with open(os.path.join(out, 'report.md')) as f:
+      self.assertIn('| The ranking is fairly stable when the whole experiment is rerun. | '
+                    '**reproduced** | `deep` +0.50 over 1 pairs.', f.read())
     missing = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
                                          f'--ranking=deep:a:{paths[0]}',
                                          f'--ranking=deep:b:{tmp}/none.json', timeout=120)
     tff_test_utils.assert_one_line_error(self, missing, f'--ranking=deep:b:{tmp}/none.json:')
+    unknown = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
+                                         f'--ranking=deep:a:{paths[0]}',
+                                         f'--ranking=huge:b:{paths[1]}', timeout=120)
+    tff_test_utils.assert_one_line_error(self, unknown, "--ranking=huge:b:")
+    history = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
+                                         f'--ranking=deep:a:{paths[0]}',
+                                         f'--ranking=deep:b:{paths[1]}',
+                                         f'--signature_history={tmp}/none.csv', timeout=120)
+    tff_test_utils.assert_one_line_error(self, history, f'--signature_history={tmp}/none.csv')
 
 
 if __name__ == '__main__':
