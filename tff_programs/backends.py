@@ -23,6 +23,9 @@ import portpicker
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.native import compiler
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+from tensorflow_federated.python.core.environments.tensorflow_backend import tensorflow_tree_transformations
+from tensorflow_federated.python.core.impl.computation import computation_impl
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
 
 BACKENDS = ('local', 'workers')
@@ -33,6 +36,8 @@ _GRPC_OPTIONS = [
     ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
 ]
 _PR_SET_PDEATHSIG = 1
+# Whether contexts run TFF's static Grappler pass; see `compile_without_static_grappler`.
+STATIC_GRAPPLER = False
 
 
 class BackendError(RuntimeError):
@@ -186,7 +191,24 @@ def connect_to_worker(address: str, timeout: float,
   return stub
 
 
-def _async_context(stub, default_num_clients: int) -> tff.framework.AsyncExecutionContext:
+def compile_without_static_grappler(comp: tff.Computation) -> tff.Computation:
+  """TFF's native compilation (`desugar_and_transform_to_native`) minus its static Grappler pass.
+
+  TFF's compiler runs Grappler in this process on every TensorFlow computation the first time a
+  computation is invoked in a context, and then turns Grappler off for the worker's calls. That
+  pass is a large share of each first invocation (docs/benchmarks.md, "Compiling for the
+  worker", has the measurements with and without it, first and steady-state rounds).
+  """
+  desugared, _ = tensorflow_tree_transformations.replace_intrinsics_with_bodies(
+      comp.to_building_block())
+  return compiler.transform_to_native_form(
+      computation_impl.ConcreteComputation(computation_proto=desugared.proto,
+                                           context_stack=context_stack_impl.context_stack),
+      grappler_config=None)
+
+
+def _async_context(stub, default_num_clients: int,
+                   static_grappler: bool) -> tff.framework.AsyncExecutionContext:
   """TFF's async execution context over one remote worker (as TFF's local C++ factory builds)."""
 
   def stack_fn(cardinalities):
@@ -198,7 +220,8 @@ def _async_context(stub, default_num_clients: int) -> tff.framework.AsyncExecuti
 
   return tff.framework.AsyncExecutionContext(
       executor_fn=tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn),
-      compiler_fn=compiler.desugar_and_transform_to_native,
+      compiler_fn=(compiler.desugar_and_transform_to_native if static_grappler
+                   else compile_without_static_grappler),
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result)
 
@@ -214,8 +237,9 @@ class _AsyncAdapter(tff.framework.AsyncContext):
     return await loop.run_in_executor(None, self._sync_context.invoke, comp, arg)
 
 
-def _mergeable_context(stubs, default_num_clients: int) -> tff.framework.AsyncContext:
-  contexts = [_async_context(stub, default_num_clients) for stub in stubs]
+def _mergeable_context(stubs, default_num_clients: int,
+                       static_grappler: bool) -> tff.framework.AsyncContext:
+  contexts = [_async_context(stub, default_num_clients, static_grappler) for stub in stubs]
   mergeable = tff.framework.MergeableCompExecutionContext(
       async_contexts=contexts,
       compiler_fn=mergeable_comp_compiler.compile_to_mergeable_comp_form,
@@ -237,10 +261,22 @@ def disable_unmanaged_default_context() -> None:
 
 
 @contextlib.contextmanager
-def federated_context(backend: str, *, workers: Sequence[str] = (),
-                      default_num_clients: int = 0, connect_timeout: float = 30.0,
-                      log_dir: Optional[str] = None) -> Iterator[tff.program.NativeFederatedContext]:
-  """Yields a `tff.program.NativeFederatedContext`, installed as TFF's default context.
+def federated_context(backend: str, **kwargs) -> Iterator[tff.program.NativeFederatedContext]:
+  """Yields `open_backend(backend, **kwargs)`'s context, installed as TFF's default context."""
+  with open_backend(backend, **kwargs) as context:
+    with tff.framework.get_context_stack().install(context):
+      yield context
+
+
+@contextlib.contextmanager
+def open_backend(backend: str, *, workers: Sequence[str] = (),
+                 default_num_clients: int = 0, connect_timeout: float = 30.0,
+                 log_dir: Optional[str] = None,
+                 static_grappler: bool = STATIC_GRAPPLER,
+                 ) -> Iterator[tff.program.NativeFederatedContext]:
+  """Yields a `tff.program.NativeFederatedContext` over `backend`, not installed (callers that
+  share one backend across several uses install it around each; `federated_context` does it
+  once). Its workers and channels are closed on exit.
 
   Args:
     backend: `local` (a worker process started here and stopped on exit) or `workers`
@@ -249,6 +285,7 @@ def federated_context(backend: str, *, workers: Sequence[str] = (),
     default_num_clients: CLIENTS cardinality for computations that cannot infer it.
     connect_timeout: seconds to wait for each worker.
     log_dir: where the local worker writes its log (a temporary file if None).
+    static_grappler: compile with TFF's static Grappler pass (`compile_without_static_grappler`).
   """
   if backend not in BACKENDS:
     raise ValueError(f'unknown backend {backend!r}; known: {", ".join(BACKENDS)}')
@@ -261,16 +298,14 @@ def federated_context(backend: str, *, workers: Sequence[str] = (),
       worker = WorkerProcess(log_path=log_path).start()
       started.append(worker)
       stub = connect_to_worker(worker.address, connect_timeout, worker, channels)
-      async_context = _async_context(stub, default_num_clients)
+      async_context = _async_context(stub, default_num_clients, static_grappler)
     else:
       if not workers:
         raise ValueError('the workers backend needs --workers=host:port[,host:port...]')
       stubs = [connect_to_worker(address, connect_timeout, channels=channels)
                for address in workers]
-      async_context = _mergeable_context(stubs, default_num_clients)
-    context = tff.program.NativeFederatedContext(async_context)
-    with tff.framework.get_context_stack().install(context):
-      yield context
+      async_context = _mergeable_context(stubs, default_num_clients, static_grappler)
+    yield tff.program.NativeFederatedContext(async_context)
   finally:
     for channel in channels:
       channel.close()
