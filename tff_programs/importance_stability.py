@@ -56,6 +56,21 @@ def _read(spec: str):
   return config, label, ranking
 
 
+def _figures(specs, output_dir: str) -> str:
+  """Links to each ranking's heatmap and signature map (`layer_importance`'s figures), from
+  the report's directory."""
+  lines = []
+  for spec in specs:
+    config, label, path = spec.split(':', 2)
+    directory = os.path.dirname(flag_utils.resolve_path(path))
+    for figure, what in (('heatmap.png', 'WER after each reset'),
+                         ('signatures.png', 'numerical signatures')):
+      if os.path.exists(os.path.join(directory, figure)):
+        relative = os.path.relpath(os.path.join(directory, figure), output_dir)
+        lines.append(f'![{config} {label}: {what}]({relative})')
+  return '\n## Figures\n\n' + '\n\n'.join(lines) + '\n' if lines else ''
+
+
 def run() -> None:
   if not _OUTPUT_DIR.value:
     raise flag_utils.FlagError('--output_dir is required')
@@ -93,6 +108,7 @@ def run() -> None:
   report = stability.render(result, ' '.join(
       ['bazel run //tff_programs:importance_stability --'] + sys.argv[1:]))
   report += '\n## The paper\'s findings\n\n' + findings.render(found) + '\n'
+  report += _figures(_RANKINGS.value, output_dir)
 
   with open(os.path.join(output_dir, 'report.md'), 'w') as f:
     f.write(report)

@@ -70,6 +70,8 @@ class StabilityTest(absltest.TestCase):
       paths.append(os.path.join(tmp, f'r{i}.json'))
       with open(paths[-1], 'w') as f:
         json.dump(_ranking(damage), f)
+    with open(os.path.join(tmp, 'heatmap.png'), 'wb') as f:
+      f.write(b'\x89PNG')  # Linked from the report, not read.
     out = os.path.join(tmp, 'out')
     result = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
                                         f'--ranking=deep:a:{paths[0]}',
@@ -83,8 +85,11 @@ class StabilityTest(absltest.TestCase):
     stable = {f['key']: f for f in written['findings']}['stable']
     self.assertEqual(stable['verdict'], 'reproduced')
     with open(os.path.join(out, 'report.md')) as f:
-      self.assertIn('| The ranking is fairly stable when the whole experiment is rerun. | '
-                    '**reproduced** | `deep` +0.50 over 1 pairs.', f.read())
+      report = f.read()
+    self.assertIn('| The ranking is fairly stable when the whole experiment is rerun. | '
+                  '**reproduced** | `deep` +0.50 over 1 pairs.', report)
+    self.assertIn('![deep a: WER after each reset](../heatmap.png)', report)
+    self.assertNotIn('signatures.png', report)
     missing = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
                                          f'--ranking=deep:a:{paths[0]}',
                                          f'--ranking=deep:b:{tmp}/none.json', timeout=120)
