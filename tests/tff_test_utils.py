@@ -17,20 +17,23 @@ from tff_programs import backends
 backends.disable_unmanaged_default_context()
 
 
-_shared_backend: list[tff.program.NativeFederatedContext] = []
+_shared_backend: list[tuple[contextlib.ExitStack, tff.program.NativeFederatedContext]] = []
 
 
 def run_on_local_backend(body: Callable[[], Awaitable[Any]]) -> Any:
   """Runs `body()` in this test process's local federated context, installed for the call.
 
   The context's worker starts at the first call and serves every later one (starting a worker
-  costs about 2 s per call); it is stopped when the process exits.
+  costs about 2 s per call); it is stopped when the process exits, and replaced if it died (a
+  dead worker would make TFF retry every later call until the test's timeout).
   """
+  if _shared_backend and not worker_children():
+    _shared_backend.pop()[0].close()
   if not _shared_backend:
     stack = contextlib.ExitStack()
-    _shared_backend.append(stack.enter_context(backends.open_backend('local')))
+    _shared_backend.append((stack, stack.enter_context(backends.open_backend('local'))))
     atexit.register(stack.close)
-  with tff.framework.get_context_stack().install(_shared_backend[0]):
+  with tff.framework.get_context_stack().install(_shared_backend[0][1]):
     return asyncio.run(body())
 
 

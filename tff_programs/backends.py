@@ -36,7 +36,8 @@ _GRPC_OPTIONS = [
     ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
 ]
 _PR_SET_PDEATHSIG = 1
-# Whether contexts run TFF's static Grappler pass; see `compile_without_static_grappler`.
+# Whether contexts run TFF's static Grappler pass by default (read when a backend opens); see
+# `compile_without_static_grappler`.
 STATIC_GRAPPLER = False
 
 
@@ -196,8 +197,10 @@ def compile_without_static_grappler(comp: tff.Computation) -> tff.Computation:
 
   TFF's compiler runs Grappler in this process on every TensorFlow computation the first time a
   computation is invoked in a context, and then turns Grappler off for the worker's calls. That
-  pass is a large share of each first invocation (docs/benchmarks.md, "Compiling for the
-  worker", has the measurements with and without it, first and steady-state rounds).
+  pass is a large share of each first invocation; docs/training.md ("Compiling for the worker")
+  has the measurements with and without it, first and steady-state rounds. TFF calls the pass's
+  function inlining critical on GPUs (dataset placeholders would be placed there); the backends
+  here run on CPUs.
   """
   desugared, _ = tensorflow_tree_transformations.replace_intrinsics_with_bodies(
       comp.to_building_block())
@@ -272,7 +275,7 @@ def federated_context(backend: str, **kwargs) -> Iterator[tff.program.NativeFede
 def open_backend(backend: str, *, workers: Sequence[str] = (),
                  default_num_clients: int = 0, connect_timeout: float = 30.0,
                  log_dir: Optional[str] = None,
-                 static_grappler: bool = STATIC_GRAPPLER,
+                 static_grappler: Optional[bool] = None,
                  ) -> Iterator[tff.program.NativeFederatedContext]:
   """Yields a `tff.program.NativeFederatedContext` over `backend`, not installed (callers that
   share one backend across several uses install it around each; `federated_context` does it
@@ -285,8 +288,11 @@ def open_backend(backend: str, *, workers: Sequence[str] = (),
     default_num_clients: CLIENTS cardinality for computations that cannot infer it.
     connect_timeout: seconds to wait for each worker.
     log_dir: where the local worker writes its log (a temporary file if None).
-    static_grappler: compile with TFF's static Grappler pass (`compile_without_static_grappler`).
+    static_grappler: True: TFF's own compilation, static Grappler pass included; False:
+      `compile_without_static_grappler`; None: `STATIC_GRAPPLER`.
   """
+  if static_grappler is None:
+    static_grappler = STATIC_GRAPPLER
   if backend not in BACKENDS:
     raise ValueError(f'unknown backend {backend!r}; known: {", ".join(BACKENDS)}')
   disable_unmanaged_default_context()

@@ -36,6 +36,9 @@ _SIGNATURE_HISTORY = flags.DEFINE_string('signature_history', None, 'signatures.
                                          'reference training (pretraining output).')
 
 
+_BLOCK_KEYS = ('block', 'reinit_wer', 'rerand_wer', 'reinit_relative', 'class')
+
+
 def _read(spec: str):
   parts = spec.split(':', 2)
   if len(parts) != 3 or not all(parts):
@@ -50,9 +53,15 @@ def _read(spec: str):
       ranking = json.load(f)
   except (OSError, ValueError) as e:
     raise flag_utils.FlagError(f'--ranking={spec}: {e}') from None
-  if not isinstance(ranking, dict) or 'blocks' not in ranking or 'ambient_first' not in ranking:
+  if (not isinstance(ranking, dict) or 'blocks' not in ranking or 'ambient_first' not in ranking
+      or not all(isinstance(b, dict) and all(k in b for k in _BLOCK_KEYS)
+                 for b in ranking['blocks'])):
     raise flag_utils.FlagError(f'--ranking={spec}: {path} is not a ranking.json of '
                                '//tff_programs:layer_importance')
+  blocks = asr.NAMED_CONFIGS[config](0, 0)['encoder']['num_blocks']
+  if len(ranking['blocks']) != blocks:
+    raise flag_utils.FlagError(f'--ranking={spec}: ranks {len(ranking["blocks"])} blocks; '
+                               f'`{config}` has {blocks}')
   return config, label, ranking
 
 
@@ -77,6 +86,11 @@ def run() -> None:
   if len(_RANKINGS.value) < 2:
     raise flag_utils.FlagError('--ranking: give at least two rankings to compare')
   rankings = [_read(spec) for spec in _RANKINGS.value]
+  seen = set()
+  for config, label, _ in rankings:
+    if (config, label) in seen:
+      raise flag_utils.FlagError(f'--ranking: {config}:{label} is given twice')
+    seen.add((config, label))
   ranked = [findings.Ranked(*r) for r in rankings]
   reference = ranked[0]
   if _REFERENCE.value:
@@ -90,8 +104,13 @@ def run() -> None:
     path = flag_utils.resolve_path(_SIGNATURE_HISTORY.value)
     try:
       history = findings.read_signature_history(path)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, findings.SignatureHistoryError) as e:
       raise flag_utils.FlagError(f'--signature_history={path}: {e}') from None
+    counts = {len(v) for _, signature in history for v in signature.values()}
+    if counts != {len(reference.ranking['blocks'])}:
+      raise flag_utils.FlagError(
+          f'--signature_history={path}: has {sorted(counts)} blocks per module; the reference '
+          f'{reference.config}:{reference.label} ranks {len(reference.ranking["blocks"])}')
   try:
     result = stability.compare(rankings)
   except stability.StabilityError as e:

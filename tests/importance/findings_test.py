@@ -101,7 +101,7 @@ class SignatureTest(absltest.TestCase):
     strong = self._signature(0.6)
     reference = findings.Ranked('deep', 'shipped', _ranking(
         [0.1, 0.2, 0.3, 0.4], signature=strong,
-        correlations={'attention/query': 0.9, 'attention/key': -0.7, 'attention/value': 0.5,
+        correlations={'attention/query': 0.9, 'attention/key': -0.7, 'attention/value': 0.6,
                       'attention/output': None}))
     other = findings.Ranked('deep', 'seed1', _ranking([0.1, 0.2, 0.3, 0.4], signature=strong))
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
@@ -124,7 +124,9 @@ class SignatureTest(absltest.TestCase):
     self.assertEqual(found['signature_emerges'].verdict, findings.REPRODUCED)
     self.assertEqual(found['signature_stable'].verdict, findings.REPRODUCED)
     self.assertEqual(found['signature_shares_damage'].verdict, findings.REPRODUCED)
-    self.assertIn('mean |rho| 0.70', found['signature_shares_damage'].evidence)
+    # The undefined correlation counts as 0: (0.9 + 0.7 + 0.6 + 0) / 4.
+    self.assertIn('attention/output n/a (constant) (mean absolute 0.55)',
+                  found['signature_shares_damage'].evidence)
     # Without history or a second training, those parts are undecided, not guessed.
     found = _by_key(findings.attention_signatures([reference], reference))
     self.assertEqual(found['signature_emerges'].verdict, findings.UNDECIDED)
@@ -137,10 +139,41 @@ class SignatureTest(absltest.TestCase):
     found = findings.decide(ranked, _PARAMETERS, ranked[0])
     self.assertEqual([f.key for f in found],
                      ['size', 'reinit_like_rerand', 'stable', 'stable_when_larger',
-                      'signature_strong', 'normalization'])
-    table = findings.render(found)
+                      'signature_strong', 'signature_emerges', 'signature_stable',
+                      'signature_shares_damage', 'normalization'])
+    self.assertEqual({f.verdict for f in found[4:]}, {findings.UNDECIDED})
+    table = findings.render(found + [findings.Finding('x', 'a | b', 'partly', 'c', '')])
     self.assertIn('| Re-initialization and re-randomization give similar pictures. | '
                   '**reproduced** |', table)
+    self.assertIn('| a \\| b | **partly** | c | - |', table)  # A pipe stays in its cell.
+
+  def test_bounds_are_decided_at_the_printed_rounding(self):
+    # Spearman 0.6 for these four blocks: below 0.7; an undefined one never counts as similar.
+    ranked = [findings.Ranked('deep', 'a', _ranking([0.1, 0.2, 0.3, 0.4],
+                                                    rerand=[0.3, 0.1, 0.5, 0.4]))]
+    found = findings.reinit_like_rerand(ranked)
+    self.assertIn('deep a +0.60', found.evidence)
+    self.assertEqual(found.verdict, findings.NOT_REPRODUCED)
+    self.assertTrue(findings._at_least(0.696, 0.7))
+    self.assertFalse(findings._at_least(0.694, 0.7))
+    self.assertFalse(findings._at_least(None, 0.0))
+    constant = [findings.Ranked('deep', 'b', _ranking([0.1, 0.2], rerand=[0.3, 0.3]))]
+    found = findings.reinit_like_rerand(constant)
+    self.assertEqual((found.verdict, found.evidence),
+                     (findings.NOT_REPRODUCED, 'Spearman deep b n/a (constant).'))
+
+  def test_signature_history_errors_say_what_is_wrong(self):
+    tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cases = {'header.csv': ('a,b\n1,2\n', 'first column is not step'),
+             'ragged.csv': ('step,signature/ffn1/block_00\n250,0.5,0.7\n', 'line 2 has'),
+             'value.csv': ('step,signature/ffn1/block_00\n250,x\n', 'line 2:'),
+             'empty.csv': ('step,signature/ffn1/block_00\n', 'no rows')}
+    for name, (text, message) in cases.items():
+      path = os.path.join(tmp, name)
+      with open(path, 'w') as f:
+        f.write(text)
+      with self.assertRaisesRegex(findings.SignatureHistoryError, message, msg=name):
+        findings.read_signature_history(path)
 
 
 if __name__ == '__main__':

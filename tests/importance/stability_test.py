@@ -66,7 +66,8 @@ class StabilityTest(absltest.TestCase):
   def test_program_writes_the_report_and_names_bad_input(self):
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     paths = []
-    for i, damage in enumerate(([0.1, 0.3, 0.2], [0.1, 0.2, 0.3])):
+    # `tiny` has 4 blocks; these two rankings agree at Spearman 0.8.
+    for i, damage in enumerate(([0.1, 0.3, 0.2, 0.4], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3])):
       paths.append(os.path.join(tmp, f'r{i}.json'))
       with open(paths[-1], 'w') as f:
         json.dump(_ranking(damage), f)
@@ -74,35 +75,36 @@ class StabilityTest(absltest.TestCase):
       f.write(b'\x89PNG')  # Linked from the report, not read.
     out = os.path.join(tmp, 'out')
     result = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
-                                        f'--ranking=deep:a:{paths[0]}',
-                                        f'--ranking=deep:b:{paths[1]}', timeout=120)
+                                        f'--ranking=tiny:a:{paths[0]}',
+                                        f'--ranking=tiny:b:{paths[1]}', timeout=120)
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     with open(os.path.join(out, 'stability.json')) as f:
       written = json.load(f)
-    self.assertAlmostEqual(written['configurations']['deep']['pairs'][0]['spearman'], 0.5)
-    # The findings are decided in the report: the two trainings agree at 0.5, the rule's bound.
-    self.assertEqual(written['parameters'], {'deep': 1_738_333})
+    self.assertAlmostEqual(written['configurations']['tiny']['pairs'][0]['spearman'], 0.8)
+    # The findings are decided in the report, with the model's size.
+    self.assertEqual(set(written['parameters']), {'tiny'})
+    self.assertGreater(written['parameters']['tiny'], 1_000_000)
     stable = {f['key']: f for f in written['findings']}['stable']
     self.assertEqual(stable['verdict'], 'reproduced')
     with open(os.path.join(out, 'report.md')) as f:
       report = f.read()
     self.assertIn('| The ranking is fairly stable when the whole experiment is rerun. | '
-                  '**reproduced** | `deep` +0.50 over 1 pairs.', report)
-    self.assertIn('![deep a: WER after each reset](../heatmap.png)', report)
+                  '**reproduced** | `tiny` +0.80 over 1 pairs.', report)
+    self.assertIn('![tiny a: WER after each reset](../heatmap.png)', report)
     self.assertNotIn('signatures.png', report)
-    missing = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
-                                         f'--ranking=deep:a:{paths[0]}',
-                                         f'--ranking=deep:b:{tmp}/none.json', timeout=120)
-    tff_test_utils.assert_one_line_error(self, missing, f'--ranking=deep:b:{tmp}/none.json:')
-    unknown = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
-                                         f'--ranking=deep:a:{paths[0]}',
-                                         f'--ranking=huge:b:{paths[1]}', timeout=120)
-    tff_test_utils.assert_one_line_error(self, unknown, "--ranking=huge:b:")
-    history = tff_test_utils.run_program('importance_stability', f'--output_dir={out}',
-                                         f'--ranking=deep:a:{paths[0]}',
-                                         f'--ranking=deep:b:{paths[1]}',
-                                         f'--signature_history={tmp}/none.csv', timeout=120)
-    tff_test_utils.assert_one_line_error(self, history, f'--signature_history={tmp}/none.csv')
+    a, b, three = (f'--ranking=tiny:{label}:{path}' for label, path in zip('abc', paths))
+    cases = [
+        ([a, f'--ranking=tiny:b:{tmp}/none.json'], f'--ranking=tiny:b:{tmp}/none.json:'),
+        ([a, f'--ranking=huge:b:{paths[1]}'], "--ranking=huge:b:"),
+        ([a, three], f'{three}: ranks 3 blocks; `tiny` has 4'),
+        ([a, a], '--ranking: tiny:a is given twice'),
+        ([a, b, f'--signature_history={tmp}/none.csv'], f'--signature_history={tmp}/none.csv'),
+    ]
+    for flags, message in cases:
+      failed = tff_test_utils.run_program('importance_stability', f'--output_dir={out}-bad',
+                                          *flags, timeout=120)
+      tff_test_utils.assert_one_line_error(self, failed, message)
+    self.assertFalse(os.path.exists(f'{out}-bad'))
 
 
 if __name__ == '__main__':

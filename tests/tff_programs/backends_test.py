@@ -1,4 +1,5 @@
 import asyncio
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -56,9 +57,27 @@ class WorkerProcessTest(absltest.TestCase):
 class FederatedContextTest(absltest.TestCase):
 
   def test_local_context_stops_its_worker(self):
+    before = {p.pid for p in tff_test_utils.worker_children()}
     with backends.federated_context('local'):
-      self.assertLen(tff_test_utils.worker_children(), 1)
-    self.assertEmpty(tff_test_utils.worker_children())
+      self.assertLen({p.pid for p in tff_test_utils.worker_children()} - before, 1)
+    self.assertEqual({p.pid for p in tff_test_utils.worker_children()}, before)
+
+  def test_the_tests_shared_worker_serves_calls_and_is_replaced_when_it_dies(self):
+    @tff.tensorflow.computation
+    def seven():
+      return tf.constant(7)
+
+    async def body():
+      return await tff.program.materialize_value(seven())
+
+    self.assertEqual(tff_test_utils.run_on_local_backend(body), 7)
+    (first,) = tff_test_utils.worker_children()
+    self.assertEqual(tff_test_utils.run_on_local_backend(body), 7)
+    self.assertEqual([p.pid for p in tff_test_utils.worker_children()], [first.pid])
+    first.kill()
+    first.wait(10)
+    self.assertEqual(tff_test_utils.run_on_local_backend(body), 7)
+    self.assertNotIn(first.pid, [p.pid for p in tff_test_utils.worker_children()])
 
   def test_unreachable_worker_is_named(self):
     port = portpicker.pick_unused_port()
@@ -158,9 +177,15 @@ class StaticGrapplerTest(absltest.TestCase):
 
     rounds = {}
     start = None
+    compiled = []
+    counting = lambda comp: compiled.append(comp) or plain_compile(comp)  # noqa: E731
+    plain_compile = backends.compile_without_static_grappler
     for static_grappler in (True, False):
-      with backends.federated_context('local', static_grappler=static_grappler):
-        start, rounds[static_grappler] = asyncio.run(one_round(start))
+      with mock.patch.object(backends, 'compile_without_static_grappler', counting):
+        with backends.federated_context('local', static_grappler=static_grappler):
+          start, rounds[static_grappler] = asyncio.run(one_round(start))
+      # Only the context without the static pass compiled through it.
+      self.assertEqual(bool(compiled), not static_grappler)
     optimized, plain = rounds[True], rounds[False]
     moved = 0.0
     for a, b, w in zip(optimized.trainable, plain.trainable, start.trainable):
