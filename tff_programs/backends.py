@@ -37,8 +37,9 @@ _GRPC_OPTIONS = [
 ]
 _PR_SET_PDEATHSIG = 1
 # Whether contexts run TFF's static Grappler pass by default (read when a backend opens); see
-# `compile_without_static_grappler`.
-STATIC_GRAPPLER = False
+# `compile_without_static_grappler`. On unless FLC_TFF_STATIC_GRAPPLER=0, which the test suite
+# sets (.bazelrc): its computations run a round or two, where the pass costs more than it saves.
+STATIC_GRAPPLER = os.environ.get('FLC_TFF_STATIC_GRAPPLER', '1') != '0'
 
 
 class BackendError(RuntimeError):
