@@ -157,7 +157,7 @@ def run() -> None:
   if store.get('initial') is None:
     rates = task.transcription_eval(initial_weights, task.model_config)
     store.put('initial', {split: r.as_dict() for split, r in rates.items()})
-  pending = [s for s in specs if store.get(s.key) is None]
+  pending = [s for s in specs if not experiment_runs.is_current(s, store.get(s.key))]
   print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
         f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
 
@@ -195,7 +195,7 @@ def run() -> None:
       settings, command=' '.join(['bazel run //tff_programs:benchmark_compression --'] +
                                  [a for a in sys.argv[1:] if not a.startswith('--report_only')]),
       machine=f'{os.cpu_count()} CPU cores',
-      missing_runs=[s.key for s in specs if store.get(s.key) is None])
+      missing_runs=[s.key for s in specs if not experiment_runs.is_current(s, store.get(s.key))])
   results = store.data['results']
   figures = experiments.plot(results, output_dir)
   report = experiments.render_report(results, settings_for_report, figures)

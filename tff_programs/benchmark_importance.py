@@ -180,7 +180,8 @@ def _report_settings(settings: dict, planned, store) -> dict:
   return dict(settings, machine=f'{os.cpu_count()} CPU cores',
               command=' '.join(['bazel run //tff_programs:benchmark_importance --'] + [
                   a for a in sys.argv[1:] if not a.startswith('--report_only')]),
-              missing_runs=[s.key for s in planned if store.get(s.key) is None])
+              missing_runs=[s.key for s in planned
+                            if not experiment_runs.is_current(s, store.get(s.key))])
 
 
 def _write(name: str, text: str) -> None:
@@ -267,7 +268,7 @@ def _allocation(settings: dict, ranking_path: str, only: set[str]) -> None:
 
 
 def _run_all(what, specs, store, run_one, name, write_report) -> None:
-  pending = [s for s in specs if store.get(s.key) is None]
+  pending = [s for s in specs if not experiment_runs.is_current(s, store.get(s.key))]
   print(f'{what}: {len(specs)} runs, {len(specs) - len(pending)} already done; '
         f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
   if not _REPORT_ONLY.value:

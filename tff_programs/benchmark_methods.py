@@ -177,7 +177,7 @@ def run() -> None:
     model_config = checkpoint.load_config(
         flag_utils.resolve_path(_INITIAL_MODEL_DIR.value))['model']
     store.put('zerofl_step_costs', zerofl_step_costs(model_config))
-  pending = [s for s in specs if store.get(s.key) is None]
+  pending = [s for s in specs if not experiment_runs.is_current(s, store.get(s.key))]
   print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
         f'{_TOTAL_ROUNDS.value} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
   hparams = algorithms.Hyperparameters(
@@ -202,8 +202,12 @@ def run() -> None:
         settings, command=' '.join(['bazel run //tff_programs:benchmark_methods --'] + [
             a for a in sys.argv[1:] if not a.startswith('--report_only')]),
         machine=f'{os.cpu_count()} CPU cores',
-        missing_runs=[s.key for s in specs if store.get(s.key) is None])
-    results = dict(store.data['results'], total_rounds=_TOTAL_ROUNDS.value)
+        missing_runs=[s.key for s in specs
+                      if not experiment_runs.is_current(s, store.get(s.key))])
+    stale = {s.key for s in specs if store.get(s.key) is not None
+             and not experiment_runs.is_current(s, store.get(s.key))}
+    results = dict({k: v for k, v in store.data['results'].items() if k not in stale},
+                   total_rounds=_TOTAL_ROUNDS.value)
     figures = experiments.plot(results, output_dir)
     report = experiments.render_report(results, settings_for_report, figures)
     with open(os.path.join(output_dir, 'report.md'), 'w') as f:

@@ -199,7 +199,7 @@ def run() -> None:
     rates = task.transcription_eval(initial_weights, task.model_config)
     store.put('initial', {split: r.as_dict() for split, r in rates.items()})
   store.put('zero_parameter_ratio', _zero_parameter_ratios(task.model_config, sparsities))
-  pending = [s for s in specs if store.get(s.key) is None]
+  pending = [s for s in specs if not experiment_runs.is_current(s, store.get(s.key))]
   print(f'{len(specs)} federated runs, {len(specs) - len(pending)} already done; '
         f'{total} rounds x {_CLIENTS_PER_ROUND.value} clients each', flush=True)
 
@@ -283,7 +283,7 @@ def run() -> None:
   experiment_runs.run_pending(
       pending, store,
       run_one, os.path.join(output_dir, 'program_states'), after_each=measurements_when_ready)
-  missing = [s.key for s in specs if store.get(s.key) is None]
+  missing = [s.key for s in specs if not experiment_runs.is_current(s, store.get(s.key))]
   settings_for_report = dict(
       settings, command=' '.join(['bazel run //tff_programs:benchmark_pruning --'] +
                                  [a for a in sys.argv[1:] if not a.startswith('--report_only')]),

@@ -336,11 +336,22 @@ async def interleaved_round_times(specs: Sequence[experiments.RunSpec], task: ta
           'warm_up_seconds': warm_up}
 
 
+def is_current(spec: experiments.RunSpec, result: dict[str, Any] | None) -> bool:
+  """Whether `result` stands for `spec` under today's plan: it exists, and a selected round
+  was chosen no earlier than the spec's first selectable round (a result chosen under an
+  earlier rule is rerun)."""
+  if result is None:
+    return False
+  selected = result.get('selected_round')
+  return selected is None or selected >= spec.option_dict.get('select_from_round', 1)
+
+
 def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultStore,
                 run_one: Callable[[experiments.RunSpec, str], dict[str, Any]],
                 states_dir: str, after_each: Callable[[], None] = lambda: None) -> None:
-  """Runs the specs without a stored result, storing each as it finishes."""
-  pending = [s for s in specs if store.get(s.key) is None]
+  """Runs the specs without a current stored result (`is_current`), storing each as it
+  finishes."""
+  pending = [s for s in specs if not is_current(s, store.get(s.key))]
   for i, spec in enumerate(pending):
     state_dir = os.path.join(states_dir, spec.key.replace('/', '_'))
     result = run_one(spec, state_dir)

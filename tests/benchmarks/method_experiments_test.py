@@ -30,8 +30,11 @@ class MethodExperimentsTest(absltest.TestCase):
     self.assertNotIn('model', experiments.algorithm_options(wide))
     self.assertNotIn('select_from_round', experiments.algorithm_options(wide))
     ramp = next(s for s in specs if s.key == experiments.zerofl_ramp_key(0.9, 0.2))
+    # Its round is chosen after the ramp, where the clients train at the full sparsity.
     self.assertEqual(ramp.option_dict, {'sparsity': 0.9, 'mask_ratio': 0.2, 'ramp_rounds': 20,
-                                        'ramp_steps': 4})
+                                        'ramp_steps': 4, 'select_from_round': 21})
+    self.assertNotIn('select_from_round', experiments.algorithm_options(ramp))
+    self.assertIn('zerofl/0.5/0.2', keys)
     self.assertEqual(experiments.label(ramp.key), 'ZeroFL 90%, mask ratio 0.2, sparsity ramp')
     with self.assertRaisesRegex(ValueError, 'unknown huge'):
       experiments.plan_runs(60, ['huge'])

@@ -11,6 +11,19 @@ from tff_programs import experiment_runs
 from tff_programs import program_logic
 
 
+class IsCurrentTest(absltest.TestCase):
+
+  def test_a_result_chosen_before_the_first_selectable_round_is_rerun(self):
+    late = experiments.RunSpec('ramp', 'zerofl', (('select_from_round', 11),))
+    self.assertFalse(experiment_runs.is_current(late, None))
+    self.assertFalse(experiment_runs.is_current(late, {'selected_round': 5}))
+    self.assertTrue(experiment_runs.is_current(late, {'selected_round': 11}))
+    # Without the option every round may be chosen; cost runs select none.
+    plain = experiments.RunSpec('fedavg', 'fedavg', ())
+    self.assertTrue(experiment_runs.is_current(plain, {'selected_round': 1}))
+    self.assertTrue(experiment_runs.is_current(late, {'selected_round': None}))
+
+
 class InterleavedRoundTimesTest(absltest.TestCase):
 
   def test_every_run_times_every_round_on_the_same_clients(self):
