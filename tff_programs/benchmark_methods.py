@@ -96,7 +96,7 @@ def zerofl_step_costs(model_config: dict) -> dict:
   features = tf.random.stateless_normal([_BATCH_SIZE.value, frames, 80], seed=[0, 1])
   lengths = tf.fill([_BATCH_SIZE.value], frames)
   costs = {}
-  for sparsity in (None,) + experiments.ZEROFL_SPARSITIES:
+  for sparsity in (None,) + experiments.step_cost_sparsities():
     swat = None if sparsity is None else {'sparsity': sparsity}
     if swat:
       with pruned_dense.building_dense(zerofl.swat_factory(
@@ -171,8 +171,9 @@ def run() -> None:
       initial[model] = {split: dict(r.as_dict(), utterances=r.utterances.as_dict())
                         for split, r in rates.items()}
       store.put('initial', initial)
-  if (any(s.algorithm == 'zerofl' for s in specs) and store.get('zerofl_step_costs') is None
-      and not _REPORT_ONLY.value):
+  measured_costs = store.get('zerofl_step_costs') or {}
+  if (any(s.algorithm == 'zerofl' for s in specs) and not _REPORT_ONLY.value
+      and not all(f'{p:g}' in measured_costs for p in experiments.step_cost_sparsities())):
     print('measuring the ZeroFL client step (FLOPs, time, tensor memory) ...', flush=True)
     model_config = checkpoint.load_config(
         flag_utils.resolve_path(_INITIAL_MODEL_DIR.value))['model']
@@ -202,12 +203,10 @@ def run() -> None:
         settings, command=' '.join(['bazel run //tff_programs:benchmark_methods --'] + [
             a for a in sys.argv[1:] if not a.startswith('--report_only')]),
         machine=f'{os.cpu_count()} CPU cores',
-        missing_runs=[s.key for s in specs
+        missing_runs=[s.key for s in experiments.plan_runs(_TOTAL_ROUNDS.value, _MODELS.value)
                       if not experiment_runs.is_current(s, store.get(s.key))])
-    stale = {s.key for s in specs if store.get(s.key) is not None
-             and not experiment_runs.is_current(s, store.get(s.key))}
-    results = dict({k: v for k, v in store.data['results'].items() if k not in stale},
-                   total_rounds=_TOTAL_ROUNDS.value)
+    # Rendering and figures leave out stored results that are not current (`current`).
+    results = dict(store.data['results'], total_rounds=_TOTAL_ROUNDS.value)
     figures = experiments.plot(results, output_dir)
     report = experiments.render_report(results, settings_for_report, figures)
     with open(os.path.join(output_dir, 'report.md'), 'w') as f:

@@ -16,6 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
+from fl_compression.benchmarks import method_experiments as methods
 from fl_compression.benchmarks import summary
 from tff_programs import flag_utils
 from tff_programs import program_main
@@ -29,7 +30,7 @@ _PRUNING = flags.DEFINE_string('pruning_results', 'reports/federated_pruning/res
                                'results.json of //tff_programs:benchmark_pruning.')
 
 
-def _read(flag, required: bool):
+def _read(flag, required: bool, with_rounds: bool = False):
   path = flag_utils.resolve_path(flag.value)
   if not os.path.exists(path):
     if required:
@@ -38,14 +39,17 @@ def _read(flag, required: bool):
     return None
   try:
     with open(path) as f:
-      return json.load(f)['results']
+      data = json.load(f)
+    if with_rounds:  # The methods' plan needs its rounds to tell current results.
+      return methods.current(dict(data['results'], total_rounds=data['settings']['total_rounds']))
+    return data['results']
   except (OSError, ValueError, KeyError) as e:
     raise flag_utils.FlagError(f'--{flag.name}={flag.value}: not a benchmark results file '
                                f'({e})') from None
 
 
 def run() -> None:
-  results = _read(_METHODS, required=True)
+  results = _read(_METHODS, required=True, with_rounds=True)
   probes = {}
   for name, flag in (('compression', _COMPRESSION), ('pruning', _PRUNING)):
     found = _read(flag, required=False)

@@ -336,14 +336,8 @@ async def interleaved_round_times(specs: Sequence[experiments.RunSpec], task: ta
           'warm_up_seconds': warm_up}
 
 
-def is_current(spec: experiments.RunSpec, result: dict[str, Any] | None) -> bool:
-  """Whether `result` stands for `spec` under today's plan: it exists, and a selected round
-  was chosen no earlier than the spec's first selectable round (a result chosen under an
-  earlier rule is rerun)."""
-  if result is None:
-    return False
-  selected = result.get('selected_round')
-  return selected is None or selected >= spec.option_dict.get('select_from_round', 1)
+# A stored result stands for its planned run (`pruning_experiments.is_current`).
+is_current = experiments.is_current
 
 
 def run_pending(specs: Sequence[experiments.RunSpec], store: experiments.ResultStore,

@@ -145,7 +145,8 @@ def plan_runs(total_rounds: int, models: Sequence[str] = MODELS) -> list[common.
     # Chosen after the ramp: before its end the clients train a less sparse model.
     ramp_rounds = max(1, total_rounds // 3)
     add(zerofl_ramp_key(0.9, 0.2), 'zerofl', sparsity=0.9, mask_ratio=0.2,
-        ramp_rounds=ramp_rounds, ramp_steps=4, select_from_round=ramp_rounds + 1)
+        ramp_rounds=ramp_rounds, ramp_steps=4,
+        select_from_round=min(total_rounds, ramp_rounds + 1))
   if 'wide' in models:
     add(dense_key('wide'), 'fedavg', model='wide')
     for sparsity in WIDE_RATES:
@@ -268,6 +269,19 @@ def label(key: str) -> str:
   return key
 
 
+def current(results: dict[str, Any]) -> dict[str, Any]:
+  """`results` (with its `total_rounds`) without the stored runs that no longer stand for their
+  planned run (`pruning_experiments.is_current`): reports, figures and the summary use these."""
+  planned = {s.key: s for s in plan_runs(int(results.get('total_rounds', 60) or 60))}
+  return {k: v for k, v in results.items()
+          if k not in planned or common.is_current(planned[k], v)}
+
+
+def step_cost_sparsities() -> tuple[float, ...]:
+  """The SWAT sparsities whose client step `zerofl_step_costs` measures."""
+  return ZEROFL_SPARSITIES + ZEROFL_SWEEP
+
+
 def table_keys(results: dict[str, Any], model: str = 'tiny') -> list[str]:
   """The run keys of one model's table, in plan order."""
   order = [s.key for s in plan_runs(int(results.get('total_rounds', 60) or 60), [model])]
@@ -276,7 +290,8 @@ def table_keys(results: dict[str, Any], model: str = 'tiny') -> list[str]:
 
 def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Sequence[str]
                   ) -> str:
-  """The Markdown report."""
+  """The Markdown report (of the current results only, `current`)."""
+  results = current(results)
   lines = ['# Every method against dense FedAvg at an equal, converged budget', '',
            f'`{settings["command"]}`', '']
   initial = results.get('initial')
@@ -290,8 +305,8 @@ def render_report(results: dict[str, Any], settings: dict[str, Any], figures: Se
       f'batch {settings["batch_size"]}, client Adam {settings["client_learning_rate"]:g}, '
       'server SGD 1.0. Every run is transcribed every '
       f'{settings["evaluation_period"]} rounds; its result is the round with the lowest dev '
-      'WER (for pruning, among the fine-tuning rounds; for the ZeroFL sparsity ramp, among the '
-      'rounds after the ramp), and its test WER at that round is '
+      'WER (for pruning, among the fine-tuning rounds; for the ZeroFL sparsity ramp, from round '
+      f'{min(rounds, max(1, rounds // 3) + 1)}, after the ramp), and its test WER at that round is '
       f'reported once. Federated pruning phases: pruning rounds 1..{pruning["refine_start"] - 1}, '
       f'refining {pruning["refine_start"]}..{pruning["finetune_start"] - 1}, fine-tuning of the '
       f'reduced model {pruning["finetune_start"]}..{rounds}. Machine: {settings["machine"]}.', '']
@@ -511,7 +526,8 @@ def _method_table(results, keys, model) -> list[str]:
 
 
 def plot(results: dict[str, Any], output_dir: str) -> list[str]:
-  """WER (with interval bars) against client bytes per round, one point per run."""
+  """WER (with interval bars) against client bytes per round, one point per current run."""
+  results = current(results)
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top

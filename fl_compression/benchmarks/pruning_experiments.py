@@ -172,6 +172,16 @@ def code_revision() -> str:
 DERIVED_SETTINGS = ('initial_model', 'corpus')
 
 
+def is_current(spec: 'RunSpec', result: Optional[dict[str, Any]]) -> bool:
+  """Whether `result` stands for `spec` under today's plan: it exists, and a selected round
+  was chosen no earlier than the spec's first selectable round (a result chosen under an
+  earlier rule is rerun)."""
+  if result is None:
+    return False
+  selected = result.get('selected_round')
+  return selected is None or selected >= spec.option_dict.get('select_from_round', 1)
+
+
 class ResultStore:
   """Results by key in one JSON file, rewritten atomically after each finished piece. Every
   stored result records the code revision that produced it (`code_revision`)."""

@@ -35,9 +35,20 @@ class MethodExperimentsTest(absltest.TestCase):
                                         'ramp_steps': 4, 'select_from_round': 21})
     self.assertNotIn('select_from_round', experiments.algorithm_options(ramp))
     self.assertIn('zerofl/0.5/0.2', keys)
+    # With one round, the ramp's first selectable round is that round.
+    short = next(s for s in experiments.plan_runs(1) if s.key == ramp.key)
+    self.assertEqual(short.option_dict['select_from_round'], 1)
     self.assertEqual(experiments.label(ramp.key), 'ZeroFL 90%, mask ratio 0.2, sparsity ramp')
     with self.assertRaisesRegex(ValueError, 'unknown huge'):
       experiments.plan_runs(60, ['huge'])
+
+  def test_results_chosen_before_a_runs_first_selectable_round_are_left_out(self):
+    ramp = experiments.zerofl_ramp_key(0.9, 0.2)
+    results = {'total_rounds': 30, ramp: {'selected_round': 5}, 'fedavg': {'selected_round': 5},
+               'unplanned': {'selected_round': 1}}
+    self.assertEqual(set(experiments.current(results)), {'total_rounds', 'fedavg', 'unplanned'})
+    results[ramp] = {'selected_round': 11}
+    self.assertIn(ramp, experiments.current(results))
 
   def test_targets_are_decided_by_the_interval(self):
     base = [1, 2, 1, 0, 2, 1, 1, 2] * 10
