@@ -37,6 +37,27 @@ def run_on_local_backend(body: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(body())
 
 
+def tensorflow_graphs(computation) -> list:
+  """Every TensorFlow `GraphDef` inside `computation` (a `tff.Computation`), in proto order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graphs = []
+
+  def walk(message):
+    for field, value in message.ListFields():
+      if field.message_type is None:
+        continue
+      for item in (value if field.label == field.LABEL_REPEATED else [value]):
+        if field.name == 'tensorflow':
+          graph = tf.compat.v1.GraphDef()
+          item.graph_def.Unpack(graph)
+          graphs.append(graph)
+        else:
+          walk(item)
+
+  walk(tff.framework.ConcreteComputation.get_proto(computation))
+  return graphs
+
+
 def worker_children() -> list[psutil.Process]:
   """The `worker_binary` processes descended from this process."""
   return [p for p in psutil.Process().children(recursive=True)

@@ -94,22 +94,10 @@ _CONDITIONALS = ('If', 'StatelessIf', 'Case', 'StatelessCase')
 def _tensorflow_op_counts(computation: tff.Computation) -> collections.Counter:
   """Op types over every TensorFlow graph in `computation`, function libraries included."""
   counts = collections.Counter()
-
-  def walk(message):
-    for field, value in message.ListFields():
-      if field.message_type is None:
-        continue
-      for item in (value if field.label == field.LABEL_REPEATED else [value]):
-        if field.name == 'tensorflow':
-          graph = tf.compat.v1.GraphDef()
-          item.graph_def.Unpack(graph)
-          counts.update(node.op for node in graph.node)
-          for function in graph.library.function:
-            counts.update(node.op for node in function.node_def)
-        else:
-          walk(item)
-
-  walk(tff.framework.ConcreteComputation.get_proto(computation))
+  for graph in tff_test_utils.tensorflow_graphs(computation):
+    counts.update(node.op for node in graph.node)
+    for function in graph.library.function:
+      counts.update(node.op for node in function.node_def)
   return counts
 
 

@@ -130,22 +130,8 @@ class FederatedContextTest(absltest.TestCase):
 
 def _graph_ops(computation: tff.Computation) -> list[str]:
   """Op types of every TensorFlow graph inside `computation`."""
-  ops = []
-
-  def walk(message):
-    for field, value in message.ListFields():
-      if field.message_type is None:
-        continue
-      for item in (value if field.label == field.LABEL_REPEATED else [value]):
-        if field.name == 'tensorflow':
-          graph = tf.compat.v1.GraphDef()
-          item.graph_def.Unpack(graph)
-          ops.extend(node.op for node in graph.node)
-        else:
-          walk(item)
-
-  walk(tff.framework.ConcreteComputation.get_proto(computation))
-  return ops
+  return [node.op for graph in tff_test_utils.tensorflow_graphs(computation)
+          for node in graph.node]
 
 
 class StaticGrapplerTest(absltest.TestCase):
