@@ -3,6 +3,8 @@
 import asyncio
 import atexit
 import contextlib
+import functools
+import io
 import os
 import subprocess
 import sys
@@ -97,6 +99,46 @@ def run_program(name: str, *flags: str, timeout: float = 600) -> subprocess.Comp
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
   return subprocess.run(program_command(name) + list(flags), capture_output=True, text=True,
                         env=env, timeout=timeout, check=False)
+
+
+def call_program(module, *flags: str) -> subprocess.CompletedProcess:
+  """Runs program `module`'s `main` (`program_main.make_main(module.run)`) in this process on
+  `flags`, with its output captured, and returns what `run_program` would.
+
+  For bad-input checks, which fail before any computation is built: a child process spends
+  several seconds importing TensorFlow and TFF per case, this one call. Flag values are restored
+  after the call. Only the launcher around `main` (absl's `app.run`) is left out, so keep one
+  `run_program` case per program.
+  """
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from tff_programs import program_main  # pylint: disable=g-import-not-at-top
+  argv = [module.__name__, *flags]
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with flagsaver.flagsaver(), contextlib.redirect_stdout(stdout), \
+      contextlib.redirect_stderr(stderr):
+    try:
+      program_main.make_main(module.run)(absl_flags.FLAGS(argv))
+      code = 0
+    except SystemExit as e:
+      code = e.code
+  return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_bad_input(test, module, cases, *common: str,
+                     launcher: Callable[..., subprocess.CompletedProcess] | None = None
+                     ) -> None:
+  """Each `(flags, message)` of `cases`: program `module` given `common` and `flags` fails with
+  a one-line error containing `message` (`assert_one_line_error`).
+
+  The first case runs the program as a user does (`launcher`, default `run_program` of the
+  module's name), so its launcher and exit status are covered; the others call its `main` in
+  this process (`call_program`).
+  """
+  launcher = launcher or functools.partial(run_program, module.__name__.rpartition('.')[2])
+  for i, (flags, message) in enumerate(cases):
+    run = launcher if i == 0 else functools.partial(call_program, module)
+    assert_one_line_error(test, run(*common, *flags), message, flags)
 
 
 def assert_one_line_error(test, result: subprocess.CompletedProcess, message: str,

@@ -7,6 +7,7 @@ import numpy as np
 
 from fl_compression.importance import stability
 from tests import tff_test_utils
+from tff_programs import importance_stability
 
 
 def _ranking(damage, classes=None):
@@ -100,10 +101,7 @@ class StabilityTest(absltest.TestCase):
         ([a, a], '--ranking: tiny:a is given twice'),
         ([a, b, f'--signature_history={tmp}/none.csv'], f'--signature_history={tmp}/none.csv'),
     ]
-    for flags, message in cases:
-      failed = tff_test_utils.run_program('importance_stability', f'--output_dir={out}-bad',
-                                          *flags, timeout=120)
-      tff_test_utils.assert_one_line_error(self, failed, message)
+    tff_test_utils.assert_bad_input(self, importance_stability, cases, f'--output_dir={out}-bad')
     self.assertFalse(os.path.exists(f'{out}-bad'))
 
 

@@ -10,6 +10,7 @@ from absl.testing import absltest
 
 from fl_compression.data import corpus
 from tests import tff_test_utils
+from tff_programs import benchmark_importance
 
 _CORPUS = corpus.CorpusConfig(
     main=corpus.DomainSize(num_train_speakers=1, num_test_speakers=1,
@@ -137,9 +138,7 @@ class BenchmarkImportanceTest(absltest.TestCase):
         ([f'--ranking={two}', '--block_counts=1', '--only=fd/ambient:9/0.5'],
          '--only: fd/ambient:9/0.5 not among'),
     ]
-    for flags, message in cases:
-      result = tff_test_utils.run_program('benchmark_importance', *common, *flags)
-      tff_test_utils.assert_one_line_error(self, result, message)
+    tff_test_utils.assert_bad_input(self, benchmark_importance, cases, *common)
     self.assertFalse(os.path.exists(os.path.join(tmp, 'out')), 'a failed run wrote output')
 
 

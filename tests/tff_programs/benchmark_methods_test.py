@@ -11,6 +11,7 @@ from absl.testing import absltest
 
 from fl_compression.data import corpus
 from tests import tff_test_utils
+from tff_programs import benchmark_methods
 
 _SMALL = corpus.CorpusConfig(
     main=corpus.DomainSize(num_train_speakers=2, num_test_speakers=1,
@@ -84,11 +85,8 @@ class BenchmarkMethodsTest(absltest.TestCase):
         (['--models=tiny', '--only=fedavg,fp/row/0.3'], '--only: fp/row/0.3 not among'),
         (['--evaluation_period=9', '--total_rounds=5'], '--evaluation_period=9 is above'),
     ]
-    for flags, message in cases:
-      result = tff_test_utils.run_program('benchmark_methods', f'--output_dir={tmp}/out',
-                                          *flags, timeout=300)
-      tff_test_utils.assert_one_line_error(self, result, message, flags)
-      self.assertFalse(os.path.exists(f'{tmp}/out'), flags)
+    tff_test_utils.assert_bad_input(self, benchmark_methods, cases, f'--output_dir={tmp}/out')
+    self.assertFalse(os.path.exists(f'{tmp}/out'), 'a failed run wrote output')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from tests import tff_test_utils
+from tff_programs import evaluate
 
 _TINY = corpus.CorpusConfig(
     main=corpus.DomainSize(num_train_speakers=2, num_test_speakers=1,
@@ -88,8 +89,7 @@ class EvaluateProgramTest(absltest.TestCase):
         ([f'--model_dir={self.model_dir}', '--domain=short-form',
           f'--data_dir={self.data_dir}'], 'dev-short: no such corpus split directory'),
     ]
-    for flags, message in cases:
-      tff_test_utils.assert_one_line_error(self, self._run(*flags), message, flags)
+    tff_test_utils.assert_bad_input(self, evaluate, cases, launcher=self._run)
 
 
 if __name__ == '__main__':

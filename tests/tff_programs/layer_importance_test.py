@@ -16,6 +16,7 @@ from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from tests import tff_test_utils
+from tff_programs import layer_importance
 
 
 def _save(model_dir, config, trained, initial=None):
@@ -102,12 +103,9 @@ class LayerImportanceProgramTest(absltest.TestCase):
          'split directory'),
         ([f'--model_dir={self.model_dir}', '--draws=0'], '--draws must be positive'),
     ]
-    for flags, message in cases:
-      result = tff_test_utils.run_program(
-          'layer_importance', f'--data_dir={self.data_dir}', f'--output_dir={out}', *flags,
-          timeout=300)
-      tff_test_utils.assert_one_line_error(self, result, message, flags)
-      self.assertFalse(os.path.exists(out), flags)
+    tff_test_utils.assert_bad_input(self, layer_importance, cases, f'--data_dir={self.data_dir}',
+                                    f'--output_dir={out}')
+    self.assertFalse(os.path.exists(out), 'a failed run wrote output')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ import tempfile
 from absl.testing import absltest
 
 from tests import tff_test_utils
+from tff_programs import profile_step
 
 
 class ProfileStepTest(absltest.TestCase):
@@ -31,13 +32,13 @@ class ProfileStepTest(absltest.TestCase):
       self.assertIn(f'{row["count"]:>5}  {row["op"]}', result.stdout)
 
   def test_bad_input_is_named_in_one_line(self):
-    for flags, message in ((['--compression=aqt:3'],
-                            '--compression=aqt:3: 3-bit quantization is outside the supported'),
-                           (['--compression=omc:E4M6'], '--compression=omc:E4M6'),
-                           (['--compression=int8'], '--compression=int8: expected none'),
-                           (['--model=huge'], "--model=huge: unknown model 'huge'"),
-                           (['--batch_size=0'], '--batch_size')):
-      tff_test_utils.assert_one_line_error(self, self._run(*flags), message, flags)
+    cases = [(['--compression=aqt:3'],
+              '--compression=aqt:3: 3-bit quantization is outside the supported'),
+             (['--compression=omc:E4M6'], '--compression=omc:E4M6'),
+             (['--compression=int8'], '--compression=int8: expected none'),
+             (['--model=huge'], "--model=huge: unknown model 'huge'"),
+             (['--batch_size=0'], '--batch_size')]
+    tff_test_utils.assert_bad_input(self, profile_step, cases, launcher=self._run)
 
 
 if __name__ == '__main__':

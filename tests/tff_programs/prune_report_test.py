@@ -7,6 +7,7 @@ import tempfile
 from absl.testing import absltest
 
 from tests import tff_test_utils
+from tff_programs import prune_report
 
 
 class PruneReportTest(absltest.TestCase):
@@ -32,11 +33,11 @@ class PruneReportTest(absltest.TestCase):
                     row['parameters_before'] - 0.5 * table['prunable_parameters'])
 
   def test_bad_input_is_named_in_one_line(self):
-    for flags, message in ((['--sparsities=0.2,1.0'], '--sparsities=1.0 is outside [0, 1)'),
-                           (['--pattern=diagonal'], "--pattern='diagonal' is unknown"),
-                           (['--sparsities=0.2,x'], '--sparsities=0.2,x'),
-                           (['--model=conformer_xl'], "--model=conformer_xl")):
-      tff_test_utils.assert_one_line_error(self, self._run(*flags), message, flags)
+    cases = [(['--sparsities=0.2,1.0'], '--sparsities=1.0 is outside [0, 1)'),
+             (['--pattern=diagonal'], "--pattern='diagonal' is unknown"),
+             (['--sparsities=0.2,x'], '--sparsities=0.2,x'),
+             (['--model=conformer_xl'], "--model=conformer_xl")]
+    tff_test_utils.assert_bad_input(self, prune_report, cases, launcher=self._run)
 
 
 if __name__ == '__main__':

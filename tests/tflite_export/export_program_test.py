@@ -16,7 +16,9 @@ from fl_compression.data import corpus
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
+from tests import tff_test_utils
 from tflite_export import bundle
+from tflite_export import export
 from tflite_export import flatbuffer
 
 _CORPUS = corpus.CorpusConfig(
@@ -147,8 +149,9 @@ class ExportProgramTest(absltest.TestCase):
         ([f'--model_dir={self.model_dir}', f'--output_dir={output_dir}',
           '--trainable=ambient:3'], r'error: --trainable=ambient:3: N must be in 1\.\.2'),
     ]
-    for flags, message in cases:
-      result = self._run(*flags)
+    for i, (flags, message) in enumerate(cases):
+      # The first as a user runs the program; the others call its `main` in this process.
+      result = self._run(*flags) if i == 0 else tff_test_utils.call_program(export, *flags)
       self.assertEqual(result.returncode, 2, (flags, result.stderr[-2000:]))
       self.assertRegex(result.stderr.strip().splitlines()[-1], message)
     self.assertFalse(os.path.exists(output_dir))
