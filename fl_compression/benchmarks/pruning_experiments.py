@@ -153,16 +153,24 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
   return list(runs.values())
 
 
+_NOT_CODE = ('reports', 'docs', '*.md')
+
+
 def code_revision() -> str:
-  """The git commit of the code that runs (`+dirty` when the work tree has changes), from the
-  workspace `bazel run` was started in or this file's checkout; `unknown` outside git."""
+  """The git commit of the code that runs (`+dirty` when the work tree has changes to code),
+  from the workspace `bazel run` was started in or this file's checkout; `unknown` outside git.
+
+  Changes under `reports/` and `docs/` and to Markdown files are not code: a benchmark writes
+  its own `results.json` while it runs, which would mark every later run of it dirty.
+  """
   import subprocess  # pylint: disable=g-import-not-at-top
   where = os.environ.get('BUILD_WORKSPACE_DIRECTORY') or os.path.dirname(os.path.realpath(
       __file__))
   try:
     head = subprocess.run(['git', '-C', where, 'rev-parse', '--short=12', 'HEAD'],
                           capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(['git', '-C', where, 'status', '--porcelain', '--untracked-files=no'],
+    dirty = subprocess.run(['git', '-C', where, 'status', '--porcelain', '--untracked-files=no',
+                            '--', ':(top)', *(f':(top,exclude){p}' for p in _NOT_CODE)],
                            capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'

@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import subprocess
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -115,6 +117,30 @@ class ResultStoreTest(absltest.TestCase):
     note = '\n'.join(experiments.revision_note(store.data['results']))
     self.assertIn('**Rows from several code revisions**', note)
     self.assertIn('- `0123456789ab`: `fp/row/magnitude/0.1`', note)
+
+  def test_revision_is_dirty_for_code_changes_not_for_reports(self):
+    repo = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    git = lambda *args: subprocess.run(  # noqa: E731
+        ['git', '-C', repo, '-c', 'user.name=t', '-c', 'user.email=t@t', *args],
+        check=True, capture_output=True, text=True).stdout.strip()
+    files = {'lib/code.py': 'x = 1\n', 'reports/methods/results.json': '{}\n',
+             'docs/page.md': 'a\n', 'README.md': 'b\n'}
+    for name, text in files.items():
+      os.makedirs(os.path.join(repo, os.path.dirname(name)), exist_ok=True)
+      with open(os.path.join(repo, name), 'w') as f:
+        f.write(text)
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-qm', 'first')
+    head = git('rev-parse', '--short=12', 'HEAD')
+    with mock.patch.dict(os.environ, {'BUILD_WORKSPACE_DIRECTORY': repo}):
+      for name in ('reports/methods/results.json', 'docs/page.md', 'README.md'):
+        with open(os.path.join(repo, name), 'a') as f:
+          f.write('changed\n')
+        self.assertEqual(experiments.code_revision(), head, name)
+      with open(os.path.join(repo, 'lib/code.py'), 'a') as f:
+        f.write('y = 2\n')
+      self.assertEqual(experiments.code_revision(), head + '+dirty')
 
   def test_unreadable_file_is_reported_and_kept(self):
     path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'r.json')
