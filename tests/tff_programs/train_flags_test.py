@@ -90,6 +90,13 @@ class TrainFlagsTest(absltest.TestCase):
         ({'algorithm': 'fd', 'fd_rate': 1.5}, '--fd_rate=1.5 is outside (0, 1)'),
         ({'algorithm': 'fd', 'fd_target': 'ambient:2'}, '--fd_target=ambient:2: N must be in '
          '1..0 (the encoder blocks)'),
+        ({'algorithm': 'zerofl', 'zerofl_sparsity': 1.0}, '--zerofl_sparsity=1.0 is outside '
+         '[0, 1)'),
+        ({'algorithm': 'zerofl', 'zerofl_mask_ratio': -0.1}, '--zerofl_mask_ratio=-0.1 is '
+         'outside [0, 1]'),
+        ({'algorithm': 'zerofl', 'zerofl_sparsity': 0.5, 'zerofl_mask_ratio': 0.6},
+         'uploads more than the whole matrix'),
+        ({'zerofl_sparsity': 0.5}, '--zerofl_sparsity does not apply to --algorithm=fedavg'),
         ({'algorithm': 'tff_compression', 'fp_sparsity': 0.5},
          '--fp_sparsity does not apply to --algorithm=tff_compression'),
         ({'initial_model_dir': '/nonexistent/model'}, '--initial_model_dir=/nonexistent/model: '

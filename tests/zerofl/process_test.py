@@ -218,6 +218,34 @@ class ZeroFLProcessTest(absltest.TestCase):
                      accounting.type_nbytes(client_result))
     self.assertEqual(metrics['client_work']['uploaded_fraction'], 1.0)
 
+  def test_float_upload_decodes_to_exactly_the_update_at_the_sent_positions(self):
+    rng = np.random.default_rng(1)
+    weights_type = tff.types.to_type(tff.learning.models.ModelWeights(
+        [tff.TensorType(np.float32, (40, 30)), tff.TensorType(np.float32, (30,))], []))
+    # 60% and 5% of the entries: positions as a bitmap, then as varint gaps (the smaller).
+    for sparsity, mask_ratio, encoding in ((0.5, 0.1, 'bitmap'), (0.95, 0.0, 'gaps')):
+      config = process.ZeroFLConfig(sparsity=sparsity, mask_ratio=mask_ratio)
+      trained = [tf.constant(rng.normal(size=(40, 30)).astype(np.float32)),
+                 tf.constant(rng.normal(size=(30,)).astype(np.float32))]
+      delta = [tf.constant(rng.normal(size=(40, 30)).astype(np.float32)),
+               tf.constant(rng.normal(size=(30,)).astype(np.float32))]
+      layout = process._layout(config, weights_type, [True, False])
+      encoded, nbytes = process.encode_update(config, layout, trained, delta)
+      decoded, sent = process.decode_update(config, layout, encoded)
+      count = layout.counts[0]
+      mask = _top(trained[0].numpy(), count)
+      np.testing.assert_array_equal(sent[0].numpy() > 0, mask)
+      np.testing.assert_array_equal(decoded[0].numpy(), np.where(mask, delta[0].numpy(), 0))
+      np.testing.assert_array_equal(decoded[1].numpy(), delta[1].numpy())
+      positions = encoded[0]['positions'].numpy().size
+      if encoding == 'bitmap':
+        self.assertEqual(positions, upload.bitmap_bytes(1200))
+      else:
+        self.assertLess(positions, upload.bitmap_bytes(1200))
+      self.assertEqual(int(nbytes), 4 * count + positions + 4 * 30)
+      self.assertEqual(int(nbytes), sum(np.asarray(leaf).nbytes
+                                        for leaf in tf.nest.flatten(encoded)))
+
   def test_omc_values_decode_to_the_codec_roundtrip(self):
     codec = codecs.OmcCodec(ff.parse('S1E4M6'))
     config = process.ZeroFLConfig(sparsity=0.5, mask_ratio=0.1, values_codec=codec)
@@ -271,6 +299,7 @@ class ZeroFLProcessTest(absltest.TestCase):
         ({'sparsity': 1.0}, '--zerofl_sparsity=1.0 is outside [0, 1)'),
         ({'sparsity': -0.1}, '--zerofl_sparsity=-0.1 is outside [0, 1)'),
         ({'sparsity': 0.5, 'mask_ratio': 0.6}, 'uploads more than the whole matrix'),
+        ({'mask_ratio': -0.1}, '--zerofl_mask_ratio=-0.1 is outside [0, 1]'),
         ({'activation_sparsity': 1.0}, '--zerofl_activation_sparsity=1.0 is outside'),
         ({'aggregation': 'median'}, "--zerofl_aggregation='median' is unknown"),
         ({'compress': 'zip'}, "--zerofl_compress='zip' is unknown"),
