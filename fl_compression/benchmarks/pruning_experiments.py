@@ -192,10 +192,12 @@ def is_current(spec: 'RunSpec', result: Optional[dict[str, Any]]) -> bool:
 
 class ResultStore:
   """Results by key in one JSON file, rewritten atomically after each finished piece. Every
-  stored result records the code revision that produced it (`code_revision`)."""
+  stored result records the code revision that produced it (`code_revision` when the store
+  was opened, at the benchmark's start: a commit made while it runs is not its code)."""
 
   def __init__(self, path: str, settings: dict[str, Any]):
     self.path = path
+    self.revision = code_revision()
     self.data: dict[str, Any] = {'settings': settings, 'results': {}}
     if os.path.exists(path):
       try:
@@ -218,7 +220,7 @@ class ResultStore:
 
   def put(self, key: str, value: dict[str, Any]) -> None:
     if isinstance(value, dict) and 'code_revision' not in value:
-      value = {**value, 'code_revision': code_revision()}
+      value = {**value, 'code_revision': self.revision}
     self.data['results'][key] = value
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:

@@ -138,9 +138,14 @@ class ResultStoreTest(absltest.TestCase):
         with open(os.path.join(repo, name), 'a') as f:
           f.write('changed\n')
         self.assertEqual(experiments.code_revision(), head, name)
+      # A store records the revision it was opened at, not a later commit's.
+      store = experiments.ResultStore(os.path.join(repo, 'reports/r.json'), _settings())
       with open(os.path.join(repo, 'lib/code.py'), 'a') as f:
         f.write('y = 2\n')
       self.assertEqual(experiments.code_revision(), head + '+dirty')
+      git('commit', '-qam', 'second')
+      store.put('fedavg', _run(0.1))
+      self.assertEqual(store.get('fedavg')['code_revision'], head)
 
   def test_unreadable_file_is_reported_and_kept(self):
     path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'r.json')
