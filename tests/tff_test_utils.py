@@ -107,9 +107,13 @@ def call_program(module, *flags: str) -> subprocess.CompletedProcess:
 
   For bad-input checks, which fail before any computation is built: a child process spends
   several seconds importing TensorFlow and TFF per case, this one call. Flag values are restored
-  after the call. Only the launcher around `main` (absl's `app.run`) is left out, so keep one
-  `run_program` case per program.
+  after the call; a flag parsing error or usage error is exit status 1 with absl's message, as
+  from `app.run`. Unlike a child process: absl log lines are not captured, there is no timeout
+  (a case that does not fail runs the whole program here), and `main`'s quieter TF logging
+  stays set. Only the launcher around `main` is left out, so keep one `run_program` case per
+  program.
   """
+  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
   from tff_programs import program_main  # pylint: disable=g-import-not-at-top
@@ -120,8 +124,13 @@ def call_program(module, *flags: str) -> subprocess.CompletedProcess:
     try:
       program_main.make_main(module.run)(absl_flags.FLAGS(argv))
       code = 0
-    except SystemExit as e:
-      code = e.code
+    except (absl_flags.Error, app.UsageError) as e:
+      print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
+      code = 1
+    except SystemExit as e:  # As the interpreter turns `sys.exit(x)` into a status.
+      code = e.code if isinstance(e.code, int) else int(e.code is not None)
+      if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
   return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 

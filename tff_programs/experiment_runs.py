@@ -460,14 +460,17 @@ def _time_job(job: TimingJob) -> dict[str, Any]:
 
 
 def _run_job(job: RunJob) -> dict[str, Any]:
+  # The code this process loaded: a commit made while the run goes on is not its code.
+  revision = experiments.code_revision()
   task, initial_weights, sampler = _child_task(job, job.model)
   if not job.evaluate:
     task = dataclasses.replace(task, transcription_eval=None)
   with _local_context(job):
-    return federated_run(_spec(job.key, job.algorithm, job.options), task, initial_weights,
-                         algorithms.Hyperparameters(**job.hparams), sampler, job.state_dir,
-                         job.total_rounds, job.evaluation_period, job.select_from_round,
-                         job.domain, job.also_test, job.data_dir)
+    result = federated_run(_spec(job.key, job.algorithm, job.options), task, initial_weights,
+                           algorithms.Hyperparameters(**job.hparams), sampler, job.state_dir,
+                           job.total_rounds, job.evaluation_period, job.select_from_round,
+                           job.domain, job.also_test, job.data_dir)
+  return dict(result, code_revision=revision)
 
 
 @dataclasses.dataclass(frozen=True)

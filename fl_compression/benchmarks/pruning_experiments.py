@@ -153,26 +153,29 @@ def plan_runs(experiments: Sequence[str], sparsities: Sequence[float], total_rou
   return list(runs.values())
 
 
-_NOT_CODE = ('reports', 'docs', '*.md')
+_NOT_CODE = ('reports', 'docs', 'tests', '*.md')
 
 
 def code_revision() -> str:
-  """The git commit of the code that runs (`+dirty` when the work tree has changes to code),
-  from the workspace `bazel run` was started in or this file's checkout; `unknown` outside git.
+  """The last commit that changed the code that runs (`+dirty` when the code has uncommitted
+  changes), from the workspace `bazel run` was started in or this file's checkout; `unknown`
+  outside git.
 
-  Changes under `reports/` and `docs/` and to Markdown files are not code: a benchmark writes
-  its own `results.json` while it runs, which would mark every later run of it dirty.
+  Reports, docs, tests and Markdown files are not code: a benchmark writes its own
+  `results.json` while it runs, and a commit of reports or docs changes no result.
   """
   import subprocess  # pylint: disable=g-import-not-at-top
   where = os.environ.get('BUILD_WORKSPACE_DIRECTORY') or os.path.dirname(os.path.realpath(
       __file__))
+  code = ['--', ':(top)', *(f':(top,exclude){p}' for p in _NOT_CODE)]
   try:
-    head = subprocess.run(['git', '-C', where, 'rev-parse', '--short=12', 'HEAD'],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(['git', '-C', where, 'log', '-1', '--format=%H', *code],
+                          capture_output=True, text=True, check=True).stdout.strip()[:12]
     dirty = subprocess.run(['git', '-C', where, 'status', '--porcelain', '--untracked-files=no',
-                            '--', ':(top)', *(f':(top,exclude){p}' for p in _NOT_CODE)],
-                           capture_output=True, text=True, check=True).stdout.strip()
+                            *code], capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+  if not head:
     return 'unknown'
   return head + ('+dirty' if dirty else '')
 
@@ -192,12 +195,11 @@ def is_current(spec: 'RunSpec', result: Optional[dict[str, Any]]) -> bool:
 
 class ResultStore:
   """Results by key in one JSON file, rewritten atomically after each finished piece. Every
-  stored result records the code revision that produced it (`code_revision` when the store
-  was opened, at the benchmark's start: a commit made while it runs is not its code)."""
+  stored result records the code revision that produced it: its own `code_revision` (a
+  federated run's, taken when its process started), or else the revision when it is stored."""
 
   def __init__(self, path: str, settings: dict[str, Any]):
     self.path = path
-    self.revision = code_revision()
     self.data: dict[str, Any] = {'settings': settings, 'results': {}}
     if os.path.exists(path):
       try:
@@ -220,7 +222,7 @@ class ResultStore:
 
   def put(self, key: str, value: dict[str, Any]) -> None:
     if isinstance(value, dict) and 'code_revision' not in value:
-      value = {**value, 'code_revision': self.revision}
+      value = {**value, 'code_revision': code_revision()}
     self.data['results'][key] = value
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:

@@ -118,13 +118,13 @@ class ResultStoreTest(absltest.TestCase):
     self.assertIn('**Rows from several code revisions**', note)
     self.assertIn('- `0123456789ab`: `fp/row/magnitude/0.1`', note)
 
-  def test_revision_is_dirty_for_code_changes_not_for_reports(self):
+  def test_revision_is_the_last_code_commit_and_dirty_only_for_code_changes(self):
     repo = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     git = lambda *args: subprocess.run(  # noqa: E731
         ['git', '-C', repo, '-c', 'user.name=t', '-c', 'user.email=t@t', *args],
         check=True, capture_output=True, text=True).stdout.strip()
     files = {'lib/code.py': 'x = 1\n', 'reports/methods/results.json': '{}\n',
-             'docs/page.md': 'a\n', 'README.md': 'b\n'}
+             'docs/page.md': 'a\n', 'README.md': 'b\n', 'tests/code_test.py': 'c\n'}
     for name, text in files.items():
       os.makedirs(os.path.join(repo, os.path.dirname(name)), exist_ok=True)
       with open(os.path.join(repo, name), 'w') as f:
@@ -132,20 +132,26 @@ class ResultStoreTest(absltest.TestCase):
     git('init', '-q')
     git('add', '.')
     git('commit', '-qm', 'first')
-    head = git('rev-parse', '--short=12', 'HEAD')
+    first = git('rev-parse', '--short=12', 'HEAD')
     with mock.patch.dict(os.environ, {'BUILD_WORKSPACE_DIRECTORY': repo}):
-      for name in ('reports/methods/results.json', 'docs/page.md', 'README.md'):
+      self.assertEqual(experiments.code_revision(), first)
+      # A running benchmark's results, docs, tests: not code, changed or committed.
+      for name in ('reports/methods/results.json', 'docs/page.md', 'README.md',
+                   'tests/code_test.py'):
         with open(os.path.join(repo, name), 'a') as f:
           f.write('changed\n')
-        self.assertEqual(experiments.code_revision(), head, name)
-      # A store records the revision it was opened at, not a later commit's.
+        self.assertEqual(experiments.code_revision(), first, name)
+      git('commit', '-qam', 'reports and docs')
+      self.assertEqual(experiments.code_revision(), first)
       store = experiments.ResultStore(os.path.join(repo, 'reports/r.json'), _settings())
       with open(os.path.join(repo, 'lib/code.py'), 'a') as f:
         f.write('y = 2\n')
-      self.assertEqual(experiments.code_revision(), head + '+dirty')
-      git('commit', '-qam', 'second')
-      store.put('fedavg', _run(0.1))
-      self.assertEqual(store.get('fedavg')['code_revision'], head)
+      self.assertEqual(experiments.code_revision(), first + '+dirty')
+      git('commit', '-qam', 'code')
+      self.assertEqual(experiments.code_revision(), git('rev-parse', '--short=12', 'HEAD'))
+      # A run's own revision (taken when its process started) is kept.
+      store.put('fedavg', dict(_run(0.1), code_revision=first))
+      self.assertEqual(store.get('fedavg')['code_revision'], first)
 
   def test_unreadable_file_is_reported_and_kept(self):
     path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'r.json')
