@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import os
+import re
 import subprocess
 import sys
 from typing import Any, Awaitable, Callable
@@ -150,15 +151,18 @@ def assert_bad_input(test, module, cases, *common: str,
     assert_one_line_error(test, run(*common, *flags), message, flags)
 
 
-def assert_one_line_error(test, result: subprocess.CompletedProcess, message: str,
+def assert_one_line_error(test, result: subprocess.CompletedProcess, message: "str | re.Pattern",
                           context: Any = None) -> None:
   """A program's answer to bad input: exit status 2, no traceback, and a last stderr line
-  `error: ...` that contains `message`."""
+  `error: ...` that contains `message` (or matches it, a compiled pattern)."""
   test.assertEqual(result.returncode, 2, (context, result.stderr[-2000:]))
   test.assertNotIn('Traceback', result.stderr, context)
   last_line = result.stderr.strip().splitlines()[-1]
   test.assertTrue(last_line.startswith('error: '), (context, last_line))
-  test.assertIn(message, last_line, context)
+  if isinstance(message, re.Pattern):
+    test.assertRegex(last_line, message, context)
+  else:
+    test.assertIn(message, last_line, context)
 
 
 def repo_path(relative: str) -> str:

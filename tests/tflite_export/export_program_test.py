@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -149,11 +150,9 @@ class ExportProgramTest(absltest.TestCase):
         ([f'--model_dir={self.model_dir}', f'--output_dir={output_dir}',
           '--trainable=ambient:3'], r'error: --trainable=ambient:3: N must be in 1\.\.2'),
     ]
-    for i, (flags, message) in enumerate(cases):
-      # The first as a user runs the program; the others call its `main` in this process.
-      result = self._run(*flags) if i == 0 else tff_test_utils.call_program(export, *flags)
-      self.assertEqual(result.returncode, 2, (flags, result.stderr[-2000:]))
-      self.assertRegex(result.stderr.strip().splitlines()[-1], message)
+    tff_test_utils.assert_bad_input(
+        self, export, [(flags, re.compile(message)) for flags, message in cases],
+        launcher=self._run)
     self.assertFalse(os.path.exists(output_dir))
 
 
