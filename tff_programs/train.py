@@ -64,6 +64,9 @@ _TOTAL_ROUNDS = flags.DEFINE_integer('total_rounds', 10, 'Federated rounds to tr
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 5, 'Clients sampled each round.')
 _EVALUATION_PERIOD = flags.DEFINE_integer(
     'evaluation_period', 5, 'Evaluate on held-out clients every this many rounds (and at the end).')
+_EVALUATE_INITIAL = flags.DEFINE_bool(
+    'evaluate_initial', True, 'Also evaluate the starting model before round 1 (skip it when '
+    'another run already evaluated the same starting model on the same splits).')
 _CLIENT_OPTIMIZER = flags.DEFINE_enum('client_optimizer', 'sgd', optimizers.OPTIMIZERS,
                                       'Client optimizer.')
 _CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 0.1, 'Client learning rate.')
@@ -549,7 +552,7 @@ def run() -> None:
       result = asyncio.run(program_logic.train_model(
           training=training, task=task, sampler=sampler,
           total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
-          initial_model_weights=initial_weights,
+          evaluate_initial=_EVALUATE_INITIAL.value, initial_model_weights=initial_weights,
           utterance_errors_manager=release.JsonFileReleaseManager(
               os.path.join(root, 'utterance_errors')),
           signature_fn=_signature_fn(reference) if reference is not None else None,

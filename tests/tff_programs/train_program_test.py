@@ -140,7 +140,7 @@ class TrainProgramTest(absltest.TestCase):
          '--fp_sparsity=0.3',
          '--fp_refine_start=2', '--fp_finetune_start=4', '--clients_per_round=2',
          '--batch_size=2', '--evaluation_period=5', '--client_optimizer=adam',
-         '--client_learning_rate=0.001'], 2, 5,
+         '--client_learning_rate=0.001', '--evaluate_initial=false'], 2, 5,
         ('client_work/train/loss', 'communication/client_bytes_down'), timeout=900)
     rows = _read_csv(os.path.join(root, 'metrics.csv'))
     build = [float(r['stage_build_seconds']) for r in rows]
@@ -150,7 +150,8 @@ class TrainProgramTest(absltest.TestCase):
     base = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     bytes_down = {}
     for name, flags in [('fedavg', []), ('omc', ['--omc_format=S1E4M6']),
-                        ('fedaqt', ['--aqt_bits=8', '--aqt_variant=fedavg'])]:
+                        ('fedaqt', ['--aqt_bits=8', '--aqt_variant=fedavg',
+                                    '--evaluate_initial=false'])]:
       root = os.path.join(base, name)
       code, stdout, stderr = self._run(root, f'--algorithm={name}', '--total_rounds=2', *flags)
       self.assertEqual(code, 0, stderr[-3000:])
@@ -161,6 +162,9 @@ class TrainProgramTest(absltest.TestCase):
       bytes_down[name] = float(rows[-1]['communication/client_bytes_down'])
       _, config = checkpoint.load_keras_model(os.path.join(root, 'final_model'))
       self.assertEqual(config['round'], 2)
+      evaluated = [r['key'] for r in _read_csv(os.path.join(root, 'evaluation_metrics.csv'))]
+      self.assertEqual(evaluated, ['2'] if '--evaluate_initial=false' in flags else ['0', '2'],
+                       name)
     # The MLP's weight matrices dominate: 11 bits and 8 bits instead of 32 (its biases and,
     # for FedAQT, one float32 scale per output channel stay).
     self.assertLess(bytes_down['omc'], 0.40 * bytes_down['fedavg'])
