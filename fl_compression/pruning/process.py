@@ -264,8 +264,10 @@ class FederatedPruning(stages.StagedTraining):
     elif self.config.allocation == 'importance':
       ranking = importance_targets.load_ranking(self.config.ranking, model_config, 'fp_ranking')
       self._magnitudes = importance_weights(self.layers, ranking)
-    del full
+    self._full_model = full  # For every plan's Reducer: a Conformer takes seconds to build.
     self._reducers: dict[str, reduce_lib.Reducer] = {}
+    # Per plan: the reduced model's client work, shared by its pruning and fine-tuning stages.
+    self._client_works: dict[str, tff.learning.templates.ClientWorkProcess] = {}
     self._plans: dict[tuple[str, str], dict[str, Any]] = {}
 
   def plan_at(self, round_num: int) -> dict[str, Any]:
@@ -332,8 +334,17 @@ class FederatedPruning(stages.StagedTraining):
   def _reducer(self, plan: dict[str, Any]) -> reduce_lib.Reducer:
     key = plan_lib.describe(plan)
     if key not in self._reducers:
-      self._reducers[key] = reduce_lib.Reducer(self.model_config, plan, self.config.importance)
+      self._reducers[key] = reduce_lib.Reducer(self.model_config, plan, self.config.importance,
+                                               full_model=self._full_model)
     return self._reducers[key]
+
+  def _client_work(self, plan_key: str, reduced_model_fn):
+    """Local training of `plan_key`'s reduced model (built once: its trace is the largest part
+    of building a stage)."""
+    if plan_key not in self._client_works:
+      self._client_works[plan_key] = fedavg.client_work_block(reduced_model_fn,
+                                                              self._client_optimizer)
+    return self._client_works[plan_key]
 
   def build_stage(self, key) -> stages.Stage:
     if _is_finetune(key):
@@ -348,18 +359,10 @@ class FederatedPruning(stages.StagedTraining):
           tff.learning.models.ModelWeights.from_model(full_model_fn()))
 
     server_type = initial_server.type_signature.result
-
-    @tff.tensorflow.computation
-    def reduced_weights_spec():
-      return tff.learning.models.ModelWeights.from_model(reduced_model_fn())
-
-    reduced_type = reduced_weights_spec.type_signature.result
+    reduced_type = reducer.reduced_weights_type
     if self.compression is None:
       distributor = _distributor(reducer, self.config, server_type)
-      client_work = non_finite.with_non_finite_count(
-          tff.learning.templates.build_model_delta_client_work(
-              reduced_model_fn, self._client_optimizer,
-              client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES))
+      client_work = self._client_work(key, reduced_model_fn)
       aggregator = tff.aggregators.MeanFactory().create(
           reduced_type.trainable, tff.TensorType(np.float32))
     else:
@@ -388,8 +391,12 @@ class FederatedPruning(stages.StagedTraining):
     reducer = self._reducer(self._plans[key[1]])
     reduced_model_fn = self._make_model_fn(reducer.reduced_config)
     if self.compression is None:
-      process = fedavg.build_weighted_fed_avg(reduced_model_fn, self._client_optimizer,
-                                              self._server_optimizer)
+      # The pruning stage's client work, and no model trace for initial weights: the stage
+      # starts from the converted state (`convert_state`), never from its own initialization.
+      process = fedavg.build_weighted_fed_avg(
+          reduced_model_fn, self._client_optimizer, self._server_optimizer,
+          initial_model_weights_fn=_zeros_of(reducer.reduced_weights_type),
+          client_work=self._client_work(key[1], reduced_model_fn))
     else:
       process = compression_process.build_compressed_fed_avg(
           reduced_model_fn, self.compression, self._client_optimizer, self._server_optimizer)
@@ -423,6 +430,19 @@ class FederatedPruning(stages.StagedTraining):
 
     return stages.Stage(key, stage.train_process, self.model_config,
                         self._make_model_fn(self.model_config), dense_weights)
+
+
+def _zeros_of(weights_type) -> tff.Computation:
+  """A computation returning zeros of `weights_type` (a `ModelWeights` type): the initial
+  weights of a process that always continues from a converted state."""
+
+  @tff.tensorflow.computation
+  def zeros():
+    return tff.learning.models.ModelWeights(
+        trainable=[tf.zeros(t.shape, t.dtype) for t in weights_type.trainable],
+        non_trainable=[tf.zeros(t.shape, t.dtype) for t in weights_type.non_trainable])
+
+  return zeros
 
 
 def importance_weights(layers, ranking: dict[str, Any]) -> dict[str, float]:

@@ -59,10 +59,12 @@ class Reducer:
   """Index bookkeeping between a full model and the reduced model of `plan`."""
 
   def __init__(self, model_config: dict[str, Any], plan: dict[str, Any],
-               importance: ImportanceConfig):
+               importance: ImportanceConfig, full_model=None):
+    """`full_model`: the Keras model of `model_config` when the caller has built it already
+    (building a Conformer takes seconds; only its variables' names and shapes are read)."""
     self.plan = plan
     self.importance = importance
-    full = registry.build_keras_model(model_config)
+    full = full_model if full_model is not None else registry.build_keras_model(model_config)
     reduced = registry.build_keras_model(dict(model_config, pruning=plan))
     self.full_config = model_config
     self.reduced_config = dict(model_config, pruning=plan)
@@ -78,6 +80,13 @@ class Reducer:
                                   for v in reduced.non_trainable_variables]
     self.reduced_parameters = int(reduced.count_params())
     self.full_parameters = int(full.count_params())
+    # The TFF type of the reduced model's `ModelWeights` (what
+    # `ModelWeights.from_model(reduced_model_fn())` returns in a computation), without
+    # building the model again inside one.
+    tensor_type = lambda v: tff.TensorType(v.dtype.as_numpy_dtype, v.shape)  # noqa: E731
+    self.reduced_weights_type = tff.types.to_type(tff.learning.models.ModelWeights(
+        trainable=[tensor_type(v) for v in reduced.trainable_variables],
+        non_trainable=[tensor_type(v) for v in reduced.non_trainable_variables]))
     del full, reduced
 
   def initial_server_weights(self, model_weights: tff.learning.models.ModelWeights

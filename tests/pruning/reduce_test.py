@@ -45,6 +45,24 @@ class ReduceTest(parameterized.TestCase):
     for variable, value in zip(model.non_trainable_variables, weights.non_trainable):
       variable.assign(value)
 
+  @parameterized.parameters('column', 'half_row')
+  def test_reduced_weights_type_is_the_traced_models(self, pattern):
+    # The type the Reducer derives from its eager model stands for a trace of the reduced model
+    # in a computation (the process uses it in place of that trace); the same with the caller's
+    # full model.
+    for full_model in (None, self.full):
+      plan = plan_lib.make_plan(self.layers, pattern, 0.4)
+      reducer = reduce_lib.Reducer(self.config, plan, reduce_lib.ImportanceConfig(),
+                                   full_model=full_model)
+
+      @tff.tensorflow.computation
+      def traced():
+        return tff.learning.models.ModelWeights.from_model(
+            registry.build_keras_model(reducer.reduced_config))
+
+      self.assertEqual(reducer.reduced_weights_type, traced.type_signature.result)
+      self.assertEqual(reducer.full_parameters, self.full.count_params())
+
   @parameterized.parameters(*[(p, 'paper') for p in plan_lib.PATTERNS],
                             ('column', 'extended'), ('row', 'extended'))
   def test_reduced_model_computes_the_masked_full_model(self, pattern, prunable):
