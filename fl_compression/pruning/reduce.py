@@ -18,8 +18,9 @@ every phase of a shape set).
 
 import collections
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -55,6 +56,52 @@ class ImportanceConfig:
     return self.method in ('gradient', 'weight_gradient')
 
 
+class VariableSpec(NamedTuple):
+  name: str
+  shape: tuple[int, ...]
+  dtype: Any  # A numpy dtype.
+
+
+def reduced_variable_specs(full_model: tf.keras.Model, plan: dict[str, Any]
+                           ) -> tuple[list[VariableSpec], list[VariableSpec]] | None:
+  """The trainable and non-trainable variables of the model `plan` reduces `full_model` to, in
+  the order the built reduced model holds them, without building it (a functional Conformer's
+  build traces its forward pass: about 10 s at `conformer_s`).
+
+  A planned layer's `kernel` becomes its pieces `kernel_<p>` (`pruned_dense.piece_shapes`),
+  its `bias` keeps its place (only the kept units' with `drop_units`), and its index vectors
+  (`row_index_<p>` or `col_index_<p>`, int32) are its non-trainable variables, in the order of
+  the layers. None when the full model has non-trainable variables of its own: where the index
+  vectors go among them is not derivable from the variable lists (the caller builds the model).
+  """
+  if full_model.non_trainable_variables:
+    return None
+  trainable, non_trainable = [], []
+  for variable in full_model.trainable_variables:
+    layer, leaf = variable.name.rsplit('/', 1)
+    if layer not in plan:
+      trainable.append(VariableSpec(variable.name, tuple(variable.shape),
+                                    variable.dtype.as_numpy_dtype))
+      continue
+    entry, dtype = plan[layer], variable.dtype.as_numpy_dtype
+    pieces = pruned_dense.piece_shapes(entry)
+    if leaf == 'kernel:0':
+      trainable += [VariableSpec(f'{layer}/kernel_{p}:0', shape, dtype)
+                    for p, shape in enumerate(pieces)]
+      if entry['pattern'] in ('row', 'half_row'):
+        non_trainable += [VariableSpec(f'{layer}/row_index_{p}:0', (shape[0],), np.int32)
+                          for p, shape in enumerate(pieces)]
+      elif not entry.get('drop_units'):
+        non_trainable += [VariableSpec(f'{layer}/col_index_{p}:0', (shape[1],), np.int32)
+                          for p, shape in enumerate(pieces)]
+    elif leaf == 'bias:0':
+      width = entry['kept'][0] if entry.get('drop_units') else entry['output_dim']
+      trainable.append(VariableSpec(variable.name, (width,), dtype))
+    else:
+      raise ValueError(f'planned layer {layer} has an unexpected variable {variable.name}')
+  return trainable, non_trainable
+
+
 class Reducer:
   """Index bookkeeping between a full model and the reduced model of `plan`."""
 
@@ -65,7 +112,6 @@ class Reducer:
     self.plan = plan
     self.importance = importance
     full = full_model if full_model is not None else registry.build_keras_model(model_config)
-    reduced = registry.build_keras_model(dict(model_config, pruning=plan))
     self.full_config = model_config
     self.reduced_config = dict(model_config, pruning=plan)
     self.layers = [layer for layer in plan_lib.prunable_layers(full, 'extended')
@@ -75,19 +121,27 @@ class Reducer:
     self._full_index = {name: i for i, name in enumerate(full_names)}
     self._full_non_trainable = {v.name: i for i, v in enumerate(full.non_trainable_variables)}
     self.full_shapes = [tuple(v.shape) for v in full.trainable_variables]
-    self.reduced_trainable = [self._source(v.name) for v in reduced.trainable_variables]
-    self.reduced_non_trainable = [self._source(v.name, trainable=False)
-                                  for v in reduced.non_trainable_variables]
-    self.reduced_parameters = int(reduced.count_params())
+    specs = reduced_variable_specs(full, plan)
+    if specs is None:  # Not derivable: read them from the built reduced model.
+      reduced = registry.build_keras_model(self.reduced_config)
+      specs = tuple([VariableSpec(v.name, tuple(v.shape), v.dtype.as_numpy_dtype)
+                     for v in variables]
+                    for variables in (reduced.trainable_variables,
+                                      reduced.non_trainable_variables))
+      del reduced
+    trainable, non_trainable = specs
+    self.reduced_trainable = [self._source(v.name) for v in trainable]
+    self.reduced_non_trainable = [self._source(v.name, trainable=False) for v in non_trainable]
+    self.reduced_parameters = sum(int(np.prod(v.shape)) for v in trainable + non_trainable)
     self.full_parameters = int(full.count_params())
     # The TFF type of the reduced model's `ModelWeights` (what
     # `ModelWeights.from_model(reduced_model_fn())` returns in a computation), without
-    # building the model again inside one.
-    tensor_type = lambda v: tff.TensorType(v.dtype.as_numpy_dtype, v.shape)  # noqa: E731
+    # building the model.
+    tensor_type = lambda v: tff.TensorType(v.dtype, v.shape)  # noqa: E731
     self.reduced_weights_type = tff.types.to_type(tff.learning.models.ModelWeights(
-        trainable=[tensor_type(v) for v in reduced.trainable_variables],
-        non_trainable=[tensor_type(v) for v in reduced.non_trainable_variables]))
-    del full, reduced
+        trainable=[tensor_type(v) for v in trainable],
+        non_trainable=[tensor_type(v) for v in non_trainable]))
+    del full
 
   def initial_server_weights(self, model_weights: tff.learning.models.ModelWeights
                              ) -> collections.OrderedDict:

@@ -63,6 +63,37 @@ class ReduceTest(parameterized.TestCase):
       self.assertEqual(reducer.reduced_weights_type, traced.type_signature.result)
       self.assertEqual(reducer.full_parameters, self.full.count_params())
 
+  def test_derived_variables_are_the_built_reduced_models(self):
+    # The Reducer derives the reduced model's variables from the full model and the plan; they
+    # are exactly the built model's, in order, for every pattern and prunable set, with and
+    # without a feed-forward's coupled layer, and for a transducer's encoder and joint.
+    transducer_config = asr.named_config('micro_transducer', vocab_size=11)
+    transducer = registry.build_keras_model(transducer_config)
+    cases = [(self.config, self.full, layers, pattern)
+             for layers in (self.layers, self.extended_layers) for pattern in plan_lib.PATTERNS]
+    cases += [(transducer_config, transducer, plan_lib.prunable_layers(transducer, 'extended'),
+               pattern) for pattern in ('column', 'half_row')]
+    for config, full, layers, pattern in cases:
+      plan = plan_lib.make_plan(layers, pattern, 0.4)
+      derived = reduce_lib.reduced_variable_specs(full, plan)
+      built = registry.build_keras_model(dict(config, pruning=plan))
+      spec = lambda v: (v.name, tuple(v.shape), v.dtype.as_numpy_dtype)  # noqa: E731
+      with self.subTest(model=config['name'], pattern=pattern, layers=len(layers)):
+        self.assertEqual([tuple(v) for v in derived[0]],
+                         [spec(v) for v in built.trainable_variables])
+        self.assertEqual([tuple(v) for v in derived[1]],
+                         [spec(v) for v in built.non_trainable_variables])
+
+  def test_variables_are_not_derived_beside_non_trainable_ones(self):
+    # Where a plan's index vectors go among a model's own non-trainable variables is not
+    # derivable from the variable lists: the Reducer builds the reduced model then.
+    inputs = tf.keras.Input(shape=(4,))
+    outputs = tf.keras.layers.Dense(3, name='dense')(
+        tf.keras.layers.BatchNormalization(name='norm')(inputs))
+    model = tf.keras.Model(inputs, outputs)
+    plan = plan_lib.make_plan([plan_lib.LayerShape('dense', 4, 3)], 'row', 0.5)
+    self.assertIsNone(reduce_lib.reduced_variable_specs(model, plan))
+
   @parameterized.parameters(*[(p, 'paper') for p in plan_lib.PATTERNS],
                             ('column', 'extended'), ('row', 'extended'))
   def test_reduced_model_computes_the_masked_full_model(self, pattern, prunable):
