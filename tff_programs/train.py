@@ -67,6 +67,12 @@ _EVALUATION_PERIOD = flags.DEFINE_integer(
 _EVALUATE_INITIAL = flags.DEFINE_bool(
     'evaluate_initial', True, 'Also evaluate the starting model before round 1 (skip it when '
     'another run already evaluated the same starting model on the same splits).')
+_EVALUATION_SPLITS = flags.DEFINE_list(
+    'evaluation_splits', ['dev', 'test'], 'Speech tasks: the splits every evaluation transcribes '
+    '(the domain\'s dev and test splits, e.g. dev-clean and test-clean): dev, test or both.')
+_FEDERATED_EVALUATION = flags.DEFINE_bool(
+    'federated_evaluation', True, 'Also run the TFF evaluation process on the held-out clients '
+    '(its loss and metrics under eval/); speech WER comes from the transcription either way.')
 _CLIENT_OPTIMIZER = flags.DEFINE_enum('client_optimizer', 'sgd', optimizers.OPTIMIZERS,
                                       'Client optimizer.')
 _CLIENT_LEARNING_RATE = flags.DEFINE_float('client_learning_rate', 0.1, 'Client learning rate.')
@@ -231,6 +237,10 @@ def _validated_flags() -> None:
     raise flag_utils.FlagError(f'--algorithm={_ALGORITHM.value} is unknown; known: '
                                f'{", ".join(algorithms.names())}') from None
   _check_algorithm_flags_apply()
+  unknown = [s for s in _EVALUATION_SPLITS.value if s not in ('dev', 'test')]
+  if unknown or not _EVALUATION_SPLITS.value:
+    raise flag_utils.FlagError(f'--evaluation_splits={",".join(_EVALUATION_SPLITS.value)}: '
+                               'give dev, test or dev,test')
   if _BACKEND.value not in backends.BACKENDS:
     raise flag_utils.FlagError(f'--backend={_BACKEND.value} is unknown; known: '
                                f'{", ".join(backends.BACKENDS)}')
@@ -239,6 +249,13 @@ def _validated_flags() -> None:
       backends.parse_worker_addresses(_WORKERS.value)
     except ValueError as e:
       raise flag_utils.FlagError(str(e)) from None
+
+
+def _transcription_splits() -> list[str]:
+  """The domain's split names of --evaluation_splits, in dev, test order."""
+  spec = corpus.domain(_DOMAIN.value)
+  return [name for role, name in (('dev', spec.dev_split), ('test', spec.test_split))
+          if role in _EVALUATION_SPLITS.value]
 
 
 def _check_algorithm_flags_apply() -> None:
@@ -553,6 +570,8 @@ def run() -> None:
           training=training, task=task, sampler=sampler,
           total_rounds=_TOTAL_ROUNDS.value, evaluation_period=_EVALUATION_PERIOD.value,
           evaluate_initial=_EVALUATE_INITIAL.value, initial_model_weights=initial_weights,
+          evaluate_clients=_FEDERATED_EVALUATION.value,
+          transcription_splits=_transcription_splits(),
           utterance_errors_manager=release.JsonFileReleaseManager(
               os.path.join(root, 'utterance_errors')),
           signature_fn=_signature_fn(reference) if reference is not None else None,

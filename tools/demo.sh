@@ -33,14 +33,16 @@ bazel run "${quiet[@]}" //tff_programs:corpus -- --data_dir="${data_dir}" --doma
 common=(--task=speech_ctc --initial_model_dir=checkpoints/conformer_ctc_tiny
         --data_dir="${data_dir}" --total_rounds="${rounds}" --clients_per_round=4
         --batch_size=8 --client_optimizer=adam --client_learning_rate=0.0002
-        --evaluation_period="${rounds}")
+        --evaluation_period="${rounds}"
+        # One evaluation per run, at the end, on test-clean only: the table compares the two
+        # final models (no round is chosen on dev), and the WER comes from transcription.
+        --evaluate_initial=false --evaluation_splits=test --nofederated_evaluation)
 echo
 bazel run "${quiet[@]}" //tff_programs:train -- "${common[@]}" --algorithm=fedavg \
   --root_output_dir="${run_dir}/fedavg"
 echo
-# The dense run above already evaluated the shared starting model.
 bazel run "${quiet[@]}" //tff_programs:train -- "${common[@]}" "${method_flags[@]}" \
-  --evaluate_initial=false --root_output_dir="${run_dir}/${method}"
+  --root_output_dir="${run_dir}/${method}"
 echo
 bazel run "${quiet[@]}" //tflite_export:export -- --measure_memory=false \
   --model_dir="${run_dir}/${method}/final_model" --output_dir="${run_dir}/${method}/tflite" \

@@ -51,6 +51,8 @@ class TrainFlagsTest(absltest.TestCase):
          '--model=conformer_xl is unknown; known: tiny, tiny_transducer, micro, '
          'micro_transducer, wide, deep, deep_narrow, conformer_s'),
         ({'backend': 'cloud'}, '--backend=cloud is unknown'),
+        ({'evaluation_splits': 'test,train'}, '--evaluation_splits=test,train: give dev, test '
+         'or dev,test'),
         ({'backend': 'workers', 'workers': 'localhost'}, "--workers entry 'localhost'"),
         ({'clients_per_round': 9}, '--clients_per_round=9: must be between 1 and 8, the '
          'number of training clients'),

@@ -140,11 +140,18 @@ class TrainProgramTest(absltest.TestCase):
          '--fp_sparsity=0.3',
          '--fp_refine_start=2', '--fp_finetune_start=4', '--clients_per_round=2',
          '--batch_size=2', '--evaluation_period=5', '--client_optimizer=adam',
-         '--client_learning_rate=0.001', '--evaluate_initial=false'], 2, 5,
+         '--client_learning_rate=0.001', '--evaluate_initial=false',
+         '--evaluation_splits=test', '--nofederated_evaluation'], 2, 5,
         ('client_work/train/loss', 'communication/client_bytes_down'), timeout=900)
     rows = _read_csv(os.path.join(root, 'metrics.csv'))
     build = [float(r['stage_build_seconds']) for r in rows]
     self.assertGreater(build[3], 0, 'round 4 did not start a new (fine-tuning) stage')
+    # Only test-clean transcribed, and no federated evaluation.
+    evaluated = _read_csv(os.path.join(root, 'evaluation_metrics.csv'))
+    self.assertEqual([r['key'] for r in evaluated], ['5'])
+    columns = set(evaluated[0])
+    self.assertIn('transcription/test-clean/wer', columns)
+    self.assertFalse([c for c in columns if 'dev-clean' in c or c.startswith('eval/')], columns)
 
   def test_compressed_algorithms_train_from_the_program(self):
     base = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
