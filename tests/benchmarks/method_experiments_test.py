@@ -104,6 +104,14 @@ class MethodExperimentsTest(absltest.TestCase):
     self.assertRegex(report, r'\| FP column 30% \(adaptive\) \| 45\.00% \| \+80\.0% \[[^|]*\] \| '
                      r'10\.00% \| 20 \| 70 \| 560 \(0\.70x\) \| 280 \(0\.70x\) \|')
     self.assertIn('## Methods on `wide` (0.00M parameters)', report)  # The constructed 100.
+    # Only the wide pruning row (a copy of dense, constructed) made dense's errors everywhere,
+    # and its curve is dense's too.
+    self.assertIn('Same word errors as dense FedAvg on every test utterance, so the interval is '
+                  'a single point: wide: FP column 30% (adaptive).', report)
+    results[experiments.TFF_KEY] = dict(dense, wer_curves={'dev-clean': {'5': 0.061}})
+    report = experiments.render_report(results, settings, [])
+    self.assertIn('a single point: FedAvg + TFF compression_aggregator (8-bit) (a different '
+                  'model: its dev WER by round differs from dense\'s).', report)
 
   def test_zerofl_section_compares_uplink_flops_and_mask_ratios(self):
     base = [1, 2, 1, 0, 2, 1, 1, 2] * 10
