@@ -520,8 +520,9 @@ def _method_table(results, keys, model) -> list[str]:
         f'{run["model_parameters"]:,} | {client_bytes(run):,.0f}'
         f'{ratio(client_bytes(run), client_bytes(base) if base else 0)} | '
         f'{held_bytes(run):,.0f}{ratio(held_bytes(run), held_bytes(base) if base else 0)} |')
-  same = [key for key in keys if key != baseline and base and
-          _same_errors(results[key], base, test)]
+  base_errors = utterances(base, test)
+  same = [key for key in keys if key != baseline and base_errors is not None and
+          utterances(results[key], test) == base_errors]
   if same:
     lines += ['', 'Same word errors as dense FedAvg on every test utterance, so the interval is '
               'a single point: ' + '; '.join(
@@ -532,12 +533,6 @@ def _method_table(results, keys, model) -> list[str]:
   lines += ['', 'Federated dropout trains random sub-models but ends with the full model: '
             'its final model is dense-sized, unlike pruning\'s.' if model == 'tiny' else '', '']
   return lines
-
-
-def _same_errors(run: dict[str, Any], base: dict[str, Any], split: str) -> bool:
-  """Whether `run` made exactly `base`'s word errors on every utterance of `split`."""
-  a, b = (r.get('utterance_errors', {}).get(split) for r in (run, base))
-  return bool(a and b) and a['utterance_ids'] == b['utterance_ids'] and a['errors'] == b['errors']
 
 
 def plot(results: dict[str, Any], output_dir: str) -> list[str]:
