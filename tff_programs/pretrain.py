@@ -11,7 +11,11 @@ same utterances the federated clients hold), as the papers start their methods f
 pretrained dense model; the held-out short-form domain is never read. Training stops at the
 first of: the dev plateau (`plateau_reached`: over the last `--plateau_fraction` of the steps,
 the best dev WER improved on the best before them by less than `--plateau_min_improvement`,
-relative), `--max_steps`, `--max_minutes` (wall time summed over resumed invocations).
+relative; no plateau is declared before `--plateau_from_step`), `--max_steps`, `--max_minutes`
+(wall time summed over resumed invocations). `--plateau_from_step` is for a model that sits on
+CTC's early plateau (blank outputs, dev WER near 100%) for thousands of steps before it learns,
+as the 16-block `deep` model does; like the budgets, it says when to stop, not what to train,
+so a resumed run may change it.
 The best model by dev WER is written to <root_output_dir>/final_model with its initial weights;
 `curve.csv` holds step, loss, dev WER/CER and cumulative elapsed time, and `signatures.csv`
 the numerical signature of every module and encoder block at each evaluation
@@ -70,6 +74,9 @@ _PLATEAU_MIN_IMPROVEMENT = flags.DEFINE_float(
 _PLATEAU_MIN_EVALUATIONS = flags.DEFINE_integer(
     'plateau_min_evaluations', 4, 'Plateau rule: dev evaluations the trailing steps must hold '
     'before a plateau can be declared.')
+_PLATEAU_FROM_STEP = flags.DEFINE_integer(
+    'plateau_from_step', 0, 'Plateau rule: no plateau is declared before this step (a resumed '
+    'run may change it).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the model, data order and augmentation.')
 
 
@@ -176,6 +183,9 @@ def run() -> None:
                'plateau_min_evaluations'):
     flag_utils.require_positive(name, flags.FLAGS[name].value)
   flag_utils.require_positive('max_minutes', _MAX_MINUTES.value)
+  if _PLATEAU_FROM_STEP.value < 0:
+    raise flag_utils.FlagError(f'--plateau_from_step must be 0 or more, got '
+                               f'{_PLATEAU_FROM_STEP.value}')
   if not 0 < _PLATEAU_FRACTION.value < 1:
     raise flag_utils.FlagError(f'--plateau_fraction must be in (0, 1), got '
                                f'{_PLATEAU_FRACTION.value}')
@@ -238,7 +248,7 @@ def run() -> None:
   dev_curve = [(int(row['step']), row['dev_wer']) for row in curve]
   plateau = lambda: plateau_lib.plateau_reached(  # noqa: E731
       dev_curve, _PLATEAU_FRACTION.value, _PLATEAU_MIN_IMPROVEMENT.value,
-      _PLATEAU_MIN_EVALUATIONS.value)
+      _PLATEAU_MIN_EVALUATIONS.value, _PLATEAU_FROM_STEP.value)
   earlier_seconds = curve[-1]['elapsed_seconds'] if curve else 0.0
   started = time.monotonic()
   losses = []

@@ -33,8 +33,12 @@ def plateau(curve: Sequence[tuple[int, float]], fraction: float = FRACTION,
 
 
 def plateau_reached(curve: Sequence[tuple[int, float]], fraction: float = FRACTION,
-                    min_improvement: float = MIN_IMPROVEMENT, min_evaluations: int = 4) -> bool:
+                    min_improvement: float = MIN_IMPROVEMENT, min_evaluations: int = 4,
+                    from_step: int = 0) -> bool:
   """Whether the curve has plateaued, with at least `min_evaluations` evaluations in its
-  trailing `fraction`."""
+  trailing `fraction`; never before step `from_step` (a model on CTC's early plateau, blank
+  outputs at a dev WER near 100%, is flat for thousands of steps before it starts to learn)."""
+  if not curve or curve[-1][0] < from_step:
+    return False
   rule = plateau(curve, fraction, min_improvement)
   return bool(rule and rule['plateaued'] and rule['evaluations_after'] >= min_evaluations)

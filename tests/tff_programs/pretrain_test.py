@@ -40,6 +40,17 @@ class PlateauRuleTest(absltest.TestCase):
     self.assertFalse(plateau.plateau_reached(flat, 0.25, 0.01, 3))
     self.assertFalse(plateau.plateau_reached([], 0.25, 0.01, 1))
 
+  def test_no_plateau_before_the_first_step_allowed(self):
+    # The `deep` model's first 3,250 steps: CTC's early plateau (dev WER about 100%, best
+    # 97.9% at step 500), which the rule alone takes for the end of training.
+    stuck = [(250, 1.0), (500, 0.979), (750, 1.037), (1000, 1.020), (1250, 1.038),
+             (1500, 1.050), (1750, 1.013), (2000, 1.017), (2250, 1.004), (2500, 1.014),
+             (2750, 1.045), (3000, 1.062), (3250, 1.054)]
+    self.assertTrue(plateau.plateau_reached(stuck, 0.25, 0.01, 4))
+    self.assertTrue(plateau.plateau_reached(stuck, 0.25, 0.01, 4, from_step=3250))
+    self.assertFalse(plateau.plateau_reached(stuck, 0.25, 0.01, 4, from_step=3251))
+    self.assertFalse(plateau.plateau_reached(stuck, 0.25, 0.01, 4, from_step=15000))
+
 
 class PretrainProgramTest(absltest.TestCase):
 
@@ -120,6 +131,7 @@ class PretrainProgramTest(absltest.TestCase):
   def test_bad_flags_are_one_line(self):
     for flags, message in ((['--plateau_fraction=1.5'], '--plateau_fraction must be in (0, 1)'),
                            (['--max_minutes=nan'], '--max_minutes must be positive and finite'),
+                           (['--plateau_from_step=-1'], '--plateau_from_step must be 0 or more'),
                            (['--model=huge'], "flag --model=huge: value should be one of")):
       result = tff_test_utils.run_program('pretrain', *flags, timeout=120)
       self.assertNotEqual(result.returncode, 0, flags)
