@@ -63,8 +63,9 @@ if ! wait "${dense_pid}"; then
   exit 1
 fi
 trap - EXIT
+# Its WER only: its round times were measured while the other run shared the CPU.
 echo "dense FedAvg, trained in the background (its whole output: ${dense_log}):"
-sed -n '/^Final result/,$p' "${dense_log}"
+sed -n '/^Word and character error rates/,$p' "${dense_log}"
 echo
 bazel run "${quiet[@]}" //tff_programs:compare -- --baseline_run="${run_dir}/fedavg" \
   --run="${run_dir}/${method}"
