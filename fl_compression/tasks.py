@@ -134,8 +134,9 @@ def load_speech_splits(options: TaskOptions, tokenizer: features.CharTokenizer, 
   spec = ensure_domain(options.data_dir, options.domain, options.seed, log)
   reports = {}
   for split in spec.splits:
-    report = librispeech.scan_split(os.path.join(options.data_dir, split), tokenizer.alphabet,
-                                    strict=options.strict_data)
+    report = librispeech.scan_split(
+        os.path.join(options.data_dir, split), tokenizer.alphabet, strict=options.strict_data,
+        decoded_stamps=librispeech.decoded_stamps_dir(options.data_dir))
     if report.problems:
       log(report.summary())
       for path, reason in report.problems[:10]:

@@ -55,7 +55,8 @@ def run() -> None:
         f'{"hours":>6}')
   for name in domains:
     for split in corpus.domain(name).splits:
-      report = librispeech.scan_split(os.path.join(data_dir, split), tokenizer.alphabet)
+      report = librispeech.scan_split(os.path.join(data_dir, split), tokenizer.alphabet,
+                                      decoded_stamps=librispeech.decoded_stamps_dir(data_dir))
       utterances = report.utterances
       hours = sum(u.num_samples for u in utterances) / librispeech.SAMPLE_RATE / 3600
       print(f'{name:<11} {split:<16} {len({u.speaker_id for u in utterances}):>8} '

@@ -90,9 +90,12 @@ def run() -> None:
   if not count:
     raise flag_utils.FlagError(f'--model_dir={_MODEL_DIR.value} holds a '
                                f'{config.get("name")!r} model with no encoder blocks to rank')
-  split_dir = os.path.join(flag_utils.resolve_path(_DATA_DIR.value), _SPLIT.value)
+  data_dir = flag_utils.resolve_path(_DATA_DIR.value)
+  split_dir = os.path.join(data_dir, _SPLIT.value)
   try:
-    utterances = librispeech.scan_split(split_dir, features.CharTokenizer().alphabet).utterances
+    utterances = librispeech.scan_split(
+        split_dir, features.CharTokenizer().alphabet,
+        decoded_stamps=librispeech.decoded_stamps_dir(data_dir)).utterances
   except librispeech.CorpusError as e:
     raise flag_utils.FlagError(f'--data_dir={_DATA_DIR.value}: {e}') from None
   if not utterances:

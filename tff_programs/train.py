@@ -463,9 +463,7 @@ def _reference_initial_weights(task: tasks.Task, initial_weights):
   the `initial_weights.npz` saved with the final model: `--initial_model_dir`'s own initial
   weights when it has them (a fine-tuned pretrained model continues its pretraining's
   reference), else the weights this run starts from. None for a model without encoder blocks."""
-  model = registry.build_keras_model(task.model_config)
-  names = [v.name for v in model.trainable_variables + model.non_trainable_variables]
-  if not importance_layers.num_blocks(names):
+  if not importance_layers.num_blocks(sum(registry.variable_names(task.model_config), [])):
     return None
   if _INITIAL_MODEL_DIR.value:
     model_dir = flag_utils.resolve_path(_INITIAL_MODEL_DIR.value)
@@ -475,6 +473,7 @@ def _reference_initial_weights(task: tasks.Task, initial_weights):
       return initial_weights
     return checkpoint.reorder_weights(saved, checkpoint.load_config(model_dir)['model'],
                                       task.model_config)
+  model = registry.build_keras_model(task.model_config)
   return tff.learning.models.ModelWeights(
       [v.numpy() for v in model.trainable_variables],
       [v.numpy() for v in model.non_trainable_variables])
@@ -483,19 +482,13 @@ def _reference_initial_weights(task: tasks.Task, initial_weights):
 def _signature_fn(reference):
   """Numerical signatures of evaluated weights against `reference`, for a model of the
   reference's shapes (a pruned model's reduced shapes have none)."""
-  names_by_config = {}
-
   def signature(weights, model_config):
-    key = json.dumps(model_config, sort_keys=True)
-    if key not in names_by_config:
-      model = registry.build_keras_model(model_config)
-      names_by_config[key] = [v.name for v in
-                              model.trainable_variables + model.non_trainable_variables]
     values = list(weights[0]) + list(weights[1])
     initial = list(reference.trainable) + list(reference.non_trainable)
     if [np.shape(v) for v in values] != [np.shape(v) for v in initial]:
       return None
-    found = signatures.signatures(names_by_config[key], values, initial)
+    found = signatures.signatures(sum(registry.variable_names(model_config), []), values,
+                                  initial)
     return {module: {f'block_{b:02d}': v for b, v in enumerate(per_block)}
             for module, per_block in found.items()}
 

@@ -541,9 +541,8 @@ def _build_variant(config: CompressionConfig, context: algorithms.BuildContext
                                                 'omc_ranking')
     except importance_targets.TargetError as e:
       raise ConfigError(str(e)) from None
-    model = registry.build_keras_model(context.model_config)
     config = dataclasses.replace(config, variable_codecs=importance_codecs(
-        config.codec, [v.name for v in model.trainable_variables], ranking))
+        config.codec, registry.variable_names(context.model_config)[0], ranking))
   model_fn = context.make_model_fn(context.model_config)
   learning_process = build_compressed_fed_avg(
       model_fn, config, context.hparams.build_client_optimizer(),

@@ -8,6 +8,8 @@ Audio is decoded with tensorflow-io (`tfio.audio.decode_flac`).
 
 import collections
 import dataclasses
+import hashlib
+import json
 import os
 import struct
 from typing import Optional
@@ -74,16 +76,43 @@ def decode_flac(path) -> tf.Tensor:
   return tf.cast(audio[:, 0], tf.float32) / 32768.0
 
 
+def decoded_stamps_dir(data_dir: str) -> str:
+  """Where scans of `data_dir`'s splits record the splits that decoded in full (next to the
+  corpus's feature caches, `<data_dir>.features/`)."""
+  return os.path.join(data_dir.rstrip(os.sep) + '.features', 'decoded')
+
+
+def _split_fingerprint(split_dir: str) -> str:
+  """A hash of every file's path, size and modification time under `split_dir`."""
+  entries = []
+  for directory, _, files in sorted(os.walk(split_dir)):
+    for name in sorted(files):
+      path = os.path.join(directory, name)
+      stat = os.stat(path)
+      entries.append((os.path.relpath(path, split_dir), stat.st_size, stat.st_mtime_ns))
+  return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
 def scan_split(split_dir: str, alphabet: Optional[set[str]] = None, *, strict: bool = False,
-               decode_check: bool = True) -> ScanReport:
+               decode_check: bool = True, decoded_stamps: Optional[str] = None) -> ScanReport:
   """Pairs transcripts and audio under `split_dir` and checks each pair.
 
   Checks: transcript lines are `<id> <TEXT>` with non-empty text in `alphabet`; each line has
   its audio and each audio file its line; FLAC header says 16 kHz, mono, 16-bit; with
   `decode_check`, the file decodes to the number of samples its header promises (truncation).
+
+  `decoded_stamps`: a directory recording splits whose every audio file decoded in full. A split
+  recorded there with the same files (paths, sizes and modification times) is not decoded
+  again; a decode-checked scan without a decoding problem records its split.
   """
   if not os.path.isdir(split_dir):
     raise CorpusError(f'{split_dir}: no such corpus split directory')
+  stamp = None
+  if decode_check and decoded_stamps:
+    stamp = os.path.join(decoded_stamps, f'{os.path.basename(os.path.normpath(split_dir))}-'
+                         f'{_split_fingerprint(split_dir)}')
+    decode_check = not os.path.exists(stamp)
+  decode_failed = False
   utterances, problems = [], []
 
   def problem(path, reason):
@@ -141,12 +170,20 @@ def scan_split(split_dir: str, alphabet: Optional[set[str]] = None, *, strict: b
           decoded = int(tfio.audio.decode_flac(tf.io.read_file(path), dtype=tf.int16).shape[0])
         except (tf.errors.OpError, ValueError):
           # The decoder's own message is op text; what it means for the file is the reason.
+          decode_failed = True
           problem(path, 'unreadable audio: corrupt FLAC data (the decoder stopped)')
           continue
         if decoded != total:
+          decode_failed = True
           problem(path, f'unreadable audio: truncated ({decoded} of {total} samples)')
           continue
       parts = utt_id.split('-')
       utterances.append(Utterance(utt_id, parts[0], parts[1] if len(parts) > 1 else '',
                                   path, text, total))
+  if decode_check and stamp and not decode_failed:
+    try:
+      os.makedirs(decoded_stamps, exist_ok=True)
+      open(stamp, 'w').close()
+    except OSError:
+      pass  # A read-only place: the next scan decodes again.
   return ScanReport(split_dir, utterances, problems)

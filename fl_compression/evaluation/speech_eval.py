@@ -88,7 +88,8 @@ def evaluate_splits(model: tf.keras.Model, data_dir: str, splits: Sequence[str],
   results = {}
   for split in splits:
     report = librispeech.scan_split(os.path.join(data_dir, split), tokenizer.alphabet,
-                                    strict=strict)
+                                    strict=strict,
+                                    decoded_stamps=librispeech.decoded_stamps_dir(data_dir))
     if report.problems:
       log(report.summary())
     if not report.utterances:

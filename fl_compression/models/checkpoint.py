@@ -108,15 +108,10 @@ def reorder_weights(weights: tff.learning.models.ModelWeights,
                     ) -> tff.learning.models.ModelWeights:
   """`weights` of a model of `from_config`, rearranged for `to_config`: the same variables split
   otherwise into trainable and non-trainable (another `trainable_blocks`), matched by name."""
-  def names(config):
-    model = registry.build_keras_model(config)
-    return ([v.name for v in model.trainable_variables],
-            [v.name for v in model.non_trainable_variables])
-
-  source_trainable, source_frozen = names(from_config)
+  source_trainable, source_frozen = registry.variable_names(from_config)
   values = dict(zip(source_trainable + source_frozen,
                     list(weights.trainable) + list(weights.non_trainable)))
-  target_trainable, target_frozen = names(to_config)
+  target_trainable, target_frozen = registry.variable_names(to_config)
   missing = sorted(set(target_trainable + target_frozen) - set(values))
   if missing:
     raise ValueError(f'the weights have no {", ".join(missing[:3])}')

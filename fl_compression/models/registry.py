@@ -4,6 +4,8 @@ The config is what `final_model/config.json` stores, so every saved model can be
 (for evaluation and TFLite export) from its config alone.
 """
 
+import functools
+import json
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -34,6 +36,19 @@ def build_keras_model(config: ModelConfig) -> tf.keras.Model:
   if blocks is not None:
     freeze_all_but_blocks(model, blocks)
   return model
+
+
+def variable_names(config: ModelConfig) -> tuple[list[str], list[str]]:
+  """The names of the trainable and of the non-trainable variables of `config`'s model, in
+  model order (built once per config and process: a build costs seconds)."""
+  return tuple(list(names) for names in _variable_names(json.dumps(config, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=None)
+def _variable_names(config_json: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  model = build_keras_model(json.loads(config_json))
+  return (tuple(v.name for v in model.trainable_variables),
+          tuple(v.name for v in model.non_trainable_variables))
 
 
 def freeze_all_but_blocks(model: tf.keras.Model, blocks) -> None:

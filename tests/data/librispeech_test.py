@@ -3,6 +3,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -99,6 +100,26 @@ class ReaderTest(absltest.TestCase):
                           f'unreadable audio: truncated ({found.split("(")[-1]}'))
     self.assertNotIn('Op', found)
 
+  def test_decoded_split_is_not_decoded_again_until_a_file_changes(self):
+    stamps = os.path.join(self.root + '.features', 'decoded')
+    decode = librispeech.tfio.audio.decode_flac
+    with mock.patch.object(librispeech.tfio.audio, 'decode_flac', wraps=decode) as spy:
+      first = librispeech.scan_split(self.split, _ALPHABET, decoded_stamps=stamps)
+      self.assertEqual(spy.call_count, 9)
+      self.assertLen(os.listdir(stamps), 1)
+      again = librispeech.scan_split(self.split, _ALPHABET, decoded_stamps=stamps)
+      self.assertEqual(spy.call_count, 9, 'a recorded split was decoded again')
+    self.assertEqual(again.utterances, first.utterances)
+    # Garbage frames behind a valid header, same size: the changed file is decoded and found.
+    with open(self.victim.audio_path, 'r+b') as f:
+      f.seek(200)
+      f.write(bytes(range(256)) * 8)
+    for _ in range(2):  # A split with a decoding problem is not recorded: found every time.
+      report = librispeech.scan_split(self.split, _ALPHABET, decoded_stamps=stamps)
+      self.assertLen(report.problems, 1)
+      self.assertIn(os.path.basename(self.victim.audio_path), report.problems[0][0])
+    self.assertLen(os.listdir(stamps), 1)
+
   def test_not_a_flac(self):
     with open(self.victim.audio_path, 'wb') as f:
       f.write(b'RIFF....WAVEfmt garbage')
@@ -177,6 +198,16 @@ class ClientDataTest(absltest.TestCase):
         speech_data.utterance_features(first.audio_path, config), rtol=1e-6)
     self.assertEqual(tokenizer.decode(batch['labels'][0].numpy()), first.transcript)
     self.assertEqual(batch['features'].shape[0], 3)
+    # Every record, in corpus order, holds exactly the eager features of its utterance (the
+    # cache computes them in a graph function on several threads).
+    for client_id, utterances in clients.items():
+      records = list(client_data.create_tf_dataset_for_client(client_id))
+      self.assertEqual([tokenizer.decode(r['labels'].numpy()) for r in records],
+                       [u.transcript for u in utterances])
+      for record, utterance in zip(records, utterances):
+        np.testing.assert_array_equal(
+            record['features'].numpy(),
+            speech_data.utterance_features(utterance.audio_path, config))
 
 
 if __name__ == '__main__':

@@ -57,6 +57,16 @@ class CheckpointTest(absltest.TestCase):
     for a, b in zip(loaded.trainable, weights.trainable):
       np.testing.assert_array_equal(a, b)
 
+  def test_variable_names_are_the_built_models(self):
+    for config in (_CONFIG, dict(_CONFIG, hidden_units=[5, 4])):
+      model = registry.build_keras_model(config)
+      expected = ([v.name for v in model.trainable_variables],
+                  [v.name for v in model.non_trainable_variables])
+      self.assertEqual(registry.variable_names(config), expected)
+    # The lists are the caller's: changing one leaves the next answer alone.
+    registry.variable_names(_CONFIG)[0].append('extra')
+    self.assertNotIn('extra', registry.variable_names(_CONFIG)[0])
+
   def test_missing_directory_is_named(self):
     with self.assertRaisesRegex(FileNotFoundError, 'nowhere.*config.json is missing'):
       checkpoint.load_keras_model(os.path.join(self.root, 'nowhere'))
