@@ -20,8 +20,12 @@ class CorpusProgramTest(absltest.TestCase):
     self.assertRegex(result.stdout, rf'main +test-clean +{size.num_test_speakers} +'
                      rf'{size.num_test_speakers * size.test_utterances_per_speaker} +\d+ +[\d.]+')
     self.assertRegex(result.stdout, r'generation \d+ s, feature caches \d+ s, total \d+ s')
-    caches = os.listdir(data_dir + '.features')
-    self.assertLen(caches, 3)  # One per split.
+    derived = sorted(os.listdir(data_dir + '.features'))
+    self.assertLen(derived, 4)  # One feature cache per split, and the decoded splits' record.
+    self.assertIn('decoded', derived)
+    self.assertCountEqual([name.rsplit('-', 1)[0] for name in
+                           os.listdir(os.path.join(data_dir + '.features', 'decoded'))],
+                          ['train-clean-100', 'dev-clean', 'test-clean'])
     self.assertTrue(os.path.exists(os.path.join(data_dir, corpus.MANIFEST)))
 
   def test_bad_input_is_named_in_one_line(self):

@@ -50,8 +50,11 @@ class SpeechProgramTest(absltest.TestCase):
     self.assertIsNotNone(row, out)
     # The short-form domain's speakers were the clients: only their features were cached
     # (one file per client), none of the main domain's.
-    cached = {name[:-len('.tfrecord')] for cache in os.listdir(data_dir + '.features')
-              for name in os.listdir(os.path.join(data_dir + '.features', cache))}
+    derived = data_dir + '.features'
+    cached = {name[:-len('.tfrecord')] for cache in os.listdir(derived)
+              for name in os.listdir(os.path.join(derived, cache)) if name.endswith('.tfrecord')}
+    self.assertTrue(all(name.split('-')[1] == 'short'
+                        for name in os.listdir(os.path.join(derived, 'decoded'))))
     short_speakers = (set(os.listdir(os.path.join(data_dir, 'train-short'))) |
                       set(os.listdir(os.path.join(data_dir, 'test-short'))))
     self.assertEqual(cached, short_speakers)
