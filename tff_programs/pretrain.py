@@ -17,8 +17,9 @@ CTC's early plateau (blank outputs, dev WER near 100%) for thousands of steps be
 as the 16-block `deep` model does; like the budgets, it says when to stop, not what to train,
 so a resumed run may change it.
 The best model by dev WER is written to <root_output_dir>/final_model with its initial weights;
-`curve.csv` holds step, loss, dev WER/CER and cumulative elapsed time, and `signatures.csv`
-the numerical signature of every module and encoder block at each evaluation
+`curve.csv` holds step, loss, dev WER/CER and cumulative elapsed time, `signatures.csv`
+the numerical signature of every module and encoder block at each evaluation, and
+`movement.csv` how far each block's kernels moved relative to their initial norm
 (`fl_compression/importance/signatures.py`). Run the same command again to resume from the
 last checkpoint.
 """
@@ -114,24 +115,37 @@ def _read_curve(path: str) -> list[dict]:
     return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _append_signatures(path: str, step: int, model: tf.keras.Model,
-                       initial: tff.learning.models.ModelWeights) -> None:
-  """One row of the numerical signatures (per module and encoder block, how far the kernels
-  moved from their initial values relative to the block that moved most) at `step`."""
-  variables = model.trainable_variables + model.non_trainable_variables
-  names = [v.name for v in variables]
-  if not importance_layers.num_blocks(names):
-    return
-  found = signatures.flat(signatures.signatures(
-      names, [v.numpy() for v in variables],
-      list(initial.trainable) + list(initial.non_trainable)))
-  row = {'step': step, **found}
+# Written at each evaluation next to `curve.csv` (by `_append_signatures`).
+_MEASURE_FILES = ('signatures.csv', 'movement.csv')
+
+
+def _append_row(path: str, row: dict) -> None:
   new_file = not os.path.exists(path)
   with open(path, 'a', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(row))
     if new_file:
       writer.writeheader()
     writer.writerow(row)
+
+
+def _append_signatures(root: str, step: int, model: tf.keras.Model,
+                       initial: tff.learning.models.ModelWeights) -> str:
+  """Rows at `step` of `signatures.csv` (per module and encoder block, how far the kernels
+  moved from their initial values relative to the block that moved most) and `movement.csv`
+  (per block, how far its kernels moved relative to their initial norm); returns the movement's
+  range for the log ('' for a model without encoder blocks)."""
+  variables = model.trainable_variables + model.non_trainable_variables
+  names = [v.name for v in variables]
+  if not importance_layers.num_blocks(names):
+    return ''
+  values = [v.numpy() for v in variables]
+  start = list(initial.trainable) + list(initial.non_trainable)
+  _append_row(os.path.join(root, 'signatures.csv'), {
+      'step': step, **signatures.flat(signatures.signatures(names, values, start))})
+  moved = signatures.movement(names, values, start)
+  _append_row(os.path.join(root, 'movement.csv'), {
+      'step': step, **{f'movement/block_{b:02d}': m for b, m in enumerate(moved)}})
+  return f' | blocks moved {100 * min(moved):.0f}-{100 * max(moved):.0f}%'
 
 
 # Flags a resumed run must keep (the budget flags may change).
@@ -244,7 +258,10 @@ def run() -> None:
     # Rows written after the last checkpoint: that training is redone.
     curve = [row for row in curve if row['step'] <= int(step.numpy())]
     _write_curve(curve_path, curve)
-    _drop_rows_after(os.path.join(root, 'signatures.csv'), int(step.numpy()))
+  # An evaluation's measures are written before its curve row: rows past the curve belong to
+  # an evaluation that did not finish, and it is made again.
+  for name in _MEASURE_FILES:
+    _drop_rows_after(os.path.join(root, name), int(curve[-1]['step']) if curve else 0)
   dev_curve = [(int(row['step']), row['dev_wer']) for row in curve]
   plateau = lambda: plateau_lib.plateau_reached(  # noqa: E731
       dev_curve, _PLATEAU_FRACTION.value, _PLATEAU_MIN_IMPROVEMENT.value,
@@ -264,16 +281,11 @@ def run() -> None:
     recent = losses[-_EVAL_EVERY.value:]
     row = {'step': current, 'loss': float(np.mean(recent)) if recent else float('nan'),
            'dev_wer': rates.wer, 'dev_cer': rates.cer, 'elapsed_seconds': round(elapsed, 1)}
-    new_file = not os.path.exists(curve_path)
-    with open(curve_path, 'a', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=list(row))
-      if new_file:
-        writer.writeheader()
-      writer.writerow(row)
+    moved = _append_signatures(root, current, model, initial_weights)
+    _append_row(curve_path, row)
     dev_curve.append((current, rates.wer))
-    _append_signatures(os.path.join(root, 'signatures.csv'), current, model, initial_weights)
     print(f'step {current:>6} | loss {row["loss"]:.3f} | dev WER {100 * rates.wer:.2f}% '
-          f'CER {100 * rates.cer:.2f}% | {elapsed / 60:.1f} min', flush=True)
+          f'CER {100 * rates.cer:.2f}%{moved} | {elapsed / 60:.1f} min', flush=True)
     if rates.wer < best['dev_wer']:
       best = {'dev_wer': rates.wer, 'dev_cer': rates.cer, 'step': current}
       checkpoint.save_model(os.path.join(root, 'final_model'), model_config,

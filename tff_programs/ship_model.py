@@ -3,9 +3,9 @@
   bazel run //tff_programs:ship_model -- --run_dir=$PWD/runs/pretrain_tiny \\
       --output_dir=$PWD/checkpoints/conformer_ctc_tiny --name=conformer_ctc_tiny
 
-Copies the run's `final_model/` (config.json, weights.npz, initial_weights.npz), `curve.csv`
-and `signatures.csv`, evaluates the model on the main domain's dev and test splits, and writes
-`MODEL_CARD.md`: the model, its training data and budget (steps, minutes, the plateau rule and
+Copies the run's `final_model/` (config.json, weights.npz, initial_weights.npz), `curve.csv`,
+`signatures.csv` and `movement.csv`, evaluates the model on the main domain's dev and test
+splits, and writes `MODEL_CARD.md`: the model, its training data and budget (steps, minutes, the plateau rule and
 whether it stopped on it), the curve's milestones, the WER table and the files' checksums.
 """
 
@@ -66,7 +66,7 @@ def run() -> None:
                                               flag_utils.resolve_path(_OUTPUT_DIR.value))
   for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE, checkpoint.INITIAL_WEIGHTS_FILE):
     shutil.copy(os.path.join(model_dir, name), os.path.join(output_dir, name))
-  for name in ('curve.csv', 'signatures.csv'):
+  for name in ('curve.csv', 'signatures.csv', 'movement.csv'):
     if os.path.exists(os.path.join(run_dir, name)):
       shutil.copy(os.path.join(run_dir, name), os.path.join(output_dir, name))
   manifest = corpus.read_manifest(data_dir) or {}
@@ -97,8 +97,9 @@ def _card(config, parameters, curve, results, main, output_dir) -> str:
       'of the federated methods.', '',
       'Files: `config.json`, `weights.npz` and `initial_weights.npz` (the weights training '
       'started from, same keys; `fl_compression.models.checkpoint`), `curve.csv` (step, mean '
-      'loss, dev WER/CER, cumulative seconds) and `signatures.csv` (numerical signatures of '
-      'each module and block at each evaluation).', '',
+      'loss, dev WER/CER, cumulative seconds), `signatures.csv` (numerical signatures of '
+      'each module and block at each evaluation) and, where training wrote it, `movement.csv` '
+      '(how far each block moved from its initial weights, relative to their norm).', '',
       '| file | sha256 |', '| --- | --- |']
   for name in sorted(os.listdir(output_dir)):
     if name != 'MODEL_CARD.md' and os.path.isfile(os.path.join(output_dir, name)):

@@ -57,6 +57,22 @@ def signatures(names: Sequence[str], values: Sequence[np.ndarray],
   return found
 
 
+def movement(names: Sequence[str], values: Sequence[np.ndarray],
+             initial: Sequence[np.ndarray]) -> list[float]:
+  """Per block (in order), how far its signature kernels moved relative to where they started:
+  ||W_l(t) - W_l(0)||_F / ||W_l(0)||_F over all of them together. Unlike the signatures, not
+  relative to another block: a deep stack whose lower blocks do not train shows it at once."""
+  moved = distances(names, values, initial)
+  start = distances(names, [np.zeros_like(v) for v in initial], initial)
+  count = len(next(iter(moved.values())))
+  found = []
+  for block in range(count):
+    numerator = sum(per_block[block] ** 2 for per_block in moved.values()) ** 0.5
+    denominator = sum(per_block[block] ** 2 for per_block in start.values()) ** 0.5
+    found.append(numerator / denominator if denominator > 0 else 0.0)
+  return found
+
+
 def flat(signature: dict[str, list[float]]) -> dict[str, float]:
   """`{'signature/<module>/block_<i>': value}`: one scalar per module and block, for metrics."""
   return {f'signature/{module}/block_{block:02d}': value

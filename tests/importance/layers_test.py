@@ -85,6 +85,20 @@ class SignatureTest(absltest.TestCase):
     self.assertEqual(found['conv'], [0.0, 0.0, 0.0])
     self.assertIn('signature/attention/query/block_01', signatures.flat(found))
 
+  def test_movement_is_each_blocks_distance_over_its_initial_norm(self):
+    names, initial, _ = _model()
+    moved = [np.array(v) for v in initial]
+    i = names.index('encoder/block_01/conv/pointwise_out/kernel:0')
+    moved[i] = 1.5 * moved[i]  # Half its own norm away; block 1's other kernels stay.
+    moved[names.index('encoder/block_01/mhsa/query/bias:0')] += 7.0  # Not a kernel.
+    kernels = [j for j, name in enumerate(names) if name.startswith('encoder/block_01/')
+               and any(name.startswith(f'encoder/block_01/{k}:')
+                       for ks in signatures.KERNELS.values() for k in ks)]
+    expected = 0.5 * np.linalg.norm(initial[i]) / np.sqrt(
+        sum(np.sum(np.square(initial[j], dtype=np.float64)) for j in kernels))
+    np.testing.assert_allclose(signatures.movement(names, moved, initial),
+                               [0.0, expected, 0.0], rtol=1e-6)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -73,17 +73,23 @@ class PretrainProgramTest(absltest.TestCase):
     signatures = _read(os.path.join(root, 'signatures.csv'))
     self.assertEqual([int(r['step']) for r in signatures], [2, 4, 6])
     self.assertIn('signature/attention/query/block_00', signatures[0])
-    # A crash after the step-6 checkpoint but before its evaluation: the resumed run evaluates
-    # that step first instead of leaving a hole in the curve.
-    for name in ('curve.csv', 'signatures.csv'):
-      with open(os.path.join(root, name)) as f:
-        lines = f.readlines()
-      with open(os.path.join(root, name), 'w') as f:
-        f.writelines(lines[:-1])
+    movement = _read(os.path.join(root, 'movement.csv'))
+    self.assertEqual([int(r['step']) for r in movement], [2, 4, 6])
+    self.assertEqual(list(movement[0])[1:], ['movement/block_00', 'movement/block_01'])
+    self.assertTrue(all(float(v) > 0 for r in movement for k, v in r.items() if k != 'step'))
+    self.assertRegex(second.stdout, r'step +6 \| .* \| blocks moved \d+-\d+% \| ')
+    # A crash after the step-6 checkpoint and its measures but before its curve row: the
+    # resumed run evaluates that step again instead of leaving a hole in the curve, and each
+    # file holds the step once.
+    with open(os.path.join(root, 'curve.csv')) as f:
+      lines = f.readlines()
+    with open(os.path.join(root, 'curve.csv'), 'w') as f:
+      f.writelines(lines[:-1])
     third = tff_test_utils.run_program('pretrain', *common, '--max_steps=6', timeout=600)
     self.assertEqual(third.returncode, 0, third.stderr[-3000:])
-    self.assertEqual([int(r['step']) for r in _read(os.path.join(root, 'curve.csv'))],
-                     [2, 4, 6])
+    for name in ('curve.csv', 'signatures.csv', 'movement.csv'):
+      self.assertEqual([int(r['step']) for r in _read(os.path.join(root, name))], [2, 4, 6],
+                       name)
     # Resuming with another run-defining setting is refused, and nothing saved is touched.
     with open(os.path.join(root, 'curve.csv')) as f:
       before = f.read()
@@ -112,7 +118,7 @@ class PretrainProgramTest(absltest.TestCase):
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertEqual(sorted(os.listdir(shipped)),
                      ['MODEL_CARD.md', 'config.json', 'curve.csv', 'initial_weights.npz',
-                      'signatures.csv', 'weights.npz'])
+                      'movement.csv', 'signatures.csv', 'weights.npz'])
     with open(os.path.join(shipped, 'MODEL_CARD.md')) as f:
       card = f.read()
     self.assertIn('Trained 6 steps in', card)
