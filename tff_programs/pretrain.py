@@ -172,12 +172,17 @@ def _check_run_config(root: str) -> None:
 
 
 def _drop_rows_after(path: str, step: int) -> None:
+  """Removes the rows of CSV file `path` past `step` (its header kept as it is)."""
   if not os.path.exists(path):
     return
   with open(path, newline='') as f:
-    rows = list(csv.DictReader(f))
+    reader = csv.DictReader(f)
+    rows = list(reader)
+    fieldnames = reader.fieldnames
+  if not fieldnames or all(int(r['step']) <= step for r in rows):
+    return
   with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ['step'])
+    writer = csv.DictWriter(f, fieldnames=fieldnames)
     writer.writeheader()
     writer.writerows(r for r in rows if int(r['step']) <= step)
   os.replace(path + '.tmp', path)

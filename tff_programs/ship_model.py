@@ -5,8 +5,9 @@
 
 Copies the run's `final_model/` (config.json, weights.npz, initial_weights.npz), `curve.csv`,
 `signatures.csv` and `movement.csv`, evaluates the model on the main domain's dev and test
-splits, and writes `MODEL_CARD.md`: the model, its training data and budget (steps, minutes, the plateau rule and
-whether it stopped on it), the curve's milestones, the WER table and the files' checksums.
+splits, and writes `MODEL_CARD.md`: the model, its training data and budget (steps, minutes,
+the plateau rule and whether it stopped on it), the curve's milestones, the WER table and the
+files' checksums.
 """
 
 import os

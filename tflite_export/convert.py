@@ -13,13 +13,19 @@ converter's peak memory (about 19 GB for `conformer_s`) is returned to the syste
 exits.
 """
 
+import contextlib
 import json
 import sys
 import tempfile
 
 import tensorflow as tf
-# Keras 2.14's switch for its SavedModel extras (what `model.save(save_traces=False)` sets).
-from keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
+
+try:  # Keras 2.14's switch for its SavedModel extras (what `model.save(save_traces=False)` sets).
+  from keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
+  _without_keras_traces = lambda: keras_saved_model_utils.keras_option_scope(  # noqa: E731
+      save_traces=False)
+except ImportError:  # Another Keras: saving traces the layers too (slower, same file).
+  _without_keras_traces = contextlib.nullcontext
 
 from fl_compression.benchmarks import fresh_process
 from fl_compression.compression import aqt
@@ -33,7 +39,7 @@ def _converter(module: tf.Module, names) -> tuple[tf.lite.TFLiteConverter, str]:
   # The converter reads the signatures only. Without the scope, saving also traces the call
   # functions of every Keras layer the module holds (Keras's own SavedModel extras): about
   # two thirds of a conversion's time, for nothing the file contains.
-  with keras_saved_model_utils.keras_option_scope(save_traces=False):
+  with _without_keras_traces():
     tf.saved_model.save(module, directory, signatures={
         name: getattr(module, name).get_concrete_function() for name in names})
   return tf.lite.TFLiteConverter.from_saved_model(directory), directory

@@ -82,14 +82,19 @@ def decoded_stamps_dir(data_dir: str) -> str:
   return os.path.join(data_dir.rstrip(os.sep) + '.features', 'decoded')
 
 
-def _split_fingerprint(split_dir: str) -> str:
-  """A hash of every file's path, size and modification time under `split_dir`."""
-  entries = []
+def _split_fingerprint(split_dir: str, alphabet: Optional[set[str]]) -> str:
+  """A hash of the alphabet and of every file's path, size, inode, modification and change
+  times under `split_dir` (a file that cannot be stat'ed counts as such: the scan names it)."""
+  entries = [sorted(alphabet) if alphabet is not None else None]
   for directory, _, files in sorted(os.walk(split_dir)):
     for name in sorted(files):
       path = os.path.join(directory, name)
-      stat = os.stat(path)
-      entries.append((os.path.relpath(path, split_dir), stat.st_size, stat.st_mtime_ns))
+      try:
+        stat = os.stat(path)
+        entries.append((os.path.relpath(path, split_dir), stat.st_size, stat.st_ino,
+                        stat.st_mtime_ns, stat.st_ctime_ns))
+      except OSError:
+        entries.append((os.path.relpath(path, split_dir), None))
   return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
@@ -101,18 +106,18 @@ def scan_split(split_dir: str, alphabet: Optional[set[str]] = None, *, strict: b
   its audio and each audio file its line; FLAC header says 16 kHz, mono, 16-bit; with
   `decode_check`, the file decodes to the number of samples its header promises (truncation).
 
-  `decoded_stamps`: a directory recording splits whose every audio file decoded in full. A split
-  recorded there with the same files (paths, sizes and modification times) is not decoded
-  again; a decode-checked scan without a decoding problem records its split.
+  `decoded_stamps`: a directory recording splits that a decode-checked scan found without any
+  problem (every audio file decoded in full). A split recorded there with the same files (paths,
+  sizes, inodes, modification and change times) and alphabet is not decoded again; corruption
+  that keeps all of these (bit rot) goes unnoticed until the audio is read.
   """
   if not os.path.isdir(split_dir):
     raise CorpusError(f'{split_dir}: no such corpus split directory')
   stamp = None
   if decode_check and decoded_stamps:
     stamp = os.path.join(decoded_stamps, f'{os.path.basename(os.path.normpath(split_dir))}-'
-                         f'{_split_fingerprint(split_dir)}')
+                         f'{_split_fingerprint(split_dir, alphabet)}')
     decode_check = not os.path.exists(stamp)
-  decode_failed = False
   utterances, problems = [], []
 
   def problem(path, reason):
@@ -170,17 +175,15 @@ def scan_split(split_dir: str, alphabet: Optional[set[str]] = None, *, strict: b
           decoded = int(tfio.audio.decode_flac(tf.io.read_file(path), dtype=tf.int16).shape[0])
         except (tf.errors.OpError, ValueError):
           # The decoder's own message is op text; what it means for the file is the reason.
-          decode_failed = True
           problem(path, 'unreadable audio: corrupt FLAC data (the decoder stopped)')
           continue
         if decoded != total:
-          decode_failed = True
           problem(path, f'unreadable audio: truncated ({decoded} of {total} samples)')
           continue
       parts = utt_id.split('-')
       utterances.append(Utterance(utt_id, parts[0], parts[1] if len(parts) > 1 else '',
                                   path, text, total))
-  if decode_check and stamp and not decode_failed:
+  if decode_check and stamp and not problems:
     try:
       os.makedirs(decoded_stamps, exist_ok=True)
       open(stamp, 'w').close()

@@ -39,8 +39,9 @@ def build_keras_model(config: ModelConfig) -> tf.keras.Model:
 
 
 def variable_names(config: ModelConfig) -> tuple[list[str], list[str]]:
-  """The names of the trainable and of the non-trainable variables of `config`'s model, in
-  model order (built once per config and process: a build costs seconds)."""
+  """The names of the trainable and of the non-trainable variables of `config`'s plain model
+  (`build_keras_model` outside any build context), in model order; built once per config and
+  process (a Conformer build costs seconds)."""
   return tuple(list(names) for names in _variable_names(json.dumps(config, sort_keys=True)))
 
 

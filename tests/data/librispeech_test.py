@@ -120,6 +120,21 @@ class ReaderTest(absltest.TestCase):
       self.assertIn(os.path.basename(self.victim.audio_path), report.problems[0][0])
     self.assertLen(os.listdir(stamps), 1)
 
+  def test_split_with_any_problem_or_another_alphabet_is_decoded_again(self):
+    stamps = os.path.join(self.root + '.features', 'decoded')
+    self._rewrite_transcript(self.victim.utterance_id, 'NOT IN THE ALPHABET 123')
+    decode = librispeech.tfio.audio.decode_flac
+    with mock.patch.object(librispeech.tfio.audio, 'decode_flac', wraps=decode) as spy:
+      for _ in range(2):  # The skipped file was never decoded: no record of the split.
+        self.assertLen(librispeech.scan_split(self.split, _ALPHABET,
+                                              decoded_stamps=stamps).problems, 1)
+      self.assertEqual(spy.call_count, 16)
+      wider = _ALPHABET | set('0123456789')
+      for _ in range(2):  # Clean under a wider alphabet: decoded once, then recorded.
+        self.assertEmpty(librispeech.scan_split(self.split, wider,
+                                                decoded_stamps=stamps).problems)
+      self.assertEqual(spy.call_count, 25)
+
   def test_not_a_flac(self):
     with open(self.victim.audio_path, 'wb') as f:
       f.write(b'RIFF....WAVEfmt garbage')
@@ -199,7 +214,12 @@ class ClientDataTest(absltest.TestCase):
     self.assertEqual(tokenizer.decode(batch['labels'][0].numpy()), first.transcript)
     self.assertEqual(batch['features'].shape[0], 3)
     # Every record, in corpus order, holds exactly the eager features of its utterance (the
-    # cache computes them in a graph function on several threads).
+    # cache computes them in a graph function on several threads: four here, whatever the
+    # machine).
+    with mock.patch.object(speech_data.os, 'sched_getaffinity', return_value=set(range(4))):
+      cache = speech_data.build_feature_cache(clients, os.path.join(tmp, 'threads'),
+                                              tokenizer, config, log=messages.append)
+    client_data = speech_data.make_client_data(cache, 80)
     for client_id, utterances in clients.items():
       records = list(client_data.create_tf_dataset_for_client(client_id))
       self.assertEqual([tokenizer.decode(r['labels'].numpy()) for r in records],

@@ -14,6 +14,7 @@ from fl_compression.models import asr  # pylint: disable=unused-import (register
 from fl_compression.models import checkpoint
 from fl_compression.models import registry
 from tests import tff_test_utils
+from tff_programs import pretrain
 
 
 def _read(path):
@@ -25,6 +26,19 @@ def _regenerated(config):
   """The initial weights rebuilt from the config's seed."""
   model = registry.build_keras_model(config)
   return [v.numpy() for v in model.trainable_variables + model.non_trainable_variables]
+
+
+class MeasureFilesTest(absltest.TestCase):
+
+  def test_dropping_rows_past_a_step_keeps_the_header(self):
+    path = os.path.join(tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'm.csv')
+    for step in (2, 4):
+      pretrain._append_row(path, {'step': step, 'movement/block_00': 0.5 * step})
+    pretrain._drop_rows_after(path, 2)
+    pretrain._drop_rows_after(path, 0)  # A header-only file, twice: still the same header.
+    pretrain._drop_rows_after(path, 0)
+    pretrain._append_row(path, {'step': 2, 'movement/block_00': 1.0})
+    self.assertEqual(_read(path), [{'step': '2', 'movement/block_00': '1.0'}])
 
 
 class PlateauRuleTest(absltest.TestCase):
