@@ -9,6 +9,8 @@ A target is `flat` (every block), `ambient:N` (the N most ambient blocks of the 
 import json
 from typing import Any, Optional
 
+from fl_compression.models import conformer
+
 
 class TargetError(ValueError):
   """A bad target or ranking; the message names the flag."""
@@ -30,9 +32,11 @@ def load_ranking(path: str, model_config: dict[str, Any], flag: str) -> dict[str
     raise TargetError(f'--{flag}={path} ranks {len(ranking["blocks"])} encoder blocks; the '
                       f'trained model has {blocks}')
   ranked = ranking.get('model', {}).get('encoder')
-  if ranked is not None and ranked != model_config.get('encoder'):
-    changed = sorted(k for k in set(ranked) | set(model_config['encoder'])
-                     if ranked.get(k) != model_config['encoder'].get(k))
+  if ranked is not None:
+    ranked = conformer.with_defaults(ranked)
+    encoder = conformer.with_defaults(model_config.get('encoder', {}))
+  if ranked is not None and ranked != encoder:
+    changed = sorted(k for k in set(ranked) | set(encoder) if ranked.get(k) != encoder.get(k))
     raise TargetError(f'--{flag}={path} ranks another model (its encoder differs in '
                       f'{", ".join(changed)})')
   return ranking

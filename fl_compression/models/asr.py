@@ -56,6 +56,12 @@ def deep_config(vocab_size: int, seed: int = 0, model_dim: int = 64) -> registry
           'vocab_size': vocab_size, 'seed': seed}
 
 
+def _pre_ln(config: registry.ModelConfig) -> registry.ModelConfig:
+  """`config` with a Pre-LN stack: no LayerNorm at the end of each block, one after the last."""
+  config['encoder'] = dict(config['encoder'], block_output_norm=False)
+  return config
+
+
 def micro_config(vocab_size: int, seed: int = 0) -> registry.ModelConfig:
   """2 blocks of dimension 32 (about 82k parameters): every kind of layer of `tiny`, in the
   smallest model that has two blocks. For tests and smoke runs, not for WER."""
@@ -135,6 +141,7 @@ NAMED_CONFIGS = {
     'wide': lambda vocab_size, seed: wide_config(vocab_size or 29, seed),
     'deep': lambda vocab_size, seed: deep_config(vocab_size or 29, seed),
     'deep_narrow': lambda vocab_size, seed: deep_config(vocab_size or 29, seed, model_dim=48),
+    'deep_preln': lambda vocab_size, seed: _pre_ln(deep_config(vocab_size or 29, seed)),
     'conformer_s': _published(_encoder(16, 144, 4), 320),
     'conformer_m': _published(_encoder(16, 256, 4), 640),
     'conformer_l': _published(_encoder(17, 512, 8), 640),

@@ -39,6 +39,10 @@ class ConformerConfig:
   dropout: float = 0.1
   num_mel_bins: int = 80
   subsampling_channels: int = 0  # 0: model_dim, as in the paper.
+  # True: every block ends with a LayerNorm of the residual stream (Gulati et al.). False: the
+  # stack is Pre-LN, one LayerNorm after the last block; deep stacks of the former barely
+  # train their lower blocks (docs/layer_importance.md).
+  block_output_norm: bool = True
 
   def __post_init__(self):
     if self.model_dim % self.num_heads:
@@ -47,6 +51,15 @@ class ConformerConfig:
     if self.model_dim % self.num_groups:
       raise ValueError(f'model_dim {self.model_dim} is not a multiple of num_groups '
                        f'{self.num_groups}')
+
+
+def with_defaults(encoder: dict) -> dict:
+  """An encoder config dict with the fields it leaves out at their defaults: a config saved
+  before a field existed describes the same model (unchanged if it is not a ConformerConfig)."""
+  try:
+    return dataclasses.asdict(ConformerConfig(**encoder))
+  except (TypeError, ValueError):
+    return dict(encoder)
 
 
 def subsampled_length(length: tf.Tensor) -> tf.Tensor:
@@ -243,7 +256,7 @@ class ConformerBlock(tf.keras.layers.Layer):
     self.group_norm = MaskedGroupNorm(c.num_groups, name='conv/group_norm')
     self.pointwise_out = pruned_dense.dense('conv/pointwise_out', d, pruning, wrap=False)
     self.conv_dropout = SeededDropout(c.dropout)
-    self.final_norm = LayerNorm(name='final_norm')
+    self.final_norm = LayerNorm(name='final_norm') if c.block_output_norm else None
 
   @staticmethod
   def _run(layers, x, training, seed):
@@ -268,7 +281,9 @@ class ConformerBlock(tf.keras.layers.Layer):
     x = x + self.conv_dropout(self.pointwise_out(y), training=training,
                               seed=fold_seed(seed, 3))
     x = x + 0.5 * self._run(self.ffn2, x, training, fold_seed(seed, 4))
-    return self.final_norm(x) * frame_mask
+    if self.final_norm is not None:
+      x = self.final_norm(x)
+    return x * frame_mask
 
 
 class ConformerEncoder(tf.keras.layers.Layer):
@@ -290,6 +305,8 @@ class ConformerEncoder(tf.keras.layers.Layer):
     self.blocks = [ConformerBlock(config, pruning=_sub_plan(pruning, f'block_{i:02d}'),
                                   name=f'block_{i:02d}')
                    for i in range(config.num_blocks)]
+    self.output_norm = (None if config.block_output_norm else
+                        LayerNorm(name='output_norm'))
 
   def configure_training(self, rematerialize: bool, dropout_seed=None) -> None:
     """Rematerialize the subsampling and each block in training steps (see the module
@@ -321,6 +338,8 @@ class ConformerEncoder(tf.keras.layers.Layer):
     for i, block in enumerate(self.blocks):
       x = part(lambda h, block=block, i=i: block(h, mask, training=training,
                                                   seed=fold_seed(seed, i + 1)))(x)
+    if self.output_norm is not None:
+      x = self.output_norm(x) * tf.expand_dims(tf.cast(mask, x.dtype), 2)
     return x, out_lengths
 
 

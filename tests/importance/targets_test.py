@@ -57,6 +57,17 @@ class TargetsTest(absltest.TestCase):
       json.dump(_ranking([1, 0, 2, 3]), f)
     self.assertEqual(targets.load_ranking(path, config, 'fd_ranking')['ambient_first'],
                      [1, 0, 2, 3])
+    # A ranking saved before an encoder field existed ranks the model with its default value;
+    # another value of it is another model.
+    older = {k: v for k, v in config['encoder'].items() if k != 'block_output_norm'}
+    with open(path, 'w') as f:
+      json.dump(_ranking([1, 0, 2, 3], encoder=older), f)
+    self.assertEqual(targets.load_ranking(path, config, 'fd_ranking')['ambient_first'],
+                     [1, 0, 2, 3])
+    with self.assertRaisesRegex(targets.TargetError, 'differs in block_output_norm'):
+      targets.load_ranking(path, dict(config, encoder=dict(config['encoder'],
+                                                           block_output_norm=False)),
+                           'fd_ranking')
     with self.assertRaisesRegex(targets.TargetError, '--fd_ranking=/nowhere.json: No such file'):
       targets.load_ranking('/nowhere.json', config, 'fd_ranking')
 

@@ -33,17 +33,36 @@ class RelativePositionTest(absltest.TestCase):
 class ConformerEncoderTest(absltest.TestCase):
 
   def test_padding_does_not_change_real_frames(self):
-    config = conformer.ConformerConfig(num_blocks=2, model_dim=32, num_heads=4,
-                                       conv_kernel_size=5, num_groups=4, dropout=0.0)
-    encoder = conformer.ConformerEncoder(config)
-    features = tf.random.stateless_normal([1, 120, 80], seed=[1, 2])
-    alone, alone_length = encoder(features, tf.constant([120]), training=False)
-    padded = tf.concat([features, 5.0 * tf.ones([1, 80, 80])], axis=1)
-    batched, batched_length = encoder(padded, tf.constant([120]), training=False)
-    self.assertEqual(int(alone_length[0]), int(batched_length[0]))
-    frames = int(alone_length[0])
-    np.testing.assert_allclose(batched[0, :frames], alone[0, :frames], atol=1e-4)
-    np.testing.assert_array_equal(batched[0, frames:].numpy(), 0.0)
+    for block_output_norm in (True, False):
+      config = conformer.ConformerConfig(num_blocks=2, model_dim=32, num_heads=4,
+                                         conv_kernel_size=5, num_groups=4, dropout=0.0,
+                                         block_output_norm=block_output_norm)
+      encoder = conformer.ConformerEncoder(config)
+      features = tf.random.stateless_normal([1, 120, 80], seed=[1, 2])
+      alone, alone_length = encoder(features, tf.constant([120]), training=False)
+      padded = tf.concat([features, 5.0 * tf.ones([1, 80, 80])], axis=1)
+      batched, batched_length = encoder(padded, tf.constant([120]), training=False)
+      self.assertEqual(int(alone_length[0]), int(batched_length[0]))
+      frames = int(alone_length[0])
+      np.testing.assert_allclose(batched[0, :frames], alone[0, :frames], atol=1e-4)
+      np.testing.assert_array_equal(batched[0, frames:].numpy(), 0.0)
+
+  def test_pre_ln_stack_has_one_output_norm_instead_of_one_per_block(self):
+    post = registry.build_keras_model(asr.named_config('deep'))
+    pre = registry.build_keras_model(asr.named_config('deep_preln'))
+    post_names = {v.name for v in post.variables}
+    pre_names = {v.name for v in pre.variables}
+    self.assertEqual(post_names - pre_names,
+                     {f'encoder/block_{b:02d}/final_norm/{p}:0' for b in range(16)
+                      for p in ('gamma', 'beta')})
+    self.assertEqual(pre_names - post_names,
+                     {'encoder/output_norm/gamma:0', 'encoder/output_norm/beta:0'})
+    # The encoder's output is normalized per frame either way.
+    features = tf.random.stateless_normal([1, 100, 80], seed=[3, 4])
+    for model in (post, pre):
+      encoder = model.get_layer('encoder')
+      encodings, _ = encoder(features, tf.constant([100]), training=False)
+      np.testing.assert_allclose(tf.math.reduce_std(encodings, axis=-1), 1.0, atol=0.01)
 
   def test_subsampled_length_matches_the_convolutions(self):
     encoder = conformer.ConformerEncoder(conformer.ConformerConfig(num_blocks=1, model_dim=16,

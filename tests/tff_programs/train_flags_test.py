@@ -10,6 +10,7 @@ from absl.testing import flagsaver
 import portpicker
 
 from fl_compression.data import corpus
+from tests import tff_test_utils
 from tff_programs import backends
 from tff_programs import flag_utils
 from tff_programs import train
@@ -49,7 +50,7 @@ class TrainFlagsTest(absltest.TestCase):
         ({'model': 'conformer_s'}, '--model=conformer_s: --task=synthetic_mlp has one model'),
         ({'task': 'speech_ctc', 'model': 'conformer_xl'},
          '--model=conformer_xl is unknown; known: tiny, tiny_transducer, micro, '
-         'micro_transducer, wide, deep, deep_narrow, conformer_s'),
+         'micro_transducer, wide, deep, deep_narrow, deep_preln, conformer_s'),
         ({'backend': 'cloud'}, '--backend=cloud is unknown'),
         ({'evaluation_splits': 'test,train'}, '--evaluation_splits=test,train: give dev, test '
          'or dev,test'),
@@ -131,6 +132,14 @@ class TrainFlagsTest(absltest.TestCase):
                        trainable='blocks:1')
     self._assert_fails('--ranking applies to --trainable=critical:N or ambient:N',
                        ranking=ranking)
+    # The shipped model's config was saved before `block_output_norm` existed: it is the same
+    # model as `tiny` (the run gets past that check to the ranking's), not as `deep_preln`.
+    shipped = tff_test_utils.repo_path('checkpoints/conformer_ctc_tiny')
+    self._assert_fails(f'--fd_ranking={ranking} ranks 16 encoder blocks; the trained model '
+                       'has 4', **dict(speech, algorithm='fd'), fd_target='ambient:2',
+                       fd_ranking=ranking, initial_model_dir=shipped)
+    self._assert_fails(f'--initial_model_dir={shipped} holds a conformer_ctc model whose '
+                       'config differs', **speech, model='deep_preln', initial_model_dir=shipped)
 
   def test_unusable_paths_and_backends(self):
     tmp = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
