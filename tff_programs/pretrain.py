@@ -64,7 +64,7 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Utterances per step.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning rate.')
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 300, 'Linear warm-up steps.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every_steps', 250, 'Dev evaluation period.')
-_MODEL = flags.DEFINE_enum('model', 'tiny', ['tiny', 'wide', 'deep', 'deep_narrow',
+_MODEL = flags.DEFINE_enum('model', 'tiny', ['tiny', 'wide', 'deep', 'deep_narrow', 'deep_preln',
                                              'tiny_transducer', 'micro'],
                            'Model configuration (fl_compression.models.asr.named_config).')
 _PLATEAU_FRACTION = flags.DEFINE_float(
