@@ -82,9 +82,9 @@ def load_speech_task(initial_model_dir: str, data_dir: str, batch_size: int, see
     task = tasks.build_task('speech_ctc', options)
   except (ValueError, OSError, RuntimeError) as e:
     raise flag_utils.FlagError(f'--data_dir={data_dir}: {e}') from None
-  strip = lambda c: {k: v for k, v in c.items() if k != 'seed'}  # noqa: E731
-  if initial_config is not None and model and strip(initial_config) != strip(
-      asr.named_config(model, task.model_config['vocab_size'])):
+  if initial_config is not None and model and asr.canonical_config(
+      initial_config, ('seed',)) != asr.canonical_config(
+          asr.named_config(model, task.model_config['vocab_size']), ('seed',)):
     raise flag_utils.FlagError(f'--initial_model_dir={initial_model_dir} holds a '
                                f'{initial_config.get("name")} model that is not the named '
                                f'{model} one')

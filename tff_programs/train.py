@@ -36,7 +36,6 @@ from fl_compression.learning import algorithms
 from fl_compression.learning import optimizers
 from fl_compression.models import asr
 from fl_compression.models import checkpoint
-from fl_compression.models import conformer
 from fl_compression.models import registry
 from fl_compression.compression import process as compression_process
 from fl_compression.pruning import plan as plan_lib
@@ -418,9 +417,9 @@ def _initial_model_weights(task: tasks.Task):
     weights = checkpoint.load_weights(model_dir)
   except (OSError, ValueError) as e:
     raise flag_utils.FlagError(f'--initial_model_dir={_INITIAL_MODEL_DIR.value}: {e}') from None
-  strip = lambda c: {k: conformer.with_defaults(v) if k == 'encoder' else v  # noqa: E731
-                     for k, v in c.items() if k not in ('seed', 'trainable_blocks')}
-  if strip(config['model']) != strip(task.model_config):
+  ignore = ('seed', 'trainable_blocks')
+  if (asr.canonical_config(config['model'], ignore)
+      != asr.canonical_config(task.model_config, ignore)):
     raise flag_utils.FlagError(
         f'--initial_model_dir={_INITIAL_MODEL_DIR.value} holds a {config["model"].get("name")} '
         f'model whose config differs from --task={_TASK.value}\'s')

@@ -19,6 +19,13 @@ from fl_compression.models import registry
 from fl_compression.models import transducer
 
 
+def canonical_config(config: registry.ModelConfig, ignore=()) -> registry.ModelConfig:
+  """`config` without the keys `ignore`, its encoder with every field (a config saved before a
+  field existed, e.g. `block_output_norm`, compares equal to one of the same model today)."""
+  return {k: conformer.with_defaults(v) if k == 'encoder' else v
+          for k, v in config.items() if k not in ignore}
+
+
 def encoder_config(config: registry.ModelConfig) -> conformer.ConformerConfig:
   return conformer.ConformerConfig(**config['encoder'])
 

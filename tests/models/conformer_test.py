@@ -47,6 +47,17 @@ class ConformerEncoderTest(absltest.TestCase):
       np.testing.assert_allclose(batched[0, :frames], alone[0, :frames], atol=1e-4)
       np.testing.assert_array_equal(batched[0, frames:].numpy(), 0.0)
 
+  def test_a_config_saved_before_an_encoder_field_is_the_same_model(self):
+    tiny = asr.named_config('tiny')
+    saved = dict(tiny, encoder={k: v for k, v in tiny['encoder'].items()
+                                if k != 'block_output_norm'})
+    self.assertNotEqual(saved, tiny)
+    self.assertEqual(asr.canonical_config(saved), asr.canonical_config(tiny))
+    self.assertNotEqual(asr.canonical_config(saved),
+                        asr.canonical_config(asr.named_config('micro')))
+    self.assertEqual(asr.canonical_config(dict(tiny, seed=5), ('seed',)),
+                     asr.canonical_config(tiny, ('seed',)))
+
   def test_pre_ln_stack_has_one_output_norm_instead_of_one_per_block(self):
     post = registry.build_keras_model(asr.named_config('deep'))
     pre = registry.build_keras_model(asr.named_config('deep_preln'))
