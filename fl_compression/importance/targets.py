@@ -35,10 +35,10 @@ def load_ranking(path: str, model_config: dict[str, Any], flag: str) -> dict[str
   if ranked is not None:
     ranked = conformer.with_defaults(ranked)
     encoder = conformer.with_defaults(model_config.get('encoder', {}))
-  if ranked is not None and ranked != encoder:
     changed = sorted(k for k in set(ranked) | set(encoder) if ranked.get(k) != encoder.get(k))
-    raise TargetError(f'--{flag}={path} ranks another model (its encoder differs in '
-                      f'{", ".join(changed)})')
+    if changed:
+      raise TargetError(f'--{flag}={path} ranks another model (its encoder differs in '
+                        f'{", ".join(changed)})')
   return ranking
 
 
